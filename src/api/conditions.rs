@@ -1,0 +1,104 @@
+//! Condition types, reasons and phases shared by both resources.
+//!
+//! Reasons are stable CamelCase strings: GitOps tools, alerts and users key on them, so they
+//! live here, once, and change only with a changelog entry.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition `type` values.
+pub mod types {
+    /// The one summary GitOps tools (Argo CD, Flux, kstatus) read.
+    pub const READY: &str = "Ready";
+    /// The credential (or, for an Integration, every connector) can reach its provider.
+    pub const CONNECTED: &str = "Connected";
+    /// An account lacks required or previously held permissions.
+    pub const PERMISSION_MISMATCH: &str = "PermissionMismatch";
+    /// A new source revision is being validated.
+    pub const ROTATING: &str = "Rotating";
+    /// The credential itself expires inside the `expiryWarning` window.
+    pub const EXPIRING_SOON: &str = "ExpiringSoon";
+}
+
+/// Condition `reason` values (also used as Event reasons).
+pub mod reasons {
+    /// Validated against the provider and in use.
+    pub const CONNECTED: &str = "Connected";
+    /// The provider says the active credential is dead (revoked, expired, user deactivated).
+    pub const CONNECTION_LOST: &str = "ConnectionLost";
+    /// The referenced source Secret does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The source Secret lacks a key the auth type needs.
+    pub const MISSING_KEY: &str = "MissingKey";
+    /// The provider could not be reached or answered with a transient error.
+    pub const PROVIDER_UNREACHABLE: &str = "ProviderUnreachable";
+    /// The spec cannot work as written (endpoint, params, auth type); a user must fix it.
+    pub const MISCONFIGURED: &str = "Misconfigured";
+    /// An account lacks permissions it must hold.
+    pub const PERMISSION_MISMATCH: &str = "PermissionMismatch";
+    /// Every required permission is held.
+    pub const PERMISSIONS_SATISFIED: &str = "PermissionsSatisfied";
+    /// A new source revision is being validated.
+    pub const VALIDATING: &str = "Validating";
+    /// No rotation in progress.
+    pub const IDLE: &str = "Idle";
+    /// A new revision passed validation and was swapped into the target Secret.
+    pub const ROTATED: &str = "Rotated";
+    /// A new revision failed validation; the target Secret kept the previous material.
+    pub const ROTATION_REJECTED: &str = "RotationRejected";
+    /// Nothing has been validated yet.
+    pub const PENDING: &str = "Pending";
+    /// The credential expires inside the warning window.
+    pub const EXPIRING_SOON: &str = "ExpiringSoon";
+    /// The credential's expiry, when known, is outside the warning window.
+    pub const NOT_EXPIRING: &str = "NotExpiring";
+    /// A referenced ConnectorCredential does not exist.
+    pub const CREDENTIAL_NOT_FOUND: &str = "CredentialNotFound";
+    /// The object is being deleted but is still referenced.
+    pub const IN_USE: &str = "InUse";
+    /// A restart target named by an Integration does not exist.
+    pub const RESTART_TARGET_NOT_FOUND: &str = "RestartTargetNotFound";
+}
+
+/// The phase of a ConnectorCredential or an Integration: one word for `kubectl get`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
+pub enum Phase {
+    /// Not validated yet.
+    #[default]
+    Pending,
+    /// Validated and in use.
+    Connected,
+    /// The provider rejects the credential; an account must be re-authenticated.
+    ConnectionLost,
+    /// The account lacks required or previously held permissions.
+    PermissionMismatch,
+}
+
+impl Phase {
+    /// The phase as it appears in YAML and printer columns.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Connected => "Connected",
+            Phase::ConnectionLost => "ConnectionLost",
+            Phase::PermissionMismatch => "PermissionMismatch",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON schema of a `conditions` list: `metav1.Condition` items merged by `type`
+/// under server-side apply.
+pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = <Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>::json_schema(
+        generator,
+    );
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}

@@ -1,0 +1,8 @@
+//! reconnect-operator: keeps SaaS integrations connected while their credentials change.
+//!
+//! The binary in `main.rs` is a thin shell over this library, so tests and examples drive
+//! the same code the operator runs.
+
+pub mod api;
+pub mod crd;
+pub mod secret;

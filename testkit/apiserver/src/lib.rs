@@ -1,0 +1,1 @@
+//! In-memory stand-in for kube-apiserver (see README.md beside this crate).

@@ -1,0 +1,1 @@
+//! Local HTTP emulators of the SaaS providers the operator validates against.
