@@ -4,5 +4,8 @@
 //! the same code the operator runs.
 
 pub mod api;
+pub mod clock;
+pub mod controller;
 pub mod crd;
+pub mod providers;
 pub mod secret;

@@ -1,0 +1,491 @@
+//! The ConnectorCredential controller: validate, then swap.
+//!
+//! One reconcile is a pipeline of named steps: [`read_source`] and [`target::inspect`] read
+//! the two Secrets, [`decide::decide`] (pure) plans, the provider verifies, [`target::write`]
+//! swaps, and [`write_status`] records the outcome. The target Secret only ever holds
+//! material that passed validation; [`target`] makes that a property of the types.
+
+pub(crate) mod decide;
+mod events;
+mod revision;
+pub(crate) mod status;
+pub(crate) mod target;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, metadata_watcher, watcher};
+use kube::{Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use self::decide::{Observed, Source, Step, Timing};
+use self::status::Update;
+use super::{Context, Error, FIELD_MANAGER, kube_err};
+use crate::api::conditions::reasons;
+use crate::api::{ConnectorCredential, ConnectorCredentialStatus, PermissionPolicy};
+use crate::providers::{CredentialMaterial, VerifyRequest};
+
+type Guarded = DeserializeGuard<ConnectorCredential>;
+
+/// How soon to look again after a reconcile that changed something: the follow-up finds the
+/// steady state and schedules the next probe.
+const FOLLOW_UP: Duration = Duration::from_secs(1);
+
+/// Reads the source Secret and the credential material in it.
+async fn read_source(
+    secrets: &Api<Secret>,
+    cred: &ConnectorCredential,
+) -> Result<(Source, Option<CredentialMaterial>), Error> {
+    let name = &cred.spec.secret_ref.name;
+    let Some(secret) = secrets
+        .get_opt(name)
+        .await
+        .map_err(kube_err("get source Secret"))?
+    else {
+        return Ok((Source::Missing, None));
+    };
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    match CredentialMaterial::from_secret_data(cred.spec.auth, &cred.spec.secret_ref.keys, &data) {
+        Ok(material) => Ok((
+            Source::Ready {
+                revision: revision::of(&material),
+            },
+            Some(material),
+        )),
+        Err(missing) => Ok((Source::MissingKey(missing), None)),
+    }
+}
+
+/// What a new credential must hold: requiredPermissions, and under the Superset policy
+/// everything the active account held.
+fn required_for_rotation(cred: &ConnectorCredential) -> BTreeSet<String> {
+    let mut required: BTreeSet<String> = cred.spec.required_permissions.iter().cloned().collect();
+    if cred.spec.permission_policy == PermissionPolicy::Superset
+        && let Some(status) = &cred.status
+        && status.active_revision.is_some()
+    {
+        required.extend(status.permissions.iter().cloned());
+    }
+    required
+}
+
+/// Writes status with server-side apply, unless nothing but `lastValidated` changed.
+async fn write_status(
+    api: &Api<ConnectorCredential>,
+    name: &str,
+    old: Option<&ConnectorCredentialStatus>,
+    new: &ConnectorCredentialStatus,
+) -> Result<bool, Error> {
+    let unchanged = old.is_some_and(|old| !status::differs_beyond_last_validated(old, new));
+    if unchanged {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "reconnect.dev/v1alpha1",
+        "kind": "ConnectorCredential",
+        "status": new,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err("apply ConnectorCredential status"))?;
+    Ok(true)
+}
+
+/// Reconciles one ConnectorCredential.
+#[instrument(skip_all, fields(credential = %guard.meta().namespace.as_deref().unwrap_or_default(), name = %guard.meta().name.as_deref().unwrap_or_default()))]
+pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let meta = guard.meta();
+    let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
+        return Ok(Action::await_change());
+    };
+    let key = format!("{ns}/{name}");
+    if let Err(invalid) = &guard.0 {
+        warn!(error = %invalid, "malformed ConnectorCredential skipped");
+        let reference = guard.object_ref(&());
+        let note = format!("the object does not match the ConnectorCredential schema: {invalid}");
+        events::publish(&ctx, &reference, EventType::Warning, reasons::MISCONFIGURED, note).await;
+        return Ok(Action::await_change());
+    }
+    let lock = ctx.object_lock(&key);
+    let _held = lock.lock().await;
+
+    let api: Api<ConnectorCredential> = Api::namespaced(ctx.client.clone(), &ns);
+    // Read afresh: the watch cache may not have seen our own last status write yet, and
+    // acting on a stale status could validate the same revision twice.
+    let Some(cred) = api
+        .get_opt(&name)
+        .await
+        .map_err(kube_err("get ConnectorCredential"))?
+    else {
+        ctx.forget(&key);
+        return Ok(Action::await_change());
+    };
+    if cred.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let result = reconcile_credential(&cred, &api, &ctx, &key).await;
+    if result.is_ok() {
+        ctx.succeeded(&key);
+    }
+    result
+}
+
+async fn reconcile_credential(
+    cred: &ConnectorCredential,
+    api: &Api<ConnectorCredential>,
+    ctx: &Context,
+    key: &str,
+) -> Result<Action, Error> {
+    let now = ctx.clock.now();
+    let ns = cred.namespace().unwrap_or_default();
+    let generation = cred.meta().generation;
+    let reference = cred.object_ref(&());
+    let mut update = Update::new(cred.status.as_ref(), generation, now);
+
+    let timing = match Timing::from_spec(&cred.spec) {
+        Ok(t) => t,
+        Err(err) => {
+            update.misconfigured(&err.to_string());
+            update.summarize(&Timing::fallback(), None);
+            write_status(api, &cred.name_any(), cred.status.as_ref(), &update.status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // 1. Read the referenced Secrets.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let (source, material) = read_source(&secrets, cred).await?;
+    let target_name = cred.target_secret_name();
+    let target = target::inspect(
+        secrets
+            .get_opt(&target_name)
+            .await
+            .map_err(kube_err("get target Secret"))?,
+        cred,
+    );
+
+    // 2. Decide.
+    let last_probe = [
+        cred.status
+            .as_ref()
+            .and_then(|s| s.last_validated.as_ref())
+            .map(|t| t.0),
+        ctx.last_probe(key),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let plan = decide::decide(&Observed {
+        generation,
+        status: cred.status.as_ref().unwrap_or(&ConnectorCredentialStatus::default()),
+        timing,
+        source: &source,
+        target: &target.state,
+        last_probe,
+        now,
+    });
+    tracing::debug!(step = ?plan.step, "decided");
+
+    // 3-4. Verify with the provider and swap.
+    let provider = cred.spec.provider;
+    let mut outcome: Result<(), Error> = Ok(());
+    let mut direct_events: Vec<(EventType, &'static str, String)> = Vec::new();
+    match &plan.step {
+        Step::Idle => {}
+        Step::TargetNotOwned => {
+            update.misconfigured(&format!(
+                "target Secret {target_name} exists but is not owned by this ConnectorCredential: \
+                 set spec.target.name to another name or delete that Secret"
+            ));
+        }
+        Step::FinishSwap { revision } => {
+            if let Some(active) = &target.active {
+                info!(revision = %status::short(revision), "finishing a swap interrupted before its status write");
+                update.swap_finished(revision, &active.record);
+                direct_events.push((
+                    EventType::Normal,
+                    reasons::ROTATED,
+                    format!("revision {} is active", status::short(revision)),
+                ));
+            }
+        }
+        Step::Rotate { revision } => {
+            let material = material.as_ref().expect("a Rotate plan has source material");
+            // Tell users a validation is under way before the provider call, which may take
+            // up to the timeout.
+            update.validating(revision, provider.as_str());
+            let rotating = update.status.clone();
+            let mut shown = Update::new(Some(&rotating), generation, now);
+            shown.summarize(&timing, plan.source_problem.as_ref());
+            write_status(api, &cred.name_any(), cred.status.as_ref(), &shown.status).await?;
+
+            let required = required_for_rotation(cred);
+            let req = VerifyRequest {
+                key,
+                spec: &cred.spec,
+                material,
+                required: &required,
+                timeout: timing.timeout,
+            };
+            let first = cred
+                .status
+                .as_ref()
+                .and_then(|s| s.active_revision.as_ref())
+                .is_none();
+            match target::validate(&ctx.providers, &req, revision, now).await {
+                Ok((validated, verified)) => {
+                    target::write(&secrets, cred, target.secret.as_ref(), &validated)
+                        .await
+                        .map_err(kube_err("write target Secret"))?;
+                    info!(revision = %status::short(revision), account = %verified.account.id, "swapped in a validated credential");
+                    update.swapped(validated.revision(), &verified);
+                    ctx.set_last_probe(key, now);
+                    let (reason, note) = if first {
+                        (
+                            reasons::CONNECTED,
+                            format!("connected as {}", account_name(&verified.account)),
+                        )
+                    } else {
+                        (
+                            reasons::ROTATED,
+                            format!(
+                                "revision {} validated and swapped in; now authenticated as {}",
+                                status::short(revision),
+                                account_name(&verified.account)
+                            ),
+                        )
+                    };
+                    direct_events.push((EventType::Normal, reason, note));
+                }
+                Err(err) if err.is_transient() => {
+                    update.transient(&err, timing.failure_threshold, Some(revision));
+                    outcome = Err(Error::Provider(err));
+                }
+                Err(err) => {
+                    info!(revision = %status::short(revision), reason = err.reason(), "rotation rejected");
+                    update.rejected(revision, &err);
+                    direct_events.push((
+                        EventType::Warning,
+                        reasons::ROTATION_REJECTED,
+                        update
+                            .status
+                            .rejected
+                            .as_ref()
+                            .map(|r| r.message.clone())
+                            .unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        Step::Revalidate | Step::Refresh => {
+            let active = target.active.as_ref().expect("maintenance needs an active credential");
+            let required: BTreeSet<String> =
+                cred.spec.required_permissions.iter().cloned().collect();
+            let req = VerifyRequest {
+                key,
+                spec: &cred.spec,
+                material: active.material(),
+                required: &required,
+                timeout: timing.timeout,
+            };
+            let result = if plan.step == Step::Revalidate {
+                match ctx.providers.verify(&req).await {
+                    Ok(verified) => {
+                        // A rotated refresh token must be persisted before anything else.
+                        if verified.tokens.refresh_token.is_some() {
+                            let v = target::Validated::revalidated(active, &verified, now);
+                            target::write(&secrets, cred, target.secret.as_ref(), &v)
+                                .await
+                                .map_err(kube_err("write target Secret"))?;
+                            update.refreshed(&verified.tokens);
+                        }
+                        update.revalidated(&verified);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                match ctx.providers.refresh(&req).await {
+                    Ok(tokens) => {
+                        let v = target::Validated::refreshed(active, tokens.clone(), now);
+                        target::write(&secrets, cred, target.secret.as_ref(), &v)
+                            .await
+                            .map_err(kube_err("write target Secret"))?;
+                        update.refreshed(&tokens);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok(()) => ctx.set_last_probe(key, now),
+                Err(err) if err.is_transient() => {
+                    update.transient(&err, timing.failure_threshold, None);
+                    outcome = Err(Error::Provider(err));
+                }
+                Err(err) => {
+                    // Probe again on the interval, not in a loop: a dead credential stays
+                    // dead until somebody re-authenticates.
+                    ctx.set_last_probe(key, now);
+                    update.active_failed(&err);
+                }
+            }
+        }
+    }
+
+    // 5. Write status and tell people what changed.
+    update.summarize(&timing, plan.source_problem.as_ref());
+    let old = cred.status.clone().unwrap_or_default();
+    write_status(api, &cred.name_any(), cred.status.as_ref(), &update.status).await?;
+    for (type_, reason, note) in direct_events {
+        events::publish(ctx, &reference, type_, reason, note).await;
+    }
+    for (type_, reason, note) in events::transitions(&old, &update.status) {
+        events::publish(ctx, &reference, type_, reason, note).await;
+    }
+    outcome?;
+
+    Ok(match (&plan.step, plan.wake_at) {
+        (Step::Idle, Some(at)) => Action::requeue(until(now, at).clamp(FOLLOW_UP, timing.interval)),
+        (Step::Idle, None) if update.status.active_revision.is_some() => {
+            Action::requeue(timing.interval)
+        }
+        (Step::Idle | Step::TargetNotOwned, None) => Action::await_change(),
+        _ => Action::requeue(FOLLOW_UP),
+    })
+}
+
+fn account_name(account: &crate::api::Account) -> &str {
+    if account.name.is_empty() {
+        &account.id
+    } else {
+        &account.name
+    }
+}
+
+fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+/// Decides when to retry a failed reconcile: per-object exponential backoff with jitter,
+/// honouring the provider's Retry-After.
+pub fn error_policy(guard: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        guard.meta().namespace.as_deref().unwrap_or_default(),
+        guard.meta().name.as_deref().unwrap_or_default()
+    );
+    let delay = ctx.failed(&key, err);
+    warn!(credential = %key, reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Maps a Secret to the ConnectorCredentials that read it (source) or own it (target).
+fn credentials_for_secret(
+    store: &Store<Guarded>,
+    ns: &str,
+    secret: &str,
+) -> Vec<ObjectRef<Guarded>> {
+    store
+        .state()
+        .iter()
+        .filter_map(|g| {
+            let cred = g.0.as_ref().ok()?;
+            let same_ns = cred.namespace().as_deref() == Some(ns);
+            let refers = cred.spec.secret_ref.name == secret || cred.target_secret_name() == secret;
+            (same_ns && refers).then(|| ObjectRef::from_obj(g.as_ref()))
+        })
+        .collect()
+}
+
+/// Builds the controller for one namespace (or all, with `None`). `trigger` re-reconciles
+/// every object when it yields (used by tests that move a manual clock).
+pub fn controller(
+    client: kube::Client,
+    namespace: Option<&str>,
+) -> Controller<Guarded> {
+    let (creds, secrets): (Api<Guarded>, Api<Secret>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let controller = Controller::new(creds, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    // Secrets are watched as metadata only: a rotated Secret triggers its credentials at once,
+    // while the data of unrelated Secrets is never transferred or cached.
+    let secret_events = metadata_watcher(secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|event| async move {
+            match event {
+                Ok(meta) => Some(meta),
+                Err(err) => {
+                    warn!(error = %err, "Secret metadata watch failed; retrying");
+                    None
+                }
+            }
+        })
+        .flat_map(move |meta| {
+            let refs = credentials_for_secret(
+                &store,
+                meta.metadata.namespace.as_deref().unwrap_or_default(),
+                meta.metadata.name.as_deref().unwrap_or_default(),
+            );
+            futures::stream::iter(refs)
+        });
+    controller.reconcile_on(secret_events)
+}
+
+/// Runs the controller until `shutdown` resolves; `reconcile_all` re-reconciles everything
+/// whenever it yields.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    reconcile_all: impl Stream<Item = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller(ctx.client.clone(), namespace.as_deref())
+        .reconcile_all_on(reconcile_all)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "controller event");
+            }
+        })
+        .await;
+}
+
+impl Timing {
+    /// Defaults used only to summarise a status whose own durations do not parse.
+    pub(crate) fn fallback() -> Self {
+        Self {
+            interval: Duration::from_secs(15 * 60),
+            timeout: Duration::from_secs(10),
+            refresh_before: Duration::from_secs(10 * 60),
+            expiry_warning: Duration::from_secs(336 * 3600),
+            failure_threshold: 3,
+        }
+    }
+}
+

@@ -1,0 +1,414 @@
+//! How each outcome changes a ConnectorCredential's status, and the summary (phase, Ready,
+//! ExpiringSoon) derived from the rest.
+//!
+//! Outcome functions only record facts (the active revision, the account, the last
+//! rejection, the Connected and PermissionMismatch conditions); [`summarize`] then derives
+//! phase and Ready the same way whatever happened, so the two can never disagree.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::decide::{Source, Timing};
+use crate::api::conditions::{reasons, types};
+use crate::api::{Account, ConnectorCredentialStatus, Phase, Rejection};
+use crate::controller::conditions::{self, get, is_true};
+use crate::providers::{Tokens, Verified, VerifyError};
+
+/// Short form of a revision for messages: `sha256:1a2b3c4d`.
+pub(crate) fn short(revision: &str) -> &str {
+    revision.get(..15).unwrap_or(revision)
+}
+
+fn account_label(account: Option<&Account>) -> String {
+    match account {
+        Some(a) if !a.name.is_empty() => a.name.clone(),
+        Some(a) => a.id.clone(),
+        None => "the account".to_owned(),
+    }
+}
+
+fn list(items: &[String]) -> String {
+    items.join(", ")
+}
+
+/// The working copy of a status plus what every write stamps on it.
+pub(crate) struct Update {
+    pub status: ConnectorCredentialStatus,
+    pub generation: Option<i64>,
+    pub now: Timestamp,
+}
+
+impl Update {
+    pub fn new(
+        current: Option<&ConnectorCredentialStatus>,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            status: current.cloned().unwrap_or_default(),
+            generation,
+            now,
+        }
+    }
+
+    fn set(&mut self, type_: &str, value: bool, reason: &str, message: impl Into<String>) {
+        conditions::set(
+            &mut self.status.conditions,
+            type_,
+            value,
+            reason,
+            message,
+            self.generation,
+            self.now,
+        );
+    }
+
+    fn connected(&mut self, account: &Account, revision: &str) {
+        let msg = format!(
+            "authenticated as {} (revision {})",
+            account_label(Some(account)),
+            short(revision)
+        );
+        self.set(types::CONNECTED, true, reasons::CONNECTED, msg);
+    }
+
+    fn permissions_ok(&mut self) {
+        self.set(
+            types::PERMISSION_MISMATCH,
+            false,
+            reasons::PERMISSIONS_SATISFIED,
+            "the account holds every required permission",
+        );
+    }
+
+    /// A new revision is being validated.
+    pub fn validating(&mut self, revision: &str, provider: &str) {
+        let msg = format!("validating revision {} with {provider}", short(revision));
+        self.set(types::ROTATING, true, reasons::VALIDATING, msg);
+    }
+
+    /// A validated revision was written to the target Secret.
+    pub fn swapped(&mut self, revision: &str, verified: &Verified) {
+        let s = &mut self.status;
+        s.active_revision = Some(revision.to_owned());
+        s.account = Some(verified.account.clone());
+        s.permissions = verified.permissions.iter().cloned().collect();
+        s.expires_at = verified.credential_expires_at.map(Time);
+        s.access_token_expires_at = verified.tokens.expires_at.map(Time);
+        s.last_validated = Some(Time(self.now));
+        s.last_rotated = Some(Time(self.now));
+        s.rejected = None;
+        s.consecutive_failures = 0;
+        self.connected(&verified.account, revision);
+        self.permissions_ok();
+        self.set(
+            types::ROTATING,
+            false,
+            reasons::ROTATED,
+            format!("revision {} is active", short(revision)),
+        );
+    }
+
+    /// The target Secret already held `revision` (a previous run stopped before writing
+    /// status): record what the target Secret says about it.
+    pub fn swap_finished(&mut self, revision: &str, active: &ActiveRecord) {
+        let s = &mut self.status;
+        s.active_revision = Some(revision.to_owned());
+        s.account = Some(active.account.clone());
+        s.permissions = active.permissions.iter().cloned().collect();
+        s.expires_at = active.credential_expires_at.map(Time);
+        s.access_token_expires_at = active.access_token_expires_at.map(Time);
+        s.last_validated = active.validated_at.map(Time);
+        s.last_rotated = active.validated_at.map(Time);
+        s.rejected = None;
+        s.consecutive_failures = 0;
+        self.connected(&active.account, revision);
+        self.permissions_ok();
+        self.set(
+            types::ROTATING,
+            false,
+            reasons::ROTATED,
+            format!("revision {} is active", short(revision)),
+        );
+    }
+
+    /// A candidate revision failed validation; the active credential (if any) stays.
+    pub fn rejected(&mut self, revision: &str, err: &VerifyError) {
+        let has_active = self.status.active_revision.is_some();
+        let keep = if has_active {
+            "; the target Secret still holds the previous credential"
+        } else {
+            ""
+        };
+        let message = format!("revision {} rejected: {err}{keep}", short(revision));
+        self.status.rejected = Some(Rejection {
+            revision: revision.to_owned(),
+            reason: err.reason().to_owned(),
+            message: message.clone(),
+            at: Time(self.now),
+        });
+        self.status.consecutive_failures = 0;
+        self.set(types::ROTATING, false, reasons::ROTATION_REJECTED, message);
+        match err {
+            VerifyError::PermissionDenied {
+                account, missing, ..
+            } => {
+                let msg = format!(
+                    "{} (revision {}) lacks {}",
+                    account_label(account.as_ref()),
+                    short(revision),
+                    if missing.is_empty() {
+                        "a permission the provider did not name".to_owned()
+                    } else {
+                        list(missing)
+                    }
+                );
+                self.set(
+                    types::PERMISSION_MISMATCH,
+                    true,
+                    reasons::PERMISSION_MISMATCH,
+                    msg,
+                );
+            }
+            VerifyError::Dead { .. } if !has_active => {
+                let msg = format!("the credential in revision {} is dead: {err}", short(revision));
+                self.set(types::CONNECTED, false, reasons::CONNECTION_LOST, msg);
+            }
+            VerifyError::Misconfigured { .. } if !has_active => {
+                self.set(types::CONNECTED, false, err.reason(), err.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    /// The active credential passed its scheduled probe.
+    pub fn revalidated(&mut self, verified: &Verified) {
+        let revision = self.status.active_revision.clone().unwrap_or_default();
+        let s = &mut self.status;
+        s.account = Some(verified.account.clone());
+        s.permissions = verified.permissions.iter().cloned().collect();
+        s.expires_at = verified.credential_expires_at.map(Time);
+        s.last_validated = Some(Time(self.now));
+        s.consecutive_failures = 0;
+        self.connected(&verified.account, &revision);
+        // A rejection's PermissionMismatch stays visible until the rejected revision is
+        // replaced; only the active credential's own mismatch is cleared here.
+        let rejected_for_permissions = self
+            .status
+            .rejected
+            .as_ref()
+            .is_some_and(|r| r.reason == reasons::PERMISSION_MISMATCH);
+        if !rejected_for_permissions {
+            self.permissions_ok();
+        }
+    }
+
+    /// The active credential's access token was refreshed.
+    pub fn refreshed(&mut self, tokens: &Tokens) {
+        self.status.access_token_expires_at = tokens.expires_at.map(Time);
+        self.status.consecutive_failures = 0;
+    }
+
+    /// The active credential failed its probe or refresh with a non-transient error.
+    pub fn active_failed(&mut self, err: &VerifyError) {
+        let who = account_label(self.status.account.as_ref());
+        self.status.consecutive_failures = 0;
+        match err {
+            VerifyError::PermissionDenied { missing, .. } => {
+                let msg = format!(
+                    "{who} no longer holds {}",
+                    if missing.is_empty() {
+                        "a required permission".to_owned()
+                    } else {
+                        list(missing)
+                    }
+                );
+                self.set(
+                    types::PERMISSION_MISMATCH,
+                    true,
+                    reasons::PERMISSION_MISMATCH,
+                    msg,
+                );
+            }
+            VerifyError::Dead { .. } => {
+                let msg = format!("{who} must re-authenticate: {err}");
+                self.set(types::CONNECTED, false, reasons::CONNECTION_LOST, msg);
+            }
+            VerifyError::Misconfigured { .. } => {
+                self.set(types::CONNECTED, false, err.reason(), err.to_string());
+            }
+            VerifyError::Transient { .. } => {}
+        }
+    }
+
+    /// A transient provider failure; counts toward `failureThreshold`.
+    pub fn transient(&mut self, err: &VerifyError, threshold: u32, rotating: Option<&str>) {
+        self.status.consecutive_failures = self.status.consecutive_failures.saturating_add(1);
+        let n = self.status.consecutive_failures;
+        if let Some(revision) = rotating {
+            let msg = format!(
+                "validating revision {}: {err} ({n} of {threshold} failures)",
+                short(revision)
+            );
+            self.set(types::ROTATING, true, reasons::VALIDATING, msg);
+        }
+        let active_at_risk = rotating.is_none() || self.status.active_revision.is_none();
+        if active_at_risk && n as u32 >= threshold {
+            let msg = format!("{err} ({n} consecutive failures)");
+            self.set(types::CONNECTED, false, reasons::PROVIDER_UNREACHABLE, msg);
+        }
+    }
+
+    /// The spec cannot work as written.
+    pub fn misconfigured(&mut self, message: &str) {
+        self.set(types::CONNECTED, false, reasons::MISCONFIGURED, message);
+        if self.status.active_revision.is_some() {
+            // The active credential keeps working; Ready carries the problem.
+            self.set(types::ROTATING, false, reasons::MISCONFIGURED, message);
+        }
+    }
+
+    /// Derives observedGeneration, phase, Ready and ExpiringSoon from everything else.
+    pub fn summarize(&mut self, timing: &Timing, source_problem: Option<&Source>) {
+        self.status.observed_generation = self.generation;
+        let source_issue = source_problem.map(|p| match p {
+            Source::Missing => (
+                reasons::SECRET_NOT_FOUND,
+                "the source Secret does not exist".to_owned(),
+            ),
+            Source::MissingKey(k) => (reasons::MISSING_KEY, format!("source Secret: {k}")),
+            Source::Ready { .. } => (reasons::PENDING, String::new()),
+        });
+        if let Some((reason, msg)) = &source_issue
+            && self.status.active_revision.is_none()
+        {
+            self.set(types::CONNECTED, false, reason, msg.clone());
+        }
+        if get(&self.status.conditions, types::CONNECTED).is_none() {
+            self.set(
+                types::CONNECTED,
+                false,
+                reasons::PENDING,
+                "not validated yet",
+            );
+        }
+        if get(&self.status.conditions, types::PERMISSION_MISMATCH).is_none() {
+            self.set(
+                types::PERMISSION_MISMATCH,
+                false,
+                reasons::PENDING,
+                "not validated yet",
+            );
+        }
+        if get(&self.status.conditions, types::ROTATING).is_none() {
+            self.set(types::ROTATING, false, reasons::IDLE, "no rotation in progress");
+        }
+
+        let conds = &self.status.conditions;
+        let connected = get(conds, types::CONNECTED).cloned();
+        let mismatch = is_true(conds, types::PERMISSION_MISMATCH);
+        let phase = match &connected {
+            Some(c) if c.status == "False"
+                && (c.reason == reasons::CONNECTION_LOST
+                    || c.reason == reasons::PROVIDER_UNREACHABLE) =>
+            {
+                Phase::ConnectionLost
+            }
+            _ if mismatch => Phase::PermissionMismatch,
+            Some(c) if c.status == "True" => Phase::Connected,
+            _ => Phase::Pending,
+        };
+        self.status.phase = Some(phase);
+
+        let rotating = get(conds, types::ROTATING).filter(|c| c.status == "True").cloned();
+        let mismatch_msg = get(conds, types::PERMISSION_MISMATCH).map(|c| c.message.clone());
+        let (ready, reason, message) = if let Some((reason, msg)) = source_issue {
+            (false, reason, msg)
+        } else if phase != Phase::Connected {
+            let c = connected.clone().unwrap_or_default();
+            match phase {
+                Phase::PermissionMismatch => (
+                    false,
+                    reasons::PERMISSION_MISMATCH,
+                    mismatch_msg.unwrap_or_default(),
+                ),
+                _ => (false, reason_const(&c.reason), c.message),
+            }
+        } else if let Some(rejected) = &self.status.rejected {
+            (false, reasons::ROTATION_REJECTED, rejected.message.clone())
+        } else if let Some(c) = rotating {
+            (false, reasons::VALIDATING, c.message)
+        } else {
+            let msg = connected.map(|c| c.message).unwrap_or_default();
+            (true, reasons::CONNECTED, msg)
+        };
+        self.set(types::READY, ready, reason, message);
+
+        let warn_from = self.status.expires_at.as_ref().map(|t| {
+            t.0.saturating_sub(
+                jiff::SignedDuration::try_from(timing.expiry_warning)
+                    .unwrap_or(jiff::SignedDuration::MAX),
+            )
+            .unwrap_or(t.0)
+        });
+        match (&self.status.expires_at, warn_from) {
+            (Some(exp), Some(from)) if self.now >= from => {
+                let who = account_label(self.status.account.as_ref());
+                let msg = format!("the credential for {who} expires at {}", exp.0);
+                self.set(types::EXPIRING_SOON, true, reasons::EXPIRING_SOON, msg);
+            }
+            (Some(exp), _) => {
+                let msg = format!("the credential expires at {}", exp.0);
+                self.set(types::EXPIRING_SOON, false, reasons::NOT_EXPIRING, msg);
+            }
+            (None, _) => self.set(
+                types::EXPIRING_SOON,
+                false,
+                reasons::NOT_EXPIRING,
+                "the provider reports no expiry for this credential",
+            ),
+        }
+    }
+}
+
+/// Maps a condition reason read back from status onto its constant (status strings are
+/// owned; the reason vocabulary is static).
+fn reason_const(reason: &str) -> &'static str {
+    [
+        reasons::CONNECTION_LOST,
+        reasons::PROVIDER_UNREACHABLE,
+        reasons::SECRET_NOT_FOUND,
+        reasons::MISSING_KEY,
+        reasons::MISCONFIGURED,
+        reasons::CONNECTED,
+    ]
+    .into_iter()
+    .find(|r| *r == reason)
+    .unwrap_or(reasons::PENDING)
+}
+
+/// What the target Secret's annotations record about the credential it holds, so a status
+/// lost in a crash can be rebuilt without asking the provider again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct ActiveRecord {
+    pub account: Account,
+    pub permissions: BTreeSet<String>,
+    pub credential_expires_at: Option<Timestamp>,
+    pub access_token_expires_at: Option<Timestamp>,
+    pub validated_at: Option<Timestamp>,
+}
+
+/// Whether two statuses differ in anything but `lastValidated` (which a routine successful
+/// probe would otherwise rewrite every interval).
+pub(crate) fn differs_beyond_last_validated(
+    a: &ConnectorCredentialStatus,
+    b: &ConnectorCredentialStatus,
+) -> bool {
+    let strip = |s: &ConnectorCredentialStatus| ConnectorCredentialStatus {
+        last_validated: None,
+        ..s.clone()
+    };
+    strip(a) != strip(b)
+}

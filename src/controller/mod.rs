@@ -1,0 +1,224 @@
+//! The controllers and what they share: the context, the error type, the backoff policy.
+
+pub(crate) mod conditions;
+pub mod credential;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::clock::Clock;
+use crate::providers::{Providers, VerifyError};
+
+/// Field manager for every write the operator makes (server-side apply of status included).
+pub const FIELD_MANAGER: &str = "reconnect-operator";
+
+/// Errors of a reconcile. Each has a static [`Error::reason`] for events and metric labels.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API call {call} failed: {source}")]
+    Kube {
+        /// What was being done.
+        call: &'static str,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The provider could not answer now; retried with backoff.
+    #[error(transparent)]
+    Provider(#[from] VerifyError),
+}
+
+impl Error {
+    /// A stable CamelCase reason for events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { source, .. } if is_conflict(source) => "Conflict",
+            Error::Kube { .. } => "KubeApiError",
+            Error::Provider(e) => e.reason(),
+        }
+    }
+}
+
+fn is_conflict(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Wraps a kube error with the call that produced it.
+pub(crate) fn kube_err(call: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { call, source }
+}
+
+/// Options for running the controllers.
+#[derive(Clone)]
+pub struct Options {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Identifies this replica in events (`reportingInstance`).
+    pub instance: Option<String>,
+}
+
+/// Per-object bookkeeping that must outlive one reconcile but not the process.
+#[derive(Default)]
+struct ObjectState {
+    /// Serialises reconciles of one object, so a refresh token is never spent twice even if
+    /// two triggers race (belt and braces beside kube-runtime's own per-object exclusion).
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// When the active credential was last probed by this process.
+    last_probe: Option<Timestamp>,
+    /// Consecutive failed reconciles, for backoff.
+    attempts: u32,
+}
+
+/// What every reconcile gets.
+pub struct Context {
+    pub(crate) client: Client,
+    pub(crate) providers: Providers,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) recorder: Recorder,
+    objects: Mutex<HashMap<String, ObjectState>>,
+}
+
+impl Context {
+    /// A context for controllers talking to `client` and the providers through `providers`.
+    pub fn new(
+        client: Client,
+        providers: Providers,
+        clock: Arc<dyn Clock>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            providers,
+            clock,
+            objects: Mutex::default(),
+        }
+    }
+
+    fn objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, ObjectState>> {
+        self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn object_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.objects()
+            .entry(key.to_owned())
+            .or_default()
+            .lock
+            .clone()
+    }
+
+    pub(crate) fn last_probe(&self, key: &str) -> Option<Timestamp> {
+        self.objects().get(key).and_then(|s| s.last_probe)
+    }
+
+    pub(crate) fn set_last_probe(&self, key: &str, at: Timestamp) {
+        self.objects().entry(key.to_owned()).or_default().last_probe = Some(at);
+    }
+
+    pub(crate) fn succeeded(&self, key: &str) {
+        if let Some(s) = self.objects().get_mut(key) {
+            s.attempts = 0;
+        }
+    }
+
+    /// Counts a failure and returns the backoff before the next attempt.
+    pub(crate) fn failed(&self, key: &str, err: &Error) -> Duration {
+        let attempts = {
+            let mut objects = self.objects();
+            let state = objects.entry(key.to_owned()).or_default();
+            state.attempts = state.attempts.saturating_add(1);
+            state.attempts
+        };
+        backoff(attempts, err, jitter_seed(key, attempts))
+    }
+
+    pub(crate) fn forget(&self, key: &str) {
+        self.objects().remove(key);
+    }
+}
+
+/// A cheap, deterministic per-object jitter source: spreads retries of many objects apart
+/// without a random number generator.
+fn jitter_seed(key: &str, attempts: u32) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    attempts.hash(&mut h);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        .hash(&mut h);
+    h.finish()
+}
+
+/// Exponential backoff (1s doubling to 5 minutes) with up to 20% jitter, never shorter than
+/// what the provider asked for in Retry-After.
+pub(crate) fn backoff(attempts: u32, err: &Error, seed: u64) -> Duration {
+    let base = match err {
+        Error::Kube { source, .. } if is_conflict(source) => Duration::from_millis(200),
+        _ => Duration::from_secs(1),
+    };
+    let exp = base.saturating_mul(1u32 << attempts.saturating_sub(1).min(10));
+    let capped = exp.min(Duration::from_secs(300));
+    let jitter = capped.mul_f64((seed % 1000) as f64 / 1000.0 * 0.2);
+    let delay = capped + jitter;
+    match err {
+        Error::Provider(e) => delay.max(e.retry_after().unwrap_or_default()),
+        Error::Kube { .. } => delay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Provider;
+    use crate::providers::TransientKind;
+
+    fn transient(retry_after: Option<Duration>) -> Error {
+        Error::Provider(VerifyError::Transient {
+            provider: Provider::Procore,
+            call: "GET /rest/v1.0/me",
+            kind: TransientKind::RateLimited,
+            status: Some(429),
+            code: None,
+            retry_after,
+        })
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes_with_bounded_jitter() {
+        let err = transient(None);
+        for (attempts, base) in [(1, 1), (2, 2), (3, 4), (9, 256), (10, 300), (30, 300)] {
+            for seed in [0, 499, 999] {
+                let d = backoff(attempts, &err, seed);
+                let base = Duration::from_secs(base);
+                assert!(d >= base && d <= base.mul_f64(1.2), "{attempts}: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_honours_retry_after() {
+        let err = transient(Some(Duration::from_secs(120)));
+        assert!(backoff(1, &err, 0) >= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn jitter_spreads_objects_apart() {
+        let err = transient(None);
+        let delays: std::collections::BTreeSet<_> =
+            (0..20).map(|i| backoff(5, &err, jitter_seed(&format!("ns/c{i}"), 5))).collect();
+        assert!(delays.len() > 10, "{delays:?}");
+    }
+}
