@@ -5,4 +5,5 @@
 
 pub mod api;
 pub mod crd;
+pub mod providers;
 pub mod secret;

@@ -105,7 +105,9 @@ mod tests {
 
     #[test]
     fn rejects_what_go_rejects() {
-        for input in ["", "15", "m", "1d", "-5m", "1.m", ".5s", "1h 30m", "15M", "1e3s"] {
+        for input in [
+            "", "15", "m", "1d", "-5m", "1.m", ".5s", "1h 30m", "15M", "1e3s",
+        ] {
             assert!(parse(input).is_err(), "{input:?} should be rejected");
         }
     }

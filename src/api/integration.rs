@@ -52,7 +52,10 @@ pub struct IntegrationSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Connector {
     /// A short name for this side, used in messages ("procore", "sharepoint").
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// The ConnectorCredential, in this namespace, this side authenticates with.
