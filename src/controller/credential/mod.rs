@@ -23,7 +23,8 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, metadata_watcher, watcher};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
@@ -416,13 +417,9 @@ fn credentials_for_secret(
         .collect()
 }
 
-/// Builds the controller for one namespace (or all, with `None`). `trigger` re-reconciles
-/// every object when it yields (used by tests that move a manual clock).
-pub fn controller(
-    client: kube::Client,
-    namespace: Option<&str>,
-) -> Controller<Guarded> {
-    let (creds, secrets): (Api<Guarded>, Api<Secret>) = match namespace {
+/// Builds the controller for one namespace (or all, with `None`).
+pub fn controller(client: kube::Client, namespace: Option<&str>) -> Controller<Guarded> {
+    let (creds, secrets): (Api<Guarded>, Api<PartialObjectMeta<Secret>>) = match namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client, ns),
@@ -433,27 +430,17 @@ pub fn controller(
     let store = controller.store();
     // Secrets are watched as metadata only: a rotated Secret triggers its credentials at once,
     // while the data of unrelated Secrets is never transferred or cached.
-    let secret_events = metadata_watcher(secrets, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .touched_objects()
-        .filter_map(|event| async move {
-            match event {
-                Ok(meta) => Some(meta),
-                Err(err) => {
-                    warn!(error = %err, "Secret metadata watch failed; retrying");
-                    None
-                }
-            }
-        })
-        .flat_map(move |meta| {
-            let refs = credentials_for_secret(
+    controller.watches(
+        secrets,
+        watcher::Config::default().any_semantic(),
+        move |meta: PartialObjectMeta<Secret>| {
+            credentials_for_secret(
                 &store,
                 meta.metadata.namespace.as_deref().unwrap_or_default(),
                 meta.metadata.name.as_deref().unwrap_or_default(),
-            );
-            futures::stream::iter(refs)
-        });
-    controller.reconcile_on(secret_events)
+            )
+        },
+    )
 }
 
 /// Runs the controller until `shutdown` resolves; `reconcile_all` re-reconciles everything

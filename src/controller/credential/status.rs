@@ -327,14 +327,14 @@ impl Update {
         let (ready, reason, message) = if let Some((reason, msg)) = source_issue {
             (false, reason, msg)
         } else if phase != Phase::Connected {
-            let c = connected.clone().unwrap_or_default();
-            match phase {
-                Phase::PermissionMismatch => (
+            match (phase, &connected) {
+                (Phase::PermissionMismatch, _) => (
                     false,
                     reasons::PERMISSION_MISMATCH,
                     mismatch_msg.unwrap_or_default(),
                 ),
-                _ => (false, reason_const(&c.reason), c.message),
+                (_, Some(c)) => (false, reason_const(&c.reason), c.message.clone()),
+                (_, None) => (false, reasons::PENDING, "not validated yet".to_owned()),
             }
         } else if let Some(rejected) = &self.status.rejected {
             (false, reasons::ROTATION_REJECTED, rejected.message.clone())

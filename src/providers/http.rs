@@ -1,0 +1,219 @@
+//! The HTTP client every provider call goes through: endpoint rules (https, or http on
+//! loopback only), per-call timeouts, and the mapping of transport failures and rate-limit
+//! headers onto [`VerifyError`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use super::error::{Call, Misconfiguration, TransientKind, VerifyError};
+use crate::api::Provider;
+
+/// Builds the shared reqwest client. TLS is rustls with the ring provider (kube already builds
+/// ring; aws-lc-rs would need cmake), and provider redirects are not followed: a token or probe
+/// endpoint that redirects is misconfigured, and following it could carry a bearer token to
+/// another host.
+pub(crate) fn client(user_agent: &str) -> reqwest::Client {
+    // Installing fails only when a provider is installed already, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent(user_agent)
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(false) // loopback http is allowed; `parse_endpoint` enforces the rule
+        .build()
+        .expect("a reqwest client with rustls and the ring provider always builds")
+}
+
+/// Parses a URL from the spec, params, a token response or discovery metadata, and enforces
+/// the endpoint rule: https, or plain http only to loopback (localhost, 127.0.0.0/8, [::1]),
+/// which is how tests and demos reach the emulators. No user info, query or fragment.
+pub(crate) fn parse_endpoint(
+    provider: Provider,
+    what: &'static str,
+    raw: &str,
+) -> Result<Url, VerifyError> {
+    let bad = |hint| {
+        VerifyError::misconfigured(provider, Misconfiguration::InvalidEndpoint { what, hint })
+    };
+    let url = Url::parse(raw.trim()).map_err(|_| bad("not an absolute URL"))?;
+    let loopback = match url.host() {
+        Some(::oauth2::url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(::oauth2::url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(::oauth2::url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err(bad("no host")),
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(bad(
+                "must be https (plain http is allowed only for loopback hosts)",
+            ));
+        }
+        _ => return Err(bad("must be an https URL")),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("must not contain user info"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not contain a query or fragment"));
+    }
+    Ok(url)
+}
+
+/// `base` with `path` appended to its path (`base` may carry a path prefix of its own).
+pub(crate) fn join(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let joined = format!(
+        "{}/{}",
+        base.path().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    url.set_path(&joined);
+    url
+}
+
+/// The host of a URL, lower-cased, for host-based endpoint mappings.
+pub(crate) fn host(url: &Url) -> String {
+    url.host_str().unwrap_or_default().to_ascii_lowercase()
+}
+
+/// One provider's view of the shared client.
+#[derive(Clone)]
+pub(crate) struct Http {
+    client: reqwest::Client,
+    pub provider: Provider,
+    pub timeout: Duration,
+}
+
+/// An HTTP answer, read in full.
+pub(crate) struct Reply {
+    pub call: Call,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Http {
+    pub fn new(client: reqwest::Client, provider: Provider, timeout: Duration) -> Self {
+        Self {
+            client,
+            provider,
+            timeout,
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        self.client.request(method, url).timeout(self.timeout)
+    }
+
+    /// Sends a request and reads the whole answer. Only transport failures are errors here;
+    /// statuses are for the caller to classify.
+    pub async fn send(
+        &self,
+        call: Call,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Reply, VerifyError> {
+        let response = request.send().await.map_err(|e| self.transport(call, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(call, &e))?;
+        tracing::debug!(call, status = status.as_u16(), "provider answered");
+        Ok(Reply {
+            call,
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// A transport failure as a transient error. reqwest errors are inspected, never
+    /// formatted: their text can contain the URL.
+    pub fn transport(&self, call: Call, e: &reqwest::Error) -> VerifyError {
+        let kind = if e.is_timeout() {
+            TransientKind::Timeout
+        } else if e.is_decode() {
+            TransientKind::Malformed
+        } else {
+            TransientKind::Connection
+        };
+        tracing::debug!(call, kind = kind.as_str(), "provider call failed");
+        VerifyError::transient(self.provider, call, kind, None, None, None)
+    }
+}
+
+impl Reply {
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// The body as JSON, or a transient "malformed response".
+    pub fn json<T: DeserializeOwned>(&self, provider: Provider) -> Result<T, VerifyError> {
+        serde_json::from_slice(&self.body).map_err(|_| self.malformed(provider))
+    }
+
+    pub fn malformed(&self, provider: Provider) -> VerifyError {
+        VerifyError::transient(
+            provider,
+            self.call,
+            TransientKind::Malformed,
+            Some(self.status.as_u16()),
+            None,
+            None,
+        )
+    }
+
+    /// How long to wait, from `Retry-After` (seconds or an HTTP date) or, failing that, the
+    /// rate-limit reset header named by the provider.
+    pub fn retry_after(&self, reset: Option<RateLimitReset>) -> Option<Duration> {
+        retry_after(&self.headers, reset)
+    }
+}
+
+/// How a provider reports when its rate-limit window resets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RateLimitReset {
+    /// Header value is a Unix timestamp in seconds (Procore `X-Rate-Limit-Reset`).
+    UnixSeconds(&'static str),
+    /// Header value is seconds from now (SafetyCulture `x-ratelimit-reset`; UNCONFIRMED
+    /// whether it is relative or absolute: values larger than a day are read as Unix time).
+    DeltaSeconds(&'static str),
+}
+
+pub(crate) fn retry_after(headers: &HeaderMap, reset: Option<RateLimitReset>) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(value) = header(RETRY_AFTER.as_str()) {
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(at) = jiff::fmt::rfc2822::parse(value) {
+            return Some(until(at.timestamp()));
+        }
+    }
+    let (name, absolute) = match reset? {
+        RateLimitReset::UnixSeconds(name) => (name, true),
+        RateLimitReset::DeltaSeconds(name) => (name, false),
+    };
+    let secs = header(name)?.parse::<i64>().ok()?;
+    if absolute || secs > 86_400 {
+        Some(until(jiff::Timestamp::from_second(secs).ok()?))
+    } else {
+        Some(Duration::from_secs(secs.max(0) as u64))
+    }
+}
+
+fn until(at: jiff::Timestamp) -> Duration {
+    let secs = at.as_second() - jiff::Timestamp::now().as_second();
+    Duration::from_secs(secs.max(0) as u64)
+}

@@ -1,0 +1,322 @@
+//! Microsoft Entra ID (identity platform v2 token endpoint) and Microsoft Graph.
+//!
+//! Clouds (`params.cloud`): global `login.microsoftonline.com` + `graph.microsoft.com`; usgov
+//! `login.microsoftonline.us` + `graph.microsoft.us`; usgovdod `login.microsoftonline.us` +
+//! `dod-graph.microsoft.us`; china `login.partner.microsoftonline.cn` +
+//! `microsoftgraph.chinacloudapi.cn`. The `.default` scope always names the cloud's Graph
+//! host, whatever `spec.endpoint` says, because it identifies the resource, not a URL we call.
+//!
+//! `spec.endpoint`: a Microsoft login host replaces the login host only (and picks the cloud
+//! when `params.cloud` is unset: `.us` -> usgov, `.cn` -> china); any other URL (a proxy, an
+//! emulator) serves both the token path `/{tenant}/oauth2/v2.0/token` and Graph's `/v1.0/...`.
+//!
+//! Permissions: the token's `roles` (application permissions) and `scp` (delegated scopes),
+//! read from the JWT payload without verification; a token that is not a readable JWT has no
+//! claims, and then only `site:<id>` probes can establish permissions. `site:<id>` is held
+//! when `GET /v1.0/sites/{id}` answers 200.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, Url};
+use serde::Deserialize;
+
+use super::classify::{Class, api_status};
+use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
+use super::http::{Reply, host, join, parse_endpoint};
+use super::token::Grant;
+use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig, jwt, missing_permissions};
+use crate::api::{Account, AuthType};
+
+pub(crate) struct Microsoft;
+
+struct Cloud {
+    login: &'static str,
+    graph: &'static str,
+}
+
+fn cloud_named(name: &str) -> Option<Cloud> {
+    Some(match name {
+        "global" => Cloud {
+            login: "login.microsoftonline.com",
+            graph: "graph.microsoft.com",
+        },
+        "usgov" => Cloud {
+            login: "login.microsoftonline.us",
+            graph: "graph.microsoft.us",
+        },
+        "usgovdod" => Cloud {
+            login: "login.microsoftonline.us",
+            graph: "dod-graph.microsoft.us",
+        },
+        // UNCONFIRMED: the identity docs name login.partner.microsoftonline.cn, the Graph docs
+        // login.chinacloudapi.cn; both are accepted as endpoints, this one is the default.
+        "china" => Cloud {
+            login: "login.partner.microsoftonline.cn",
+            graph: "microsoftgraph.chinacloudapi.cn",
+        },
+        _ => return None,
+    })
+}
+
+const LOGIN_HOSTS: [&str; 4] = [
+    "login.microsoftonline.com",
+    "login.microsoftonline.us",
+    "login.partner.microsoftonline.cn",
+    "login.chinacloudapi.cn",
+];
+
+/// (login base, Graph base, Graph resource host for `.default`).
+fn hosts(cx: &Cx<'_>) -> Result<(Url, Url, &'static str), VerifyError> {
+    let endpoint = match cx.spec.endpoint.as_deref() {
+        Some(e) => Some(parse_endpoint(cx.provider(), "spec.endpoint", e)?),
+        None => None,
+    };
+    let login_override = endpoint
+        .as_ref()
+        .filter(|u| LOGIN_HOSTS.contains(&host(u).as_str()));
+    let cloud_name = match (cx.param("cloud"), login_override) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(url)) if host(url).ends_with(".us") => "usgov".into(),
+        (None, Some(url)) if host(url).ends_with(".cn") => "china".into(),
+        _ => "global".into(),
+    };
+    let cloud = cloud_named(&cloud_name).ok_or_else(|| {
+        cx.misconfigured(Misconfiguration::InvalidParam {
+            name: "cloud".into(),
+            value: cloud_name.clone(),
+            hint: "one of global, usgov, usgovdod, china",
+        })
+    })?;
+    let https = |h: &str| Url::parse(&format!("https://{h}")).expect("static host");
+    Ok(match endpoint {
+        Some(url) if login_override.is_some() => (url, https(cloud.graph), cloud.graph),
+        Some(url) => (url.clone(), url, cloud.graph),
+        None => (https(cloud.login), https(cloud.graph), cloud.graph),
+    })
+}
+
+fn tenant<'a>(cx: &'a Cx<'_>) -> Result<&'a str, VerifyError> {
+    let tenant = cx.param("tenantId").ok_or_else(|| {
+        cx.misconfigured(Misconfiguration::MissingParam {
+            name: "tenantId",
+            hint: "the Entra tenant id (GUID) or a verified domain",
+        })
+    })?;
+    if !tenant
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(cx.misconfigured(Misconfiguration::InvalidParam {
+            name: "tenantId".into(),
+            value: tenant.into(),
+            hint: "a tenant GUID or domain name",
+        }));
+    }
+    Ok(tenant)
+}
+
+/// AADSTS codes (Microsoft's `error_codes`) that decide the class on their own; Microsoft
+/// says to key on these and `error`, never on the description. Returns the first known code.
+pub(crate) fn classify_aadsts(codes: &[u64]) -> Option<(Class, u64)> {
+    codes.iter().find_map(|&code| {
+        let class = match code {
+            // Refresh token expired by inactivity, revoked, sign-in frequency, SPA cap, invalid.
+            700082 | 70008 | 50173 | 70043 | 700084 | 70000 => Class::Dead(DeadCause::InvalidGrant),
+            // Invalid or expired client secret, invalid client.
+            7000215 | 7000222 | 70002 => Class::Dead(DeadCause::InvalidClient),
+            // App not found in the tenant, or disabled.
+            700016 | 7000112 => Class::Dead(DeadCause::AppDisconnected),
+            // Consent missing, misconfigured permissions, Conditional Access block, bad scope.
+            65001 | 650056 | 650057 | 53003 | 70011 => Class::Denied,
+            // Tenant throttling.
+            90055 => Class::Transient(TransientKind::RateLimited),
+            // Request budget exceeded, service problems, loop detected.
+            90024 | 90006 | 90033 | 50196 => Class::Transient(TransientKind::Unavailable),
+            _ => return None,
+        };
+        Some((class, code))
+    })
+}
+
+impl ProviderApi for Microsoft {
+    const PARAMS: &'static [&'static str] = &["tenantId", "cloud", "siteId", "scope"];
+
+    async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
+        let (login, _, graph_host) = hosts(cx)?;
+        let tenant = tenant(cx)?;
+        let scopes = match (cx.param("scope"), cx.spec.auth) {
+            (Some(scope), _) => scope.split_whitespace().map(str::to_owned).collect(),
+            (None, AuthType::ClientCredentials) => vec![format!("https://{graph_host}/.default")],
+            // A refresh keeps the scopes of the original grant when none are requested.
+            (None, _) => Vec::new(),
+        };
+        Ok(TokenConfig {
+            url: join(&login, &format!("/{tenant}/oauth2/v2.0/token")),
+            client_auth: ClientAuth::Body,
+            scopes,
+            introspection_url: None,
+        })
+    }
+
+    async fn probe(&self, cx: &Cx<'_>, grant: Option<&Grant>) -> Result<Probe, VerifyError> {
+        let provider = cx.provider();
+        let (_, graph, _) = hosts(cx)?;
+        let token = grant
+            .ok_or_else(|| {
+                cx.misconfigured(Misconfiguration::Other(
+                    "Microsoft needs an OAuth2 credential",
+                ))
+            })?
+            .access_token(provider)?;
+        let app_only = cx.spec.auth == AuthType::ClientCredentials;
+        let get = |call, path: String| {
+            let request = cx
+                .http
+                .request(Method::GET, join(&graph, &path))
+                .bearer_auth(token.expose());
+            cx.http.send(call, request)
+        };
+
+        let claims = jwt::claims(token);
+        if claims.is_none() {
+            tracing::debug!(
+                "access token is not a readable JWT; treating it as carrying no claims"
+            );
+        }
+        let mut permissions = BTreeSet::new();
+        let mut has_roles = false;
+        if let Some(claims) = &claims {
+            if let Some(roles) = claims.get("roles").and_then(|r| r.as_array()) {
+                has_roles = !roles.is_empty();
+                permissions.extend(roles.iter().filter_map(|r| r.as_str()).map(str::to_owned));
+            }
+            if let Some(scp) = jwt::string(claims, "scp") {
+                permissions.extend(scp.split_whitespace().map(str::to_owned));
+            }
+        }
+
+        let account = if app_only {
+            // The app is the account. /organization needs Directory.Read.All, which a sync app
+            // may lack: a 403 there only means we learn the name from the token instead.
+            let reply = get("GET /v1.0/organization", "/v1.0/organization".into()).await?;
+            let org = match reply.status.as_u16() {
+                200 => reply
+                    .json::<Collection<Org>>(provider)?
+                    .value
+                    .into_iter()
+                    .next(),
+                403 => None,
+                _ => return Err(graph_error(cx, &reply)),
+            };
+            let claim = |name| claims.as_ref().and_then(|c| jwt::string(c, name));
+            Account {
+                id: claim("appid")
+                    .or(claim("azp"))
+                    .map(str::to_owned)
+                    .or_else(|| org.as_ref().map(|o| o.id.clone()))
+                    .unwrap_or_default(),
+                name: claim("app_displayname")
+                    .map(str::to_owned)
+                    .or_else(|| org.map(|o| o.display_name))
+                    .unwrap_or_default(),
+            }
+        } else {
+            let reply = get("GET /v1.0/me", "/v1.0/me".into()).await?;
+            if !reply.is_success() {
+                return Err(graph_error(cx, &reply));
+            }
+            let me: Me = reply.json(provider)?;
+            Account {
+                id: me.id,
+                name: me
+                    .user_principal_name
+                    .or(me.display_name)
+                    .unwrap_or_default(),
+            }
+        };
+
+        // Microsoft: app-only tokens may carry no `roles` at all; such an app can do nothing.
+        if app_only && claims.is_some() && !has_roles {
+            return Err(VerifyError::PermissionDenied {
+                provider,
+                missing: missing_permissions(provider, &permissions, cx.required),
+                account: Some(account),
+                granted: permissions,
+                call: Some("POST token endpoint"),
+                status: None,
+                code: Some("no_roles".into()),
+            });
+        }
+
+        let sites: BTreeSet<&str> = cx
+            .required
+            .iter()
+            .filter_map(|r| r.strip_prefix("site:"))
+            .chain(cx.param("siteId"))
+            .collect();
+        for site in sites {
+            if site.is_empty() || site.contains(['?', '#']) {
+                return Err(cx.misconfigured(Misconfiguration::InvalidParam {
+                    name: "siteId".into(),
+                    value: site.into(),
+                    hint: "a site id (host,collection-guid,site-guid), {hostname}:/{path} or root",
+                }));
+            }
+            let reply = get("GET /v1.0/sites/{id}", format!("/v1.0/sites/{site}")).await?;
+            match reply.status.as_u16() {
+                200 => {
+                    permissions.insert(format!("site:{site}"));
+                }
+                403 | 404 => {}
+                _ => return Err(graph_error(cx, &reply).with_account(&account)),
+            }
+        }
+        Ok(Probe {
+            account,
+            permissions,
+            credential_expires_at: None,
+        })
+    }
+}
+
+/// A Graph error: `{"error":{"code","message","innerError"}}`; 401 dead, 403 denied, 429/5xx
+/// transient with Retry-After.
+fn graph_error(cx: &Cx<'_>, reply: &Reply) -> VerifyError {
+    let code = serde_json::from_slice::<GraphError>(&reply.body)
+        .ok()
+        .and_then(|e| sanitize_code(&e.error.code));
+    api_status(cx.provider(), reply, DeadCause::TokenRejected, code, None)
+}
+
+#[derive(Deserialize)]
+struct GraphError {
+    error: GraphErrorBody,
+}
+
+#[derive(Deserialize)]
+struct GraphErrorBody {
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct Collection<T> {
+    value: Vec<T>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Org {
+    id: String,
+    #[serde(default)]
+    display_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Me {
+    id: String,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    user_principal_name: Option<String>,
+}

@@ -1,0 +1,667 @@
+//! The provider layer: every HTTP call to a SaaS provider lives here and nowhere else.
+//!
+//! [`Providers::verify`] turns a credential into a [`Verified`] (token exchange plus one cheap
+//! identity and permission probe) or a classified [`VerifyError`]; [`Providers::refresh`] mints
+//! a fresh access token. Each provider has one module that knows its hosts, probe calls and
+//! error codes (`procore.rs`, `microsoft.rs`, ...); the OAuth2 token plumbing (`token.rs`, on
+//! the `oauth2` crate), the HTTP client (`http.rs`) and the error vocabulary (`error.rs`) are
+//! shared. How each provider maps `spec.endpoint` onto its hosts is documented in
+//! docs/providers.md and on each module.
+
+/// Runs `$body` with `$api` bound to the provider's implementation.
+macro_rules! with_api {
+    ($provider:expr, $api:ident => $body:expr) => {
+        match $provider {
+            $crate::api::Provider::Procore => {
+                let $api = $crate::providers::procore::Procore;
+                $body
+            }
+            $crate::api::Provider::Microsoft => {
+                let $api = $crate::providers::microsoft::Microsoft;
+                $body
+            }
+            $crate::api::Provider::Salesforce => {
+                let $api = $crate::providers::salesforce::Salesforce;
+                $body
+            }
+            $crate::api::Provider::Simpro => {
+                let $api = $crate::providers::simpro::Simpro;
+                $body
+            }
+            $crate::api::Provider::SafetyCulture => {
+                let $api = $crate::providers::safetyculture::SafetyCulture;
+                $body
+            }
+            $crate::api::Provider::Dropbox => {
+                let $api = $crate::providers::dropbox::Dropbox;
+                $body
+            }
+            $crate::api::Provider::Google => {
+                let $api = $crate::providers::google::Google;
+                $body
+            }
+            $crate::api::Provider::OAuth2 => {
+                let $api = $crate::providers::oauth2::Generic;
+                $body
+            }
+        }
+    };
+}
+
+mod classify;
+mod dropbox;
+mod error;
+mod google;
+mod http;
+mod jwt;
+mod microsoft;
+mod oauth2;
+mod procore;
+mod safetyculture;
+mod salesforce;
+mod simpro;
+mod token;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use tracing::instrument;
+
+use crate::api::{Account, AuthType, ConnectorCredentialSpec, Provider, SecretKeys};
+use crate::secret::Redacted;
+
+pub use error::{
+    Call, DeadCause, KeyProblem, Misconfiguration, MissingKey, TransientKind, VerifyError,
+};
+
+use http::Http;
+use token::Grant;
+
+/// The provider layer the controller (and `reconnect-operator check`) calls.
+#[derive(Clone)]
+pub struct Providers {
+    client: reqwest::Client,
+    /// In-flight token grants for refresh-token credentials, by credential key. A second
+    /// caller for the same key joins the first grant instead of spending the refresh token
+    /// again (rotating refresh tokens die on their second use).
+    flights: Arc<Mutex<HashMap<String, Flight>>>,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Grant, VerifyError>>>;
+
+impl Default for Providers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Providers {
+    /// A provider layer with the default user agent.
+    pub fn new() -> Self {
+        Self::with_user_agent(concat!("reconnect-operator/", env!("CARGO_PKG_VERSION")))
+    }
+
+    /// A provider layer that identifies itself with `user_agent`.
+    pub fn with_user_agent(user_agent: &str) -> Self {
+        Self {
+            client: http::client(user_agent),
+            flights: Arc::default(),
+        }
+    }
+
+    /// Token exchange plus one cheap identity and permission probe. Succeeds only if every
+    /// permission in `req.required` is held.
+    #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
+    pub async fn verify(&self, req: &VerifyRequest<'_>) -> Result<Verified, VerifyError> {
+        let provider = req.spec.provider;
+        let outcome = async {
+            check_spec(req.spec)?;
+            let grant = match req.spec.auth {
+                AuthType::ApiKey => None,
+                AuthType::ClientCredentials | AuthType::RefreshToken => {
+                    Some(self.grant(req).await?)
+                }
+            };
+            let cx = Cx::new(self.http(req), req.spec, req.material, req.required);
+            let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
+            let missing = missing_permissions(provider, &probe.permissions, req.required);
+            if !missing.is_empty() {
+                return Err(VerifyError::PermissionDenied {
+                    provider,
+                    account: Some(probe.account),
+                    missing,
+                    granted: probe.permissions,
+                    call: None,
+                    status: None,
+                    code: None,
+                });
+            }
+            Ok(Verified {
+                account: probe.account,
+                permissions: probe.permissions,
+                tokens: grant.map(|g| g.tokens).unwrap_or_default(),
+                credential_expires_at: probe.credential_expires_at,
+            })
+        }
+        .await;
+        match &outcome {
+            Ok(v) => tracing::debug!(account = %v.account.id, "credential verified"),
+            Err(e) => tracing::info!(reason = e.reason(), error = %e, "credential not verified"),
+        }
+        outcome
+    }
+
+    /// Mints a new access token without probing: the refresh-token grant (returning the new
+    /// refresh token when the provider rotated it), or a new client-credentials token. Calls
+    /// for the same `req.key` that overlap share one grant, so a refresh token is never spent
+    /// twice.
+    #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
+    pub async fn refresh(&self, req: &VerifyRequest<'_>) -> Result<Tokens, VerifyError> {
+        let outcome = async {
+            check_spec(req.spec)?;
+            if req.spec.auth == AuthType::ApiKey {
+                return Err(VerifyError::misconfigured(
+                    req.spec.provider,
+                    Misconfiguration::Other("an ApiKey credential has no tokens to refresh"),
+                ));
+            }
+            Ok(self.grant(req).await?.tokens)
+        }
+        .await;
+        if let Err(e) = &outcome {
+            tracing::info!(reason = e.reason(), error = %e, "token refresh failed");
+        }
+        outcome
+    }
+
+    fn http(&self, req: &VerifyRequest<'_>) -> Http {
+        Http::new(self.client.clone(), req.spec.provider, req.timeout)
+    }
+
+    /// Obtains tokens; refresh-token grants go through the single-flight map.
+    async fn grant(&self, req: &VerifyRequest<'_>) -> Result<Grant, VerifyError> {
+        if req.spec.auth != AuthType::RefreshToken {
+            let cx = Cx::new(self.http(req), req.spec, req.material, req.required);
+            return token::obtain(&cx).await;
+        }
+        self.single_flight(req).await
+    }
+
+    fn single_flight(
+        &self,
+        req: &VerifyRequest<'_>,
+    ) -> impl Future<Output = Result<Grant, VerifyError>> + use<> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flight) = flights.get(req.key) {
+            tracing::debug!("joining an in-flight token grant");
+            return flight.clone();
+        }
+        // The grant runs in its own task, so a caller that gives up (timeout, shutdown) does
+        // not abort a request that may already have spent the refresh token: whoever still
+        // waits receives the new one.
+        let http = self.http(req);
+        let spec = req.spec.clone();
+        let material = req.material.clone();
+        let required = req.required.clone();
+        let key = req.key.to_owned();
+        let map = Arc::clone(&self.flights);
+        let provider = spec.provider;
+        let task = tokio::spawn(async move {
+            let cx = Cx::new(http, &spec, &material, &required);
+            let result = token::obtain(&cx).await;
+            map.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            result
+        });
+        let flight = async move {
+            task.await.unwrap_or_else(|_| {
+                Err(VerifyError::transient(
+                    provider,
+                    "token grant",
+                    TransientKind::Connection,
+                    None,
+                    None,
+                    None,
+                ))
+            })
+        }
+        .boxed()
+        .shared();
+        flights.insert(req.key.to_owned(), flight.clone());
+        flight
+    }
+}
+
+/// One credential to check.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyRequest<'a> {
+    /// `namespace/name` of the ConnectorCredential: the single-flight key.
+    pub key: &'a str,
+    /// Provider, auth type, endpoint and params.
+    pub spec: &'a ConnectorCredentialSpec,
+    /// The secret values.
+    pub material: &'a CredentialMaterial,
+    /// Permissions that must be held.
+    pub required: &'a BTreeSet<String>,
+    /// How long one provider call may take.
+    pub timeout: Duration,
+}
+
+/// Values read from the source Secret, under their default names, each redacted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CredentialMaterial {
+    /// OAuth2 client id.
+    pub client_id: Option<Redacted>,
+    /// OAuth2 client secret.
+    pub client_secret: Option<Redacted>,
+    /// OAuth2 refresh token.
+    pub refresh_token: Option<Redacted>,
+    /// API key or token.
+    pub api_key: Option<Redacted>,
+}
+
+/// The credential fields (default Secret key names) an auth type needs.
+pub fn required_fields(auth: AuthType) -> &'static [&'static str] {
+    match auth {
+        AuthType::ClientCredentials => &["client_id", "client_secret"],
+        // client_secret is optional: public clients (PKCE apps) have none.
+        AuthType::RefreshToken => &["client_id", "refresh_token"],
+        AuthType::ApiKey => &["api_key"],
+    }
+}
+
+impl CredentialMaterial {
+    /// Reads the fields `auth` uses from a Secret's data, honouring `secretRef.keys` renames.
+    /// Fails on the first required key that is absent, empty or not UTF-8. An optional key
+    /// (`client_secret` for RefreshToken) that is absent or empty is left out.
+    pub fn from_secret_data<V: AsRef<[u8]>>(
+        auth: AuthType,
+        keys: &SecretKeys,
+        data: &BTreeMap<String, V>,
+    ) -> Result<Self, MissingKey> {
+        let required = required_fields(auth);
+        let read = |field: &'static str, renamed: &Option<String>| {
+            let key = renamed.clone().unwrap_or_else(|| field.to_owned());
+            let problem = match data.get(&key).map(AsRef::as_ref) {
+                None => KeyProblem::Absent,
+                Some([]) => KeyProblem::Empty,
+                Some(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(value) => return Ok(Some(Redacted::new(value))),
+                    Err(_) => KeyProblem::NotUtf8,
+                },
+            };
+            if required.contains(&field) || problem == KeyProblem::NotUtf8 {
+                Err(MissingKey {
+                    field,
+                    key,
+                    auth,
+                    problem,
+                })
+            } else {
+                Ok(None)
+            }
+        };
+        let mut material = CredentialMaterial::default();
+        match auth {
+            AuthType::ClientCredentials | AuthType::RefreshToken => {
+                material.client_id = read("client_id", &keys.client_id)?;
+                material.client_secret = read("client_secret", &keys.client_secret)?;
+                if auth == AuthType::RefreshToken {
+                    material.refresh_token = read("refresh_token", &keys.refresh_token)?;
+                }
+            }
+            AuthType::ApiKey => material.api_key = read("api_key", &keys.api_key)?,
+        }
+        Ok(material)
+    }
+
+    /// A field the auth type needs, or Misconfigured(MissingKey) when absent.
+    pub(crate) fn need(
+        &self,
+        provider: Provider,
+        auth: AuthType,
+        field: &'static str,
+    ) -> Result<&Redacted, VerifyError> {
+        let value = match field {
+            "client_id" => self.client_id.as_ref(),
+            "client_secret" => self.client_secret.as_ref(),
+            "refresh_token" => self.refresh_token.as_ref(),
+            _ => self.api_key.as_ref(),
+        };
+        value.filter(|v| !v.is_empty()).ok_or_else(|| {
+            VerifyError::misconfigured(
+                provider,
+                Misconfiguration::MissingKey(MissingKey {
+                    field,
+                    key: field.to_owned(),
+                    auth,
+                    problem: KeyProblem::Absent,
+                }),
+            )
+        })
+    }
+}
+
+/// A credential that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// Who the credential authenticates as.
+    pub account: Account,
+    /// Everything the account holds, in the provider's vocabulary.
+    pub permissions: BTreeSet<String>,
+    /// Tokens minted on the way (empty for API keys).
+    pub tokens: Tokens,
+    /// When the credential itself stops working unless renewed, when known.
+    pub credential_expires_at: Option<jiff::Timestamp>,
+}
+
+/// Tokens from a token grant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tokens {
+    /// The access token.
+    pub access_token: Option<Redacted>,
+    /// Its type, as the provider spelled it (`bearer`, `Bearer`).
+    pub token_type: Option<String>,
+    /// When the access token expires, if the provider said.
+    pub expires_at: Option<jiff::Timestamp>,
+    /// A new refresh token: `Some` only when the provider issued one different from the one
+    /// spent. Persist it before using the access token; the old one may be dead already.
+    pub refresh_token: Option<Redacted>,
+}
+
+/// What a probe learned.
+pub(crate) struct Probe {
+    pub account: Account,
+    pub permissions: BTreeSet<String>,
+    pub credential_expires_at: Option<jiff::Timestamp>,
+}
+
+/// Everything a provider module needs for one verification.
+pub(crate) struct Cx<'a> {
+    pub http: Http,
+    pub spec: &'a ConnectorCredentialSpec,
+    pub material: &'a CredentialMaterial,
+    pub required: &'a BTreeSet<String>,
+}
+
+impl<'a> Cx<'a> {
+    fn new(
+        http: Http,
+        spec: &'a ConnectorCredentialSpec,
+        material: &'a CredentialMaterial,
+        required: &'a BTreeSet<String>,
+    ) -> Self {
+        Self {
+            http,
+            spec,
+            material,
+            required,
+        }
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.spec.provider
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.spec
+            .params
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn need(&self, field: &'static str) -> Result<&Redacted, VerifyError> {
+        self.material.need(self.provider(), self.spec.auth, field)
+    }
+
+    pub fn misconfigured(&self, problem: Misconfiguration) -> VerifyError {
+        VerifyError::misconfigured(self.provider(), problem)
+    }
+}
+
+/// How a provider authenticates token requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientAuth {
+    /// client_id and client_secret in the form body.
+    Body,
+    /// HTTP Basic (RFC 6749 §2.3.1).
+    Basic,
+}
+
+/// Where and how to ask for tokens.
+pub(crate) struct TokenConfig {
+    pub url: reqwest::Url,
+    pub client_auth: ClientAuth,
+    /// Scopes to request (client credentials needs them on some providers; refresh may narrow).
+    pub scopes: Vec<String>,
+    /// RFC 7662 introspection endpoint, when configured (generic oauth2).
+    pub introspection_url: Option<reqwest::Url>,
+}
+
+/// One provider's knowledge: token endpoint and probe.
+pub(crate) trait ProviderApi {
+    /// `params` keys this provider understands.
+    const PARAMS: &'static [&'static str];
+
+    /// Where to ask for tokens (may discover, for the generic provider).
+    fn token_config(
+        &self,
+        cx: &Cx<'_>,
+    ) -> impl Future<Output = Result<TokenConfig, VerifyError>> + Send;
+
+    /// The identity and permission probe, with the tokens just minted (`None` for API keys).
+    fn probe(
+        &self,
+        cx: &Cx<'_>,
+        grant: Option<&Grant>,
+    ) -> impl Future<Output = Result<Probe, VerifyError>> + Send;
+}
+
+/// An id from provider JSON, which may be a number or a string.
+pub(crate) fn json_id(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Rejects specs no call can fix: unsupported auth types and unknown params.
+fn check_spec(spec: &ConnectorCredentialSpec) -> Result<(), VerifyError> {
+    let provider = spec.provider;
+    let supported = provider.supported_auth();
+    if !supported.contains(&spec.auth) {
+        return Err(VerifyError::misconfigured(
+            provider,
+            Misconfiguration::UnsupportedAuth {
+                auth: spec.auth,
+                supported: supported
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+        ));
+    }
+    let known = with_api!(provider, api => known_params(&api));
+    if let Some(name) = spec.params.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(VerifyError::misconfigured(
+            provider,
+            Misconfiguration::UnknownParam {
+                name: name.clone(),
+                known: known.join(", "),
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn known_params<P: ProviderApi>(_: &P) -> &'static [&'static str] {
+    P::PARAMS
+}
+
+/// Required permissions that `granted` does not satisfy, sorted, in each provider's
+/// vocabulary:
+/// - procore: `<tool>:<level>` is satisfied by the same tool at that level or higher
+///   (none < read_only < standard < admin); `company:<id>` and `project:<id>` by equality.
+/// - microsoft: permission names compare case-insensitively (Entra treats them so);
+///   `site:<id>` by equality.
+/// - salesforce: `permission:<field>` compares case-insensitively (SOQL field names are
+///   case-insensitive); scopes by equality.
+/// - everything else: plain set difference.
+pub fn missing_permissions(
+    provider: Provider,
+    granted: &BTreeSet<String>,
+    required: &BTreeSet<String>,
+) -> Vec<String> {
+    required
+        .iter()
+        .filter(|r| !satisfies(provider, granted, r))
+        .cloned()
+        .collect()
+}
+
+fn satisfies(provider: Provider, granted: &BTreeSet<String>, required: &str) -> bool {
+    if granted.contains(required) {
+        return true;
+    }
+    match provider {
+        Provider::Procore => match procore::tool_level(required) {
+            Some((tool, level)) => {
+                level == 0
+                    || granted
+                        .iter()
+                        .filter_map(|g| procore::tool_level(g))
+                        .any(|(t, l)| t == tool && l >= level)
+            }
+            None => false,
+        },
+        Provider::Microsoft => granted.iter().any(|g| g.eq_ignore_ascii_case(required)),
+        Provider::Salesforce if required.starts_with("permission:") => {
+            granted.iter().any(|g| g.eq_ignore_ascii_case(required))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn procore_higher_tool_level_satisfies_lower() {
+        let granted = set(&["documents:admin", "budget:read_only", "company:1"]);
+        let required = set(&["documents:standard", "documents:read_only", "company:1"]);
+        assert!(missing_permissions(Provider::Procore, &granted, &required).is_empty());
+    }
+
+    #[test]
+    fn procore_lower_tool_level_does_not_satisfy_higher() {
+        let granted = set(&["budget:read_only", "documents:standard"]);
+        let required = set(&["budget:standard", "documents:admin", "rfi:none"]);
+        assert_eq!(
+            missing_permissions(Provider::Procore, &granted, &required),
+            vec!["budget:standard", "documents:admin"]
+        );
+    }
+
+    #[test]
+    fn procore_companies_and_projects_compare_by_equality() {
+        let granted = set(&["company:1", "project:7"]);
+        let required = set(&["company:2", "project:7", "project:8"]);
+        assert_eq!(
+            missing_permissions(Provider::Procore, &granted, &required),
+            vec!["company:2", "project:8"]
+        );
+    }
+
+    #[test]
+    fn microsoft_permission_names_compare_case_insensitively() {
+        let granted = set(&["Sites.ReadWrite.All", "site:root"]);
+        let required = set(&["sites.readwrite.all", "site:root", "Files.Read.All"]);
+        assert_eq!(
+            missing_permissions(Provider::Microsoft, &granted, &required),
+            vec!["Files.Read.All"]
+        );
+    }
+
+    #[test]
+    fn salesforce_permission_fields_compare_case_insensitively_scopes_exactly() {
+        let granted = set(&["api", "permission:PermissionsApiEnabled"]);
+        let required = set(&["permission:permissionsapienabled", "API", "refresh_token"]);
+        assert_eq!(
+            missing_permissions(Provider::Salesforce, &granted, &required),
+            vec!["API", "refresh_token"]
+        );
+    }
+
+    #[test]
+    fn scope_providers_use_plain_set_difference() {
+        let granted = set(&["files.read", "account_info.read"]);
+        let required = set(&["files.read", "files.write"]);
+        for provider in [Provider::Dropbox, Provider::Google, Provider::OAuth2] {
+            assert_eq!(
+                missing_permissions(provider, &granted, &required),
+                vec!["files.write"]
+            );
+        }
+        assert!(missing_permissions(Provider::Simpro, &granted, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn material_reports_the_renamed_key_that_is_missing() {
+        let keys = SecretKeys {
+            client_secret: Some("secret".into()),
+            ..Default::default()
+        };
+        let data: BTreeMap<String, Vec<u8>> = [("client_id".to_owned(), b"id".to_vec())].into();
+        let err = CredentialMaterial::from_secret_data(AuthType::ClientCredentials, &keys, &data)
+            .unwrap_err();
+        assert_eq!(err.field, "client_secret");
+        assert_eq!(err.key, "secret");
+        assert_eq!(err.problem, KeyProblem::Absent);
+        assert!(
+            err.to_string().contains("client_id, client_secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn material_allows_public_clients_without_secret() {
+        let data: BTreeMap<String, Vec<u8>> = [
+            ("client_id".to_owned(), b"id".to_vec()),
+            ("refresh_token".to_owned(), b"rt".to_vec()),
+            ("client_secret".to_owned(), Vec::new()),
+        ]
+        .into();
+        let m = CredentialMaterial::from_secret_data(
+            AuthType::RefreshToken,
+            &SecretKeys::default(),
+            &data,
+        )
+        .unwrap();
+        assert!(m.client_secret.is_none());
+        assert_eq!(m.refresh_token.unwrap().expose(), "rt");
+    }
+
+    #[test]
+    fn material_rejects_empty_and_non_utf8_values() {
+        let data: BTreeMap<String, Vec<u8>> = [("api_key".to_owned(), Vec::new())].into();
+        let err =
+            CredentialMaterial::from_secret_data(AuthType::ApiKey, &SecretKeys::default(), &data)
+                .unwrap_err();
+        assert_eq!(err.problem, KeyProblem::Empty);
+        let data: BTreeMap<String, Vec<u8>> = [("api_key".to_owned(), vec![0xff, 0xfe])].into();
+        let err =
+            CredentialMaterial::from_secret_data(AuthType::ApiKey, &SecretKeys::default(), &data)
+                .unwrap_err();
+        assert_eq!(err.problem, KeyProblem::NotUtf8);
+    }
+}

@@ -1,0 +1,368 @@
+//! The shared core: an HTTP/1 server on 127.0.0.1 with a random port, per-path request
+//! counters, and a queue of scripted faults that run before the provider's own handler.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::state::{RefreshPolicy, State};
+
+/// A scripted misbehaviour, applied to the next matching request(s) before the emulator
+/// looks at them.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Wait this long, then answer normally.
+    Latency(Duration),
+    /// Answer 429 with `Retry-After` (and the provider's rate-limit headers and body).
+    RateLimited {
+        /// Seconds to put in `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// Answer with this status (a 5xx, typically) and a plain-text body.
+    Status(u16),
+    /// Close the connection without answering.
+    DropConnection,
+    /// Answer 200 with a JSON content type and a truncated JSON body.
+    MalformedJson,
+    /// Answer exactly this.
+    Respond(Response),
+}
+
+/// One provider's behaviour behind the shared core.
+pub trait Flavor: Default + Send + Sync + 'static {
+    /// What refresh grants do with the refresh token they consume, until a test changes it.
+    const REFRESH_POLICY: RefreshPolicy = RefreshPolicy::Keep;
+
+    /// Answers one request. The state lock is held for the duration.
+    fn handle(&self, state: &mut State, req: &Request) -> Response;
+
+    /// The provider's 429 answer.
+    fn rate_limited(&self, retry_after_secs: u64) -> Response {
+        Response::json(429, serde_json::json!({"error": "rate_limited"}))
+            .header("retry-after", &retry_after_secs.to_string())
+    }
+}
+
+/// A request as the emulators see it: read in full.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path, without the query.
+    pub path: String,
+    /// Query parameters (last value wins).
+    pub query: BTreeMap<String, String>,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Request {
+    /// A header as a string.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The bearer token of the `Authorization` header.
+    pub fn bearer(&self) -> Option<&str> {
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim())
+    }
+
+    /// The user and password of a Basic `Authorization` header (RFC 6749 §2.3.1 encoding).
+    pub fn basic(&self) -> Option<(String, String)> {
+        let value = self.header("authorization")?;
+        let (scheme, encoded) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+        let (user, password) = decoded.split_once(':')?;
+        let unescape = |s: &str| {
+            form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        Some((unescape(user), unescape(password)))
+    }
+
+    /// The body as form fields, or as a flat JSON object of strings (Procore accepts both).
+    pub fn form(&self) -> BTreeMap<String, String> {
+        if self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/json"))
+        {
+            let value: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+            return value
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        form_urlencoded::parse(&self.body).into_owned().collect()
+    }
+}
+
+/// A response an emulator sends.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, value: serde_json::Value) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    /// A plain-text response.
+    pub fn text(status: u16, text: &str) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: text.as_bytes().to_vec(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    fn into_http(self) -> http::Response<Full<Bytes>> {
+        let mut response = http::Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        for (name, value) in self.headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response
+    }
+}
+
+struct ScriptedFault {
+    path: Option<String>,
+    remaining: usize,
+    fault: Fault,
+}
+
+pub(crate) struct Inner<F> {
+    pub flavor: F,
+    pub state: Mutex<State>,
+    faults: Mutex<Vec<ScriptedFault>>,
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running emulator of one provider. Stops when dropped.
+pub struct Emulator<F: Flavor> {
+    pub(crate) inner: Arc<Inner<F>>,
+    addr: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+impl<F: Flavor> Drop for Emulator<F> {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl<F: Flavor> Emulator<F> {
+    /// Starts the emulator on 127.0.0.1 with a random port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let mut state = State::new(format!("http://{addr}"));
+        state.refresh_policy = F::REFRESH_POLICY;
+        let inner = Arc::new(Inner {
+            flavor: F::default(),
+            state: Mutex::new(state),
+            faults: Mutex::new(Vec::new()),
+            counts: Mutex::new(HashMap::new()),
+        });
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&inner)));
+        Self {
+            inner,
+            addr,
+            accept,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`: put this in `spec.endpoint`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many requests reached `path` (exact path, query ignored), faults included.
+    pub fn count(&self, path: &str) -> usize {
+        lock(&self.inner.counts).get(path).copied().unwrap_or(0)
+    }
+
+    /// How many requests reached the emulator in total.
+    pub fn total_requests(&self) -> usize {
+        lock(&self.inner.counts).values().sum()
+    }
+
+    /// Applies `fault` to the next `n` requests, whatever their path.
+    pub fn fail_next(&self, n: usize, fault: Fault) {
+        self.script(None, n, fault);
+    }
+
+    /// Applies `fault` to the next `n` requests for `path` (exact path).
+    pub fn fail_next_on(&self, path: &str, n: usize, fault: Fault) {
+        self.script(Some(path.to_owned()), n, fault);
+    }
+
+    fn script(&self, path: Option<String>, remaining: usize, fault: Fault) {
+        lock(&self.inner.faults).push(ScriptedFault {
+            path,
+            remaining,
+            fault,
+        });
+    }
+
+    /// Runs `f` with the emulator's state (accounts, clients, tokens).
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut lock(&self.inner.state))
+    }
+
+    /// The provider-specific part, for its own knobs.
+    pub(crate) fn flavor(&self) -> &F {
+        &self.inner.flavor
+    }
+}
+
+async fn accept_loop<F: Flavor>(listener: TcpListener, inner: Arc<Inner<F>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let inner = Arc::clone(&inner);
+        tokio::spawn(async move {
+            // A DropConnection fault notifies this, and the connection is dropped unanswered.
+            let drop_now = Arc::new(Notify::new());
+            let service = {
+                let drop_now = Arc::clone(&drop_now);
+                service_fn(move |req| {
+                    let inner = Arc::clone(&inner);
+                    let drop_now = Arc::clone(&drop_now);
+                    async move { Ok::<_, Infallible>(serve(&inner, req, &drop_now).await) }
+                })
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = drop_now.notified() => {}
+            }
+        });
+    }
+}
+
+async fn serve<F: Flavor>(
+    inner: &Inner<F>,
+    req: http::Request<hyper::body::Incoming>,
+    drop_now: &Notify,
+) -> http::Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let request = Request {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default(),
+        headers: parts.headers,
+        body,
+    };
+    *lock(&inner.counts).entry(request.path.clone()).or_default() += 1;
+
+    let fault = {
+        let mut faults = lock(&inner.faults);
+        let index = faults
+            .iter()
+            .position(|f| f.path.as_deref().is_none_or(|p| p == request.path));
+        index.map(|i| {
+            let fault = faults[i].fault.clone();
+            faults[i].remaining -= 1;
+            if faults[i].remaining == 0 {
+                faults.remove(i);
+            }
+            fault
+        })
+    };
+    let response = match fault {
+        Some(Fault::Latency(delay)) => {
+            tokio::time::sleep(delay).await;
+            None
+        }
+        Some(Fault::RateLimited { retry_after_secs }) => {
+            Some(inner.flavor.rate_limited(retry_after_secs))
+        }
+        Some(Fault::Status(status)) => Some(Response::text(status, "upstream trouble")),
+        Some(Fault::MalformedJson) => Some(Response {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: br#"{"access_token": "trunc"#.to_vec(),
+        }),
+        Some(Fault::Respond(response)) => Some(response),
+        Some(Fault::DropConnection) => {
+            drop_now.notify_one();
+            std::future::pending::<()>().await;
+            None
+        }
+        None => None,
+    };
+    let response = response.unwrap_or_else(|| {
+        let mut state = lock(&inner.state);
+        inner.flavor.handle(&mut state, &request)
+    });
+    response.into_http()
+}
