@@ -34,7 +34,8 @@ impl ManualClock {
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: std::time::Duration) {
         let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *now = now.saturating_add(SignedDuration::try_from(by).unwrap_or(SignedDuration::MAX))
+        *now = now
+            .saturating_add(SignedDuration::try_from(by).unwrap_or(SignedDuration::MAX))
             .unwrap_or(*now);
     }
 }

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use reconnect_operator::telemetry::{self, LogFormat};
 
 /// Keeps SaaS integrations connected while their credentials change.
 #[derive(Parser, Debug)]
@@ -20,6 +21,95 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+    /// Run the operator against the cluster in the ambient kubeconfig or in-cluster config.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Watch only these namespaces (comma-separated); all namespaces when empty.
+    #[arg(long, value_delimiter = ',', env = "RECONNECT_WATCH_NAMESPACES")]
+    watch_namespaces: Vec<String>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Reconcile only while holding a Lease, so several replicas can run.
+    #[arg(long)]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "reconnect-operator")]
+    lease_name: String,
+    /// Namespace of the Lease; the kubeconfig's or the pod's namespace by default.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity; the pod name by default.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    telemetry::init(args.log_format, "info,kube=warn,kube_lease_manager=warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let client = kube::Client::try_default().await?;
+        let identity = args.identity.unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .unwrap_or_else(|_| format!("reconnect-operator-{}", std::process::id()))
+        });
+        let options = reconnect_operator::operator::Options {
+            namespaces: args
+                .watch_namespaces
+                .into_iter()
+                .filter(|n| !n.is_empty())
+                .collect(),
+            metrics_addr: args.metrics_addr,
+            leader_election: args.leader_election,
+            lease_name: args.lease_name,
+            lease_namespace: args.lease_namespace,
+            identity,
+        };
+        reconnect_operator::operator::run(client, options, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> ExitCode {
@@ -42,5 +132,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Run(args) => run(args),
     }
 }

@@ -65,12 +65,36 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_flips() {
         let mut conds = Vec::new();
-        set(&mut conds, "Ready", false, "Pending", "waiting", Some(1), ts(100));
-        set(&mut conds, "Ready", false, "SecretNotFound", "no secret", Some(2), ts(200));
+        set(
+            &mut conds,
+            "Ready",
+            false,
+            "Pending",
+            "waiting",
+            Some(1),
+            ts(100),
+        );
+        set(
+            &mut conds,
+            "Ready",
+            false,
+            "SecretNotFound",
+            "no secret",
+            Some(2),
+            ts(200),
+        );
         assert_eq!(conds[0].last_transition_time, Time(ts(100)));
         assert_eq!(conds[0].reason, "SecretNotFound");
         assert_eq!(conds[0].observed_generation, Some(2));
-        set(&mut conds, "Ready", true, "Connected", "ok", Some(2), ts(300));
+        set(
+            &mut conds,
+            "Ready",
+            true,
+            "Connected",
+            "ok",
+            Some(2),
+            ts(300),
+        );
         assert_eq!(conds[0].last_transition_time, Time(ts(300)));
         assert!(is_true(&conds, "Ready"));
     }

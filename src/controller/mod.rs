@@ -12,6 +12,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::providers::{Providers, VerifyError};
 
 /// Field manager for every write the operator makes (server-side apply of status included).
@@ -81,6 +82,7 @@ pub struct Context {
     pub(crate) providers: Providers,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) recorder: Recorder,
+    pub(crate) metrics: Arc<Metrics>,
     objects: Mutex<HashMap<String, ObjectState>>,
 }
 
@@ -90,6 +92,7 @@ impl Context {
         client: Client,
         providers: Providers,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
@@ -101,6 +104,7 @@ impl Context {
             client,
             providers,
             clock,
+            metrics,
             objects: Mutex::default(),
         }
     }
@@ -217,8 +221,9 @@ mod tests {
     #[test]
     fn jitter_spreads_objects_apart() {
         let err = transient(None);
-        let delays: std::collections::BTreeSet<_> =
-            (0..20).map(|i| backoff(5, &err, jitter_seed(&format!("ns/c{i}"), 5))).collect();
+        let delays: std::collections::BTreeSet<_> = (0..20)
+            .map(|i| backoff(5, &err, jitter_seed(&format!("ns/c{i}"), 5)))
+            .collect();
         assert!(delays.len() > 10, "{delays:?}");
     }
 }

@@ -324,9 +324,7 @@ mod tests {
             Row {
                 source: ready(B),
                 target: ours(B, None),
-                want_step: Step::FinishSwap {
-                    revision: B.into(),
-                },
+                want_step: Step::FinishSwap { revision: B.into() },
                 want_wake: None,
                 ..row("a swap whose status write was lost is finished without validating")
             },
@@ -478,7 +476,12 @@ mod tests {
             });
             assert_eq!(plan.step, r.want_step, "{}", r.name);
             assert_eq!(plan.wake_at, r.want_wake, "{}: wake", r.name);
-            assert_eq!(plan.source_problem.is_some(), r.want_problem, "{}: problem", r.name);
+            assert_eq!(
+                plan.source_problem.is_some(),
+                r.want_problem,
+                "{}: problem",
+                r.name
+            );
         }
     }
 

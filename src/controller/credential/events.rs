@@ -4,8 +4,8 @@
 //! provider or a requeue loop cannot flood the API; kube's recorder folds repeats of the
 //! same event into a series.
 
-use kube::runtime::events::{Event, EventType};
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType};
 use tracing::warn;
 
 use crate::api::ConnectorCredentialStatus;
@@ -84,9 +84,13 @@ pub(crate) fn transitions(
         get(&s.conditions, types::READY).map(|c| (c.reason.clone(), c.message.clone()))
     };
     if let Some((reason, msg)) = ready_reason(new) {
-        let source_reason = [reasons::SECRET_NOT_FOUND, reasons::MISSING_KEY, reasons::MISCONFIGURED]
-            .into_iter()
-            .find(|r| *r == reason);
+        let source_reason = [
+            reasons::SECRET_NOT_FOUND,
+            reasons::MISSING_KEY,
+            reasons::MISCONFIGURED,
+        ]
+        .into_iter()
+        .find(|r| *r == reason);
         let was = ready_reason(old).map(|(r, _)| r);
         if let Some(r) = source_reason
             && was.as_deref() != Some(r)

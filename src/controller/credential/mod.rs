@@ -20,10 +20,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
@@ -36,6 +36,9 @@ use crate::api::{ConnectorCredential, ConnectorCredentialStatus, PermissionPolic
 use crate::providers::{CredentialMaterial, VerifyRequest};
 
 type Guarded = DeserializeGuard<ConnectorCredential>;
+
+/// This controller's name in metrics.
+const CONTROLLER: &str = "connectorcredential";
 
 /// How soon to look again after a reconcile that changed something: the follow-up finds the
 /// steady state and schedules the next probe.
@@ -122,7 +125,14 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
         warn!(error = %invalid, "malformed ConnectorCredential skipped");
         let reference = guard.object_ref(&());
         let note = format!("the object does not match the ConnectorCredential schema: {invalid}");
-        events::publish(&ctx, &reference, EventType::Warning, reasons::MISCONFIGURED, note).await;
+        events::publish(
+            &ctx,
+            &reference,
+            EventType::Warning,
+            reasons::MISCONFIGURED,
+            note,
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let lock = ctx.object_lock(&key);
@@ -137,12 +147,19 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
         .map_err(kube_err("get ConnectorCredential"))?
     else {
         ctx.forget(&key);
+        ctx.metrics.forget_credential(&ns, &name);
         return Ok(Action::await_change());
     };
     if cred.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    let started = std::time::Instant::now();
     let result = reconcile_credential(&cred, &api, &ctx, &key).await;
+    ctx.metrics.reconciled(
+        CONTROLLER,
+        started.elapsed(),
+        result.as_ref().err().map(Error::reason),
+    );
     if result.is_ok() {
         ctx.succeeded(&key);
     }
@@ -196,7 +213,10 @@ async fn reconcile_credential(
     .max();
     let plan = decide::decide(&Observed {
         generation,
-        status: cred.status.as_ref().unwrap_or(&ConnectorCredentialStatus::default()),
+        status: cred
+            .status
+            .as_ref()
+            .unwrap_or(&ConnectorCredentialStatus::default()),
         timing,
         source: &source,
         target: &target.state,
@@ -229,7 +249,9 @@ async fn reconcile_credential(
             }
         }
         Step::Rotate { revision } => {
-            let material = material.as_ref().expect("a Rotate plan has source material");
+            let material = material
+                .as_ref()
+                .expect("a Rotate plan has source material");
             // Tell users a validation is under way before the provider call, which may take
             // up to the timeout.
             update.validating(revision, provider.as_str());
@@ -257,6 +279,7 @@ async fn reconcile_credential(
                         .await
                         .map_err(kube_err("write target Secret"))?;
                     info!(revision = %status::short(revision), account = %verified.account.id, "swapped in a validated credential");
+                    ctx.metrics.rotation(provider, true);
                     update.swapped(validated.revision(), &verified);
                     ctx.set_last_probe(key, now);
                     let (reason, note) = if first {
@@ -282,6 +305,7 @@ async fn reconcile_credential(
                 }
                 Err(err) => {
                     info!(revision = %status::short(revision), reason = err.reason(), "rotation rejected");
+                    ctx.metrics.rotation(provider, false);
                     update.rejected(revision, &err);
                     direct_events.push((
                         EventType::Warning,
@@ -297,7 +321,10 @@ async fn reconcile_credential(
             }
         }
         Step::Revalidate | Step::Refresh => {
-            let active = target.active.as_ref().expect("maintenance needs an active credential");
+            let active = target
+                .active
+                .as_ref()
+                .expect("maintenance needs an active credential");
             let required: BTreeSet<String> =
                 cred.spec.required_permissions.iter().cloned().collect();
             let req = VerifyRequest {
@@ -354,6 +381,14 @@ async fn reconcile_credential(
 
     // 5. Write status and tell people what changed.
     update.summarize(&timing, plan.source_problem.as_ref());
+    ctx.metrics.credential(
+        &ns,
+        &cred.name_any(),
+        provider,
+        update.status.phase.unwrap_or_default(),
+        update.status.expires_at.as_ref().map(|t| t.0),
+        timing.expiry_warning,
+    );
     let old = cred.status.clone().unwrap_or_default();
     write_status(api, &cred.name_any(), cred.status.as_ref(), &update.status).await?;
     for (type_, reason, note) in direct_events {
@@ -475,4 +510,3 @@ impl Timing {
         }
     }
 }
-

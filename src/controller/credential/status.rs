@@ -173,7 +173,10 @@ impl Update {
                 );
             }
             VerifyError::Dead { .. } if !has_active => {
-                let msg = format!("the credential in revision {} is dead: {err}", short(revision));
+                let msg = format!(
+                    "the credential in revision {} is dead: {err}",
+                    short(revision)
+                );
                 self.set(types::CONNECTED, false, reasons::CONNECTION_LOST, msg);
             }
             VerifyError::Misconfigured { .. } if !has_active => {
@@ -303,16 +306,22 @@ impl Update {
             );
         }
         if get(&self.status.conditions, types::ROTATING).is_none() {
-            self.set(types::ROTATING, false, reasons::IDLE, "no rotation in progress");
+            self.set(
+                types::ROTATING,
+                false,
+                reasons::IDLE,
+                "no rotation in progress",
+            );
         }
 
         let conds = &self.status.conditions;
         let connected = get(conds, types::CONNECTED).cloned();
         let mismatch = is_true(conds, types::PERMISSION_MISMATCH);
         let phase = match &connected {
-            Some(c) if c.status == "False"
-                && (c.reason == reasons::CONNECTION_LOST
-                    || c.reason == reasons::PROVIDER_UNREACHABLE) =>
+            Some(c)
+                if c.status == "False"
+                    && (c.reason == reasons::CONNECTION_LOST
+                        || c.reason == reasons::PROVIDER_UNREACHABLE) =>
             {
                 Phase::ConnectionLost
             }
@@ -322,7 +331,9 @@ impl Update {
         };
         self.status.phase = Some(phase);
 
-        let rotating = get(conds, types::ROTATING).filter(|c| c.status == "True").cloned();
+        let rotating = get(conds, types::ROTATING)
+            .filter(|c| c.status == "True")
+            .cloned();
         let mismatch_msg = get(conds, types::PERMISSION_MISMATCH).map(|c| c.message.clone());
         let (ready, reason, message) = if let Some((reason, msg)) = source_issue {
             (false, reason, msg)

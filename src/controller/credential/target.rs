@@ -19,7 +19,9 @@ use kube::{Resource, ResourceExt};
 use super::decide::Target;
 use super::status::ActiveRecord;
 use crate::api::{Account, ConnectorCredential};
-use crate::providers::{CredentialMaterial, Providers, Tokens, Verified, VerifyError, VerifyRequest};
+use crate::providers::{
+    CredentialMaterial, Providers, Tokens, Verified, VerifyError, VerifyRequest,
+};
 use crate::secret::Redacted;
 
 /// Annotation holding the revision of the source material in the target Secret.
@@ -196,7 +198,10 @@ pub(crate) fn inspect(secret: Option<Secret>, owner: &ConnectorCredential) -> Re
     let record = ActiveRecord {
         account: Account {
             id: ann.get(ACCOUNT_ID_ANNOTATION).cloned().unwrap_or_default(),
-            name: ann.get(ACCOUNT_NAME_ANNOTATION).cloned().unwrap_or_default(),
+            name: ann
+                .get(ACCOUNT_NAME_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
         },
         permissions: ann
             .get(PERMISSIONS_ANNOTATION)
@@ -233,7 +238,10 @@ pub(crate) async fn write(
     let mut data = BTreeMap::new();
     for name in FIELDS {
         if let Some(value) = field(&v.material, name) {
-            data.insert(name.to_owned(), ByteString(value.expose().as_bytes().to_vec()));
+            data.insert(
+                name.to_owned(),
+                ByteString(value.expose().as_bytes().to_vec()),
+            );
         }
     }
     if let Some(token) = &v.tokens.access_token {
@@ -241,10 +249,17 @@ pub(crate) async fn write(
             "access_token".into(),
             ByteString(token.expose().as_bytes().to_vec()),
         );
-        let token_type = v.tokens.token_type.clone().unwrap_or_else(|| "Bearer".into());
+        let token_type = v
+            .tokens
+            .token_type
+            .clone()
+            .unwrap_or_else(|| "Bearer".into());
         data.insert("token_type".into(), ByteString(token_type.into_bytes()));
         if let Some(exp) = v.tokens.expires_at {
-            data.insert("expires_at".into(), ByteString(exp.to_string().into_bytes()));
+            data.insert(
+                "expires_at".into(),
+                ByteString(exp.to_string().into_bytes()),
+            );
         }
     } else if let Some(prev) = existing.and_then(|s| s.data.as_ref()) {
         // A write without new tokens (none are minted for API keys) keeps the token fields.

@@ -1,0 +1,201 @@
+//! The operator process: the HTTP endpoints (/metrics, /healthz, /readyz), leader election
+//! on a Lease, and the controllers, joined until shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use kube::Client;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::clock::SystemClock;
+use crate::controller::{self, Context};
+use crate::metrics::Metrics;
+use crate::providers::Providers;
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Namespaces to watch; empty means all namespaces.
+    pub namespaces: Vec<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    pub metrics_addr: SocketAddr,
+    /// Run the controllers only while holding the Lease.
+    pub leader_election: bool,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// Namespace of the Lease (the client's default namespace when unset).
+    pub lease_namespace: Option<String>,
+    /// This replica's identity (Lease holder, event reportingInstance).
+    pub identity: String,
+}
+
+/// Liveness and readiness as the HTTP endpoints report them.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The controllers are running (this replica leads, or leader election is off).
+    controllers_running: AtomicBool,
+    /// This replica waits as a standby for the Lease.
+    standby: AtomicBool,
+}
+
+impl Health {
+    /// Ready: the controllers run, or this replica is a healthy standby. A standby must be
+    /// ready, or a two-replica rollout would never finish.
+    pub fn ready(&self) -> bool {
+        self.controllers_running.load(Ordering::SeqCst) || self.standby.load(Ordering::SeqCst)
+    }
+
+    /// Whether the controllers are running in this process.
+    pub fn leading(&self) -> bool {
+        self.controllers_running.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves /metrics, /healthz and /readyz on `listener` until `shutdown` resolves.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    warn!(error = %err, "accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let metrics = metrics.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let response = respond(req.uri().path(), &metrics, &health);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %err, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" if health.ready() => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "controllers not running\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+/// Runs the controllers for every configured namespace until `stop` flips to true.
+pub(crate) async fn run_controllers(
+    ctx: Arc<Context>,
+    namespaces: &[String],
+    stop: watch::Receiver<bool>,
+) {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().cloned().map(Some).collect()
+    };
+    let runs = scopes.into_iter().map(|ns| {
+        let mut stop = stop.clone();
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        controller::credential::run(ctx.clone(), ns, futures::stream::pending(), shutdown)
+    });
+    futures::future::join_all(runs).await;
+}
+
+/// Runs the operator until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let listener = TcpListener::bind(options.metrics_addr).await?;
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = tokio::spawn(serve_http(listener, metrics.clone(), health.clone(), {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    }));
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Providers::new(),
+        Arc::new(SystemClock),
+        metrics,
+        Some(options.identity.clone()),
+    ));
+
+    if options.leader_election {
+        crate::leader::lead(client, &options, ctx, health, stop_rx).await?;
+    } else {
+        health.controllers_running.store(true, Ordering::SeqCst);
+        run_controllers(ctx, &options.namespaces, stop_rx).await;
+        health.controllers_running.store(false, Ordering::SeqCst);
+    }
+    if let Err(err) = http.await {
+        error!(error = %err, "HTTP server task failed");
+    }
+    Ok(())
+}
+
+impl Health {
+    pub(crate) fn set_running(&self, running: bool) {
+        self.controllers_running.store(running, Ordering::SeqCst);
+    }
+
+    pub(crate) fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::SeqCst);
+    }
+}
