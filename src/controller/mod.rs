@@ -109,6 +109,11 @@ impl Context {
         }
     }
 
+    /// The metrics this context records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     fn objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, ObjectState>> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1,0 +1,275 @@
+//! The end-to-end harness: a cluster (the stand-in, or a real one when
+//! `RECONNECT_TEST_KUBECONFIG` is set), the real controller code on a manual clock, and
+//! helpers that wait for observable states with bounded timeouts instead of sleeping.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use reconnect_apiserver::TestCluster;
+use reconnect_operator::api::ConnectorCredential;
+use reconnect_operator::clock::ManualClock;
+use reconnect_operator::controller::Context;
+use reconnect_operator::metrics::Metrics;
+use reconnect_operator::providers::Providers;
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any wait may take before the test fails: generous, because a wait ends as soon
+/// as its condition holds.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Env {
+    pub cluster: TestCluster,
+    pub clock: ManualClock,
+    pub ctx: Arc<Context>,
+    tick: mpsc::UnboundedSender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+fn start_controller(
+    cluster: &TestCluster,
+    clock: &ManualClock,
+) -> (Arc<Context>, mpsc::UnboundedSender<()>, oneshot::Sender<()>, JoinHandle<()>) {
+    let ctx = Arc::new(Context::new(
+        cluster.client.clone(),
+        Providers::new(),
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::new()),
+        Some("e2e".into()),
+    ));
+    let (tick, ticks) = mpsc::unbounded();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(reconnect_operator::controller::credential::run(
+        ctx.clone(),
+        Some(cluster.namespace.clone()),
+        ticks,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (ctx, tick, stop, task)
+}
+
+impl Env {
+    /// A fresh namespace with the credential controller running in it.
+    pub async fn start() -> Self {
+        let cluster = reconnect_apiserver::test_cluster().await;
+        let clock = ManualClock::new(Timestamp::now());
+        let (ctx, tick, stop, task) = start_controller(&cluster, &clock);
+        Self {
+            cluster,
+            clock,
+            ctx,
+            tick,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn ns(&self) -> &str {
+        &self.cluster.namespace
+    }
+
+    pub fn creds(&self) -> Api<ConnectorCredential> {
+        Api::namespaced(self.cluster.client.clone(), self.ns())
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.cluster.client.clone(), self.ns())
+    }
+
+    /// Stops the controller process (as a crash would: no cleanup) and starts a new one with
+    /// fresh in-memory state against the same cluster.
+    pub async fn restart(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        let (ctx, tick, stop, task) = start_controller(&self.cluster, &self.clock);
+        self.ctx = ctx;
+        self.tick = tick;
+        self.stop = Some(stop);
+        self.task = Some(task);
+    }
+
+    /// Stops the controller without starting another.
+    pub async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Reconcile runs so far (from the controller's own metrics).
+    pub fn reconciles(&self) -> u64 {
+        self.ctx
+            .metrics()
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("reconnect_reconcile_total{controller=\"connectorcredential\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Re-reconciles every object and waits until at least `n` reconciles have finished.
+    pub async fn tick(&self, n: u64) {
+        let before = self.reconciles();
+        self.tick.unbounded_send(()).expect("controller running");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.reconciles() < before + n {
+            assert!(tokio::time::Instant::now() < deadline, "no reconcile after a tick");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Moves the manual clock and re-reconciles.
+    pub async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.tick(1).await;
+    }
+
+    pub async fn apply_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let string_data: serde_json::Map<_, _> =
+            data.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name},
+            "type": "Opaque",
+            "stringData": string_data,
+        });
+        // Replace the data wholesale, as `kubectl apply` of a new Secret manifest would.
+        if let Some(mut existing) = self.secrets().get_opt(name).await.unwrap() {
+            existing.data = Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            );
+            self.secrets()
+                .replace(name, &PostParams::default(), &existing)
+                .await
+                .unwrap();
+        } else {
+            self.secrets()
+                .create(&PostParams::default(), &serde_json::from_value(secret).unwrap())
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn apply_credential(&self, name: &str, spec: serde_json::Value) -> ConnectorCredential {
+        let obj = json!({
+            "apiVersion": "reconnect.dev/v1alpha1",
+            "kind": "ConnectorCredential",
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        self.creds()
+            .patch(name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&obj))
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the credential satisfies `pred`.
+    pub async fn wait_cred(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&ConnectorCredential) -> bool,
+    ) -> ConnectorCredential {
+        let cond = move |obj: Option<&ConnectorCredential>| obj.is_some_and(&pred);
+        match tokio::time::timeout(WAIT, await_condition(self.creds(), name, cond)).await {
+            Ok(Ok(Some(obj))) => obj,
+            Ok(other) => panic!("waiting for {name} ({what}): {other:?}"),
+            Err(_) => {
+                let now = self.creds().get_opt(name).await.ok().flatten();
+                panic!("timed out waiting for {name}: {what}; last status: {:#?}", now.and_then(|c| c.status))
+            }
+        }
+    }
+
+    pub async fn cred(&self, name: &str) -> ConnectorCredential {
+        self.creds().get(name).await.unwrap()
+    }
+
+    pub async fn secret(&self, name: &str) -> Option<Secret> {
+        self.secrets().get_opt(name).await.unwrap()
+    }
+
+    pub async fn events(&self) -> Vec<Event> {
+        Api::<Event>::namespaced(self.cluster.client.clone(), self.ns())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Waits for an event with `reason` about object `name` and returns it.
+    pub async fn wait_event(&self, name: &str, reason: &str) -> Event {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(ev) = self.events().await.into_iter().find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            }) {
+                return ev;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no {reason} event for {name}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(WAIT, task).await;
+        }
+        self.cluster.cleanup().await;
+    }
+}
+
+/// Data of a Secret as strings.
+pub fn data(secret: &Secret) -> std::collections::BTreeMap<String, String> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect()
+}
+
+/// The condition of `type_` on a credential.
+pub fn condition(
+    cred: &ConnectorCredential,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    cred.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+pub fn is_true(cred: &ConnectorCredential, type_: &str) -> bool {
+    condition(cred, type_).is_some_and(|c| c.status == "True")
+}
+
+pub fn phase(cred: &ConnectorCredential) -> Option<reconnect_operator::api::Phase> {
+    cred.status.as_ref().and_then(|s| s.phase)
+}
+
+pub fn active_revision(cred: &ConnectorCredential) -> Option<String> {
+    cred.status.as_ref().and_then(|s| s.active_revision.clone())
+}
