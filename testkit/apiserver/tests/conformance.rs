@@ -704,7 +704,6 @@ async fn request_log_shows_no_writes_while_only_reading() {
     let apply = log.iter().find(|r| r.verb == Verb::Patch).expect("patch logged");
     assert_eq!(apply.content_type.as_deref(), Some("application/apply-patch+yaml"));
     assert!(apply.path.contains("/secrets/log") && apply.path.contains("fieldManager=logger"));
-    assert!(apply.user_agent.is_some());
     standin.clear_requests();
     api.get("log").await.unwrap();
     api.list(&ListParams::default()).await.unwrap();
@@ -766,20 +765,30 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
     let events = watch_until(stream, |seen| !seen.is_empty()).await;
     assert_eq!(event_names(&events), vec![("ADDED".into(), "via-http".into())]);
 
-    let kubectl = |args: &[&str]| {
-        let output = std::process::Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", served.kubeconfig())
-            .output()
-            .expect("kubectl runs");
-        assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
+    let kubeconfig = served.kubeconfig().to_path_buf();
+    let kubectl = |args: Vec<String>| {
+        let kubeconfig = kubeconfig.clone();
+        // kubectl blocks; keep the runtime free to serve its requests.
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new("kubectl")
+                .args(&args)
+                .arg("--request-timeout=20s")
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+                .expect("kubectl runs");
+            assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8(output.stdout).unwrap()
+        })
     };
-    let out = kubectl(&["get", "connectorcredentials", "-n", &cluster.namespace, "-o", "name"]);
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ns = cluster.namespace.as_str();
+    let out = kubectl(args(&["get", "connectorcredentials", "-n", ns, "-o", "name"])).await.unwrap();
     assert_eq!(out.trim(), "connectorcredential.reconnect.dev/via-http");
-    let out = kubectl(&["get", "ccred", "-n", &cluster.namespace]);
+    let out = kubectl(args(&["get", "ccred", "-n", ns])).await.unwrap();
     assert!(out.contains("via-http"), "{out}");
-    let raw_groups = kubectl(&["get", "--raw", "/apis"]);
-    assert!(raw_groups.contains("reconnect.dev"));
+    let out = kubectl(args(&["get", "--raw", "/apis"])).await.unwrap();
+    assert!(out.contains("reconnect.dev"));
+    let kubectl_request = standin.requests().into_iter().find(|r| r.user_agent.as_deref().is_some_and(|ua| ua.starts_with("kubectl")));
+    assert!(kubectl_request.is_some(), "the request log records kubectl's user agent");
     cluster.cleanup().await;
 }
