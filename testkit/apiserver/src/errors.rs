@@ -25,7 +25,12 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     fn with_details(mut self, details: Value) -> Self {
@@ -34,37 +39,58 @@ impl ApiError {
     }
 
     pub(crate) fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", rt.group_resource()))
-            .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.group_resource()),
+        )
+        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
     }
 
     pub(crate) fn namespace_not_found(namespace: &str) -> Self {
-        Self::new(404, "NotFound", format!("namespaces \"{namespace}\" not found"))
-            .with_details(json!({"name": namespace, "kind": "namespaces"}))
+        Self::new(
+            404,
+            "NotFound",
+            format!("namespaces \"{namespace}\" not found"),
+        )
+        .with_details(json!({"name": namespace, "kind": "namespaces"}))
     }
 
     pub(crate) fn namespace_terminating(namespace: &str) -> Self {
         Self::new(
             403,
             "Forbidden",
-            format!("unable to create new content in namespace {namespace} because it is being terminated"),
+            format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            ),
         )
     }
 
     pub(crate) fn resource_not_found(path: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     pub(crate) fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", rt.group_resource()))
-            .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", rt.group_resource()),
+        )
+        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
     }
 
     pub(crate) fn conflict(rt: &ResourceType, name: &str, why: &str) -> Self {
         Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", rt.group_resource()),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                rt.group_resource()
+            ),
         )
         .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
     }
@@ -80,15 +106,29 @@ impl ApiError {
     pub(crate) fn invalid(rt: &ResourceType, name: &str, causes: Vec<Cause>) -> Self {
         let summary: Vec<String> = causes
             .iter()
-            .map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) })
+            .map(|c| {
+                if c.field.is_empty() {
+                    c.message.clone()
+                } else {
+                    format!("{}: {}", c.field, c.message)
+                }
+            })
             .collect();
-        let summary = if summary.len() == 1 { summary[0].clone() } else { format!("[{}]", summary.join(", ")) };
+        let summary = if summary.len() == 1 {
+            summary[0].clone()
+        } else {
+            format!("[{}]", summary.join(", "))
+        };
         let causes: Vec<Value> = causes
             .into_iter()
             .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
             .collect();
-        Self::new(422, "Invalid", format!("{} \"{name}\" is invalid: {summary}", rt.qualified_kind()))
-            .with_details(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}))
+        Self::new(
+            422,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {summary}", rt.qualified_kind()),
+        )
+        .with_details(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}))
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -113,7 +153,13 @@ impl ApiError {
     }
 
     pub(crate) fn unsupported_media_type(content_type: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type:?})"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type:?})"
+            ),
+        )
     }
 
     pub(crate) fn internal(message: impl Into<String>) -> Self {

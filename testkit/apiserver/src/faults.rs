@@ -32,7 +32,10 @@ pub enum Verb {
 impl Verb {
     /// Whether the verb can change stored state.
     pub fn is_write(self) -> bool {
-        matches!(self, Self::Create | Self::Update | Self::Patch | Self::Delete | Self::DeleteCollection)
+        matches!(
+            self,
+            Self::Create | Self::Update | Self::Patch | Self::Delete | Self::DeleteCollection
+        )
     }
 }
 
@@ -47,6 +50,8 @@ pub struct RequestRecord {
     pub verb: Verb,
     /// The Content-Type header, if any (tells the patch type apart).
     pub content_type: Option<String>,
+    /// The Accept header, if any (tells metadata-only requests apart).
+    pub accept: Option<String>,
     /// The User-Agent header, if any.
     pub user_agent: Option<String>,
     /// When the request arrived.
@@ -72,7 +77,11 @@ pub struct RequestMatch {
 impl RequestMatch {
     /// Matches every request.
     pub fn any() -> Self {
-        Self { method: None, verb: None, path: PathPattern::Any }
+        Self {
+            method: None,
+            verb: None,
+            path: PathPattern::Any,
+        }
     }
 
     /// Only requests with this HTTP method.
@@ -98,7 +107,8 @@ impl RequestMatch {
     /// # Panics
     /// When the pattern does not compile: a bug in the test that wrote it.
     pub fn path_regex(mut self, pattern: &str) -> Self {
-        let re = regex_lite::Regex::new(pattern).unwrap_or_else(|e| panic!("bad path pattern {pattern:?}: {e}"));
+        let re = regex_lite::Regex::new(pattern)
+            .unwrap_or_else(|e| panic!("bad path pattern {pattern:?}: {e}"));
         self.path = PathPattern::Regex(re);
         self
     }
@@ -130,7 +140,11 @@ pub(crate) struct Faults {
 
 impl Faults {
     pub(crate) fn fail_next(&mut self, count: usize, matcher: RequestMatch, status: u16) {
-        self.failures.push(Failure { matcher, remaining: count, status });
+        self.failures.push(Failure {
+            matcher,
+            remaining: count,
+            status,
+        });
     }
 
     pub(crate) fn add_latency(&mut self, matcher: RequestMatch, latency: Duration) {
@@ -143,12 +157,19 @@ impl Faults {
 
     /// Total delay for a request: every matching latency rule adds up.
     pub(crate) fn latency(&self, method: &Method, verb: Verb, path: &str) -> Duration {
-        self.latencies.iter().filter(|(m, _)| m.matches(method, verb, path)).map(|(_, d)| *d).sum()
+        self.latencies
+            .iter()
+            .filter(|(m, _)| m.matches(method, verb, path))
+            .map(|(_, d)| *d)
+            .sum()
     }
 
     /// Consumes one use of the first matching failure rule and returns its status.
     pub(crate) fn take_failure(&mut self, method: &Method, verb: Verb, path: &str) -> Option<u16> {
-        let failure = self.failures.iter_mut().find(|f| f.remaining > 0 && f.matcher.matches(method, verb, path))?;
+        let failure = self
+            .failures
+            .iter_mut()
+            .find(|f| f.remaining > 0 && f.matcher.matches(method, verb, path))?;
         failure.remaining -= 1;
         let status = failure.status;
         self.failures.retain(|f| f.remaining > 0);

@@ -45,7 +45,12 @@ fn unique_namespace() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    format!("rt-{}-{:x}-{}", std::process::id(), nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "rt-{}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl TestCluster {
@@ -58,10 +63,12 @@ impl TestCluster {
         let namespace = unique_namespace();
         let (client, standin) = match std::env::var_os(KUBECONFIG_ENV) {
             Some(path) => {
-                let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("{KUBECONFIG_ENV}: {e}"));
-                let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                    .await
+                let kubeconfig = Kubeconfig::read_from(&path)
                     .unwrap_or_else(|e| panic!("{KUBECONFIG_ENV}: {e}"));
+                let mut config =
+                    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                        .await
+                        .unwrap_or_else(|e| panic!("{KUBECONFIG_ENV}: {e}"));
                 config.default_namespace = namespace.clone();
                 let client = kube::Client::try_from(config).expect("client from kubeconfig");
                 install_crds(&client).await;
@@ -69,8 +76,13 @@ impl TestCluster {
             }
             None => {
                 let standin = ApiServer::new();
-                standin.register_crds_from_dir(crds_dir()).expect("the repo's CRDs register");
-                (kube::Client::new(standin.clone(), namespace.clone()), Some(standin))
+                standin
+                    .register_crds_from_dir(crds_dir())
+                    .expect("the repo's CRDs register");
+                (
+                    kube::Client::new(standin.clone(), namespace.clone()),
+                    Some(standin),
+                )
             }
         };
         let ns: Namespace = serde_json::from_value(serde_json::json!({
@@ -81,38 +93,56 @@ impl TestCluster {
             .create(&PostParams::default(), &ns)
             .await
             .unwrap_or_else(|e| panic!("creating test namespace {namespace}: {e}"));
-        Self { client, namespace, standin }
+        Self {
+            client,
+            namespace,
+            standin,
+        }
     }
 
     /// The stand-in for a test that needs fault injection or the request log; on a real
     /// cluster prints why the test is skipped and returns `None`.
     pub fn standin_or_skip(&self, test: &str) -> Option<&ApiServer> {
         if self.standin.is_none() {
-            println!("skipping {test}: it needs the stand-in's fault injection or request log ({KUBECONFIG_ENV} is set)");
+            println!(
+                "skipping {test}: it needs the stand-in's fault injection or request log ({KUBECONFIG_ENV} is set)"
+            );
         }
         self.standin.as_ref()
     }
 
     /// Deletes the test namespace (and with it everything the test created).
     pub async fn cleanup(self) {
-        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
     }
 }
 
 async fn install_crds(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut entries: Vec<_> = std::fs::read_dir(crds_dir()).expect("crds/ exists").filter_map(Result::ok).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(crds_dir())
+        .expect("crds/ exists")
+        .filter_map(Result::ok)
+        .collect();
     entries.sort_by_key(|e| e.path());
     for entry in entries {
         let text = std::fs::read_to_string(entry.path()).expect("readable CRD file");
         let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("valid CRD yaml");
         let name = crd.metadata.name.clone().expect("CRD has a name");
-        crds.patch(&name, &PatchParams::apply("reconnect-tests").force(), &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-        tokio::time::timeout(std::time::Duration::from_secs(30), await_condition(crds.clone(), &name, conditions::is_crd_established()))
-            .await
-            .unwrap_or_else(|_| panic!("CRD {name} not established within 30s"))
-            .unwrap_or_else(|e| panic!("waiting for CRD {name}: {e}"));
+        crds.patch(
+            &name,
+            &PatchParams::apply("reconnect-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not established within 30s"))
+        .unwrap_or_else(|e| panic!("waiting for CRD {name}: {e}"));
     }
 }

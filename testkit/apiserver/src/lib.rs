@@ -83,7 +83,9 @@ impl Default for ApiServer {
 
 impl std::fmt::Debug for ApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiServer").field("resource_version", &self.resource_version()).finish()
+        f.debug_struct("ApiServer")
+            .field("resource_version", &self.resource_version())
+            .finish()
     }
 }
 
@@ -104,25 +106,36 @@ impl ApiServer {
     /// Serves the type a CRD defines, at its group, served versions and plural.
     pub fn register_crd(&self, crd: &CustomResourceDefinition) -> Result<(), CrdError> {
         let value = serde_json::to_value(crd).map_err(|e| CrdError(e.to_string()))?;
-        self.inner.state().registry.register_crd(&value).map(|_| ()).map_err(CrdError)
+        self.inner
+            .state()
+            .registry
+            .register_crd(&value)
+            .map(|_| ())
+            .map_err(CrdError)
     }
 
     /// Registers every CustomResourceDefinition in the `*.yaml`/`*.yml`/`*.json` files of
     /// `dir` (one document per file). Returns how many were registered.
     pub fn register_crds_from_dir(&self, dir: impl AsRef<Path>) -> Result<usize, CrdError> {
         let dir = dir.as_ref();
-        let entries = std::fs::read_dir(dir).map_err(|e| CrdError(format!("{}: {e}", dir.display())))?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| CrdError(format!("{}: {e}", dir.display())))?;
         let mut paths: Vec<_> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+            })
             .collect();
         paths.sort();
         for path in &paths {
-            let text = std::fs::read_to_string(path).map_err(|e| CrdError(format!("{}: {e}", path.display())))?;
-            let crd: CustomResourceDefinition =
-                serde_saphyr::from_str(&text).map_err(|e| CrdError(format!("{}: {e}", path.display())))?;
-            self.register_crd(&crd).map_err(|e| CrdError(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CrdError(format!("{}: {e}", path.display())))?;
+            let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
+                .map_err(|e| CrdError(format!("{}: {e}", path.display())))?;
+            self.register_crd(&crd)
+                .map_err(|e| CrdError(format!("{}: {e}", path.display())))?;
         }
         Ok(paths.len())
     }

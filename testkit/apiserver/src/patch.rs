@@ -42,7 +42,12 @@ pub(crate) fn parse_body(kind: PatchType, body: &[u8]) -> Result<Value, ApiError
 }
 
 /// Applies a non-apply patch to `target`. `schema` is the CRD schema for custom resources.
-pub(crate) fn patch(kind: PatchType, target: &Value, patch: &Value, schema: Option<&Value>) -> Result<Value, ApiError> {
+pub(crate) fn patch(
+    kind: PatchType,
+    target: &Value,
+    patch: &Value,
+    schema: Option<&Value>,
+) -> Result<Value, ApiError> {
     let mut doc = target.clone();
     match kind {
         PatchType::Merge => json_patch::merge(&mut doc, patch),
@@ -50,7 +55,9 @@ pub(crate) fn patch(kind: PatchType, target: &Value, patch: &Value, schema: Opti
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
             json_patch::patch(&mut doc, &ops).map_err(|e| {
-                let mut err = ApiError::internal(format!("the server rejected our request due to an error in our request: {e}"));
+                let mut err = ApiError::internal(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ));
                 err.code = 422;
                 err.reason = "Invalid";
                 err
@@ -75,7 +82,13 @@ enum ListMerge {
 /// Keyed lists of the built-in types, by field name (their `patchMergeKey`s / list-map keys).
 fn builtin_list(field: &str) -> ListMerge {
     let key = match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" | "hostAliases" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "hostAliases" => "name",
         "ports" => "containerPort",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
@@ -94,7 +107,12 @@ fn schema_list(schema: &Value) -> ListMerge {
             schema
                 .get("x-kubernetes-list-map-keys")
                 .and_then(Value::as_array)
-                .map(|keys| keys.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default(),
         ),
         _ => ListMerge::Replace,
@@ -125,7 +143,9 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
     let target_map = target.as_object_mut().expect("made an object above");
     for (key, value) in patch_map {
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(list)), Some(remove)) = (target_map.get_mut(field), value.as_array()) {
+            if let (Some(Value::Array(list)), Some(remove)) =
+                (target_map.get_mut(field), value.as_array())
+            {
                 list.retain(|v| !remove.contains(v));
             }
             continue;
@@ -139,10 +159,14 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
                 target_map.remove(key);
             }
             Value::Array(items) => {
-                let existing = target_map.entry(key.clone()).or_insert(Value::Array(Vec::new()));
-                merge_list(existing, items, builtin_list(key), |live, item| strategic_merge(live, item));
+                let existing = target_map
+                    .entry(key.clone())
+                    .or_insert(Value::Array(Vec::new()));
+                merge_list(existing, items, builtin_list(key), strategic_merge);
             }
-            Value::Object(_) => strategic_merge(target_map.entry(key.clone()).or_insert(Value::Null), value),
+            Value::Object(_) => {
+                strategic_merge(target_map.entry(key.clone()).or_insert(Value::Null), value)
+            }
             scalar => {
                 target_map.insert(key.clone(), scalar.clone());
             }
@@ -150,7 +174,12 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
     }
 }
 
-fn merge_list(existing: &mut Value, items: &[Value], how: ListMerge, mut merge_item: impl FnMut(&mut Value, &Value)) {
+fn merge_list(
+    existing: &mut Value,
+    items: &[Value],
+    how: ListMerge,
+    mut merge_item: impl FnMut(&mut Value, &Value),
+) {
     let live = match existing {
         Value::Array(live) => live,
         other => {
@@ -200,7 +229,9 @@ fn apply(live: &mut Value, applied: &Value, schema: Option<&Value>) {
     let live_map = live.as_object_mut().expect("made an object above");
     for (key, value) in applied_map {
         let child_schema = schema.and_then(|s| {
-            s.get("properties").and_then(|p| p.get(key)).or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+            s.get("properties")
+                .and_then(|p| p.get(key))
+                .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
         });
         match value {
             Value::Null => {
@@ -213,10 +244,16 @@ fn apply(live: &mut Value, applied: &Value, schema: Option<&Value>) {
                     (None, _) => builtin_list(key),
                 };
                 let item_schema = child_schema.and_then(|s| s.get("items"));
-                let existing = live_map.entry(key.clone()).or_insert(Value::Array(Vec::new()));
+                let existing = live_map
+                    .entry(key.clone())
+                    .or_insert(Value::Array(Vec::new()));
                 merge_list(existing, items, how, |l, item| apply(l, item, item_schema));
             }
-            Value::Object(_) => apply(live_map.entry(key.clone()).or_insert(Value::Null), value, child_schema),
+            Value::Object(_) => apply(
+                live_map.entry(key.clone()).or_insert(Value::Null),
+                value,
+                child_schema,
+            ),
             scalar => {
                 live_map.insert(key.clone(), scalar.clone());
             }
@@ -234,7 +271,10 @@ mod tests {
         let live = json!({"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "1"}], "x": 1}});
         let p = json!({"spec": {"containers": [{"name": "a", "image": "2"}, {"name": "b", "$patch": "delete"}, {"name": "c", "image": "3"}]}});
         let out = patch(PatchType::Strategic, &live, &p, None).unwrap();
-        assert_eq!(out, json!({"spec": {"containers": [{"name": "a", "image": "2"}, {"name": "c", "image": "3"}], "x": 1}}));
+        assert_eq!(
+            out,
+            json!({"spec": {"containers": [{"name": "a", "image": "2"}, {"name": "c", "image": "3"}], "x": 1}})
+        );
     }
 
     #[test]
@@ -245,6 +285,9 @@ mod tests {
         let live = json!({"status": {"conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "True"}]}});
         let applied = json!({"status": {"conditions": [{"type": "B", "status": "False"}]}});
         let out = patch(PatchType::Apply, &live, &applied, Some(&schema)).unwrap();
-        assert_eq!(out["status"]["conditions"], json!([{"type": "A", "status": "True"}, {"type": "B", "status": "False"}]));
+        assert_eq!(
+            out["status"]["conditions"],
+            json!([{"type": "A", "status": "True"}, {"type": "B", "status": "False"}])
+        );
     }
 }

@@ -32,7 +32,11 @@ pub(crate) struct ResourceType {
 impl ResourceType {
     /// `v1` for the core group, `<group>/<version>` otherwise.
     pub(crate) fn api_version(&self, version: &str) -> String {
-        if self.group.is_empty() { version.to_string() } else { format!("{}/{version}", self.group) }
+        if self.group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{}/{version}", self.group)
+        }
     }
 
     /// The store key prefix: objects are shared by all versions of a resource.
@@ -42,12 +46,20 @@ impl ResourceType {
 
     /// `secrets` or `connectorcredentials.reconnect.dev`, as error messages name resources.
     pub(crate) fn group_resource(&self) -> String {
-        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
 
     /// `Secret` or `ConnectorCredential.reconnect.dev`, as `Invalid` messages name kinds.
     pub(crate) fn qualified_kind(&self) -> String {
-        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
     }
 
     pub(crate) fn is_custom(&self) -> bool {
@@ -55,7 +67,16 @@ impl ResourceType {
     }
 
     fn discovery_entry(&self) -> Vec<Value> {
-        let mut verbs = vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+        let mut verbs = vec![
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ];
         verbs.sort_unstable();
         let mut main = json!({
             "name": self.plural,
@@ -102,15 +123,87 @@ struct Builtin {
 }
 
 const BUILTINS: &[Builtin] = &[
-    Builtin { group: "", version: "v1", plural: "namespaces", kind: "Namespace", namespaced: false, short_names: &["ns"], status_subresource: false, tracks_generation: false },
-    Builtin { group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true, short_names: &[], status_subresource: false, tracks_generation: false },
-    Builtin { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true, short_names: &["ev"], status_subresource: false, tracks_generation: false },
-    Builtin { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", namespaced: true, short_names: &[], status_subresource: false, tracks_generation: false },
-    Builtin { group: "apps", version: "v1", plural: "deployments", kind: "Deployment", namespaced: true, short_names: &["deploy"], status_subresource: true, tracks_generation: true },
-    Builtin { group: "apps", version: "v1", plural: "statefulsets", kind: "StatefulSet", namespaced: true, short_names: &["sts"], status_subresource: true, tracks_generation: true },
-    Builtin { group: "apps", version: "v1", plural: "daemonsets", kind: "DaemonSet", namespaced: true, short_names: &["ds"], status_subresource: true, tracks_generation: true },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "namespaces",
+        kind: "Namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        status_subresource: false,
+        tracks_generation: false,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        kind: "Secret",
+        namespaced: true,
+        short_names: &[],
+        status_subresource: false,
+        tracks_generation: false,
+    },
+    Builtin {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        kind: "Event",
+        namespaced: true,
+        short_names: &["ev"],
+        status_subresource: false,
+        tracks_generation: false,
+    },
+    Builtin {
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        kind: "Lease",
+        namespaced: true,
+        short_names: &[],
+        status_subresource: false,
+        tracks_generation: false,
+    },
+    Builtin {
+        group: "apps",
+        version: "v1",
+        plural: "deployments",
+        kind: "Deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        status_subresource: true,
+        tracks_generation: true,
+    },
+    Builtin {
+        group: "apps",
+        version: "v1",
+        plural: "statefulsets",
+        kind: "StatefulSet",
+        namespaced: true,
+        short_names: &["sts"],
+        status_subresource: true,
+        tracks_generation: true,
+    },
+    Builtin {
+        group: "apps",
+        version: "v1",
+        plural: "daemonsets",
+        kind: "DaemonSet",
+        namespaced: true,
+        short_names: &["ds"],
+        status_subresource: true,
+        tracks_generation: true,
+    },
     // CRDs themselves, so they can be created through the API (status is set by the server).
-    Builtin { group: "apiextensions.k8s.io", version: "v1", plural: "customresourcedefinitions", kind: "CustomResourceDefinition", namespaced: false, short_names: &["crd", "crds"], status_subresource: false, tracks_generation: true },
+    Builtin {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        plural: "customresourcedefinitions",
+        kind: "CustomResourceDefinition",
+        namespaced: false,
+        short_names: &["crd", "crds"],
+        status_subresource: false,
+        tracks_generation: true,
+    },
 ];
 
 /// Group and plural of the CRD resource, whose creation registers a new type.
@@ -140,10 +233,17 @@ impl Registry {
         Self { types }
     }
 
-    pub(crate) fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
+    pub(crate) fn find(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<Arc<ResourceType>> {
         self.types
             .iter()
-            .find(|t| t.group == group && t.plural == plural && t.versions.iter().any(|v| v == version))
+            .find(|t| {
+                t.group == group && t.plural == plural && t.versions.iter().any(|v| v == version)
+            })
             .cloned()
     }
 
@@ -151,11 +251,19 @@ impl Registry {
     pub(crate) fn register_crd(&mut self, crd: &Value) -> Result<Arc<ResourceType>, String> {
         let spec = crd.get("spec").ok_or("CRD has no spec")?;
         let text = |v: &Value, field: &str| -> Result<String, String> {
-            v.get(field).and_then(Value::as_str).map(str::to_string).ok_or(format!("CRD lacks {field}"))
+            v.get(field)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or(format!("CRD lacks {field}"))
         };
         let strings = |v: Option<&Value>| -> Vec<String> {
             v.and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let group = text(spec, "group")?;
@@ -184,11 +292,16 @@ impl Registry {
         let schema = storage
             .pointer("/schema/openAPIV3Schema")
             .cloned()
-            .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+            .unwrap_or_else(
+                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            );
         let status_subresource = storage.pointer("/subresources/status").is_some();
         let rt = Arc::new(ResourceType {
             group,
-            versions: versions.iter().filter_map(|v| v.get("name")?.as_str().map(str::to_string)).collect(),
+            versions: versions
+                .iter()
+                .filter_map(|v| v.get("name")?.as_str().map(str::to_string))
+                .collect(),
             plural,
             singular,
             kind,
@@ -199,7 +312,8 @@ impl Registry {
             tracks_generation: true,
             schema: Some(CrdSchema::new(schema)?),
         });
-        self.types.retain(|t| !(t.group == rt.group && t.plural == rt.plural));
+        self.types
+            .retain(|t| !(t.group == rt.group && t.plural == rt.plural));
         self.types.push(rt.clone());
         Ok(rt)
     }
@@ -240,7 +354,11 @@ impl Registry {
 
     /// `GET /apis`.
     pub(crate) fn group_list(&self) -> Value {
-        let groups: Vec<Value> = self.groups().iter().map(|(g, v)| Self::group_document(g, v)).collect();
+        let groups: Vec<Value> = self
+            .groups()
+            .iter()
+            .map(|(g, v)| Self::group_document(g, v))
+            .collect();
         json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
     }
 
@@ -264,7 +382,13 @@ impl Registry {
         if resources.is_empty() {
             return None;
         }
-        let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-        Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+        let group_version = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        Some(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+        )
     }
 }

@@ -42,7 +42,9 @@ fn resource_path(group: &str, version: &str, rest: &[&str]) -> Route {
     };
     match rest {
         // `namespaces/<ns>/<sub>` is a Namespace subresource, `namespaces/<ns>/<plural>` a collection.
-        ["namespaces", ns, sub @ ("status" | "finalize")] => make(None, "namespaces", Some(ns), Some(sub)),
+        ["namespaces", ns, sub @ ("status" | "finalize")] => {
+            make(None, "namespaces", Some(ns), Some(sub))
+        }
         ["namespaces", ns, plural] => make(Some(ns), plural, None, None),
         ["namespaces", ns, plural, name] => make(Some(ns), plural, Some(name), None),
         ["namespaces", ns, plural, name, sub] => make(Some(ns), plural, Some(name), Some(sub)),
@@ -58,11 +60,17 @@ pub(crate) fn parse(path: &str) -> Route {
     match segments.as_slice() {
         ["version"] => Route::Version,
         ["api"] => Route::CoreVersions,
-        ["api", version] => Route::ResourceList { group: String::new(), version: version.to_string() },
+        ["api", version] => Route::ResourceList {
+            group: String::new(),
+            version: version.to_string(),
+        },
         ["api", version, rest @ ..] => resource_path("", version, rest),
         ["apis"] => Route::Groups,
         ["apis", group] => Route::Group(group.to_string()),
-        ["apis", group, version] => Route::ResourceList { group: group.to_string(), version: version.to_string() },
+        ["apis", group, version] => Route::ResourceList {
+            group: group.to_string(),
+            version: version.to_string(),
+        },
         ["apis", group, version, rest @ ..] => resource_path(group, version, rest),
         _ => Route::Unknown,
     }
@@ -80,7 +88,10 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(b) => {
                         out.push(b);
                         i += 2;
@@ -111,7 +122,10 @@ impl Query {
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub(crate) fn flag(&self, key: &str) -> bool {
@@ -141,10 +155,19 @@ mod tests {
 
     #[test]
     fn namespaced_status_paths_and_encoded_selectors_parse() {
-        let Route::Resource(r) = parse("/apis/reconnect.dev/v1alpha1/namespaces/a/connectorcredentials/x/status") else {
+        let Route::Resource(r) =
+            parse("/apis/reconnect.dev/v1alpha1/namespaces/a/connectorcredentials/x/status")
+        else {
             panic!("not a resource route");
         };
-        assert_eq!((r.namespace.as_deref(), r.name.as_deref(), r.subresource.as_deref()), (Some("a"), Some("x"), Some("status")));
+        assert_eq!(
+            (
+                r.namespace.as_deref(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            (Some("a"), Some("x"), Some("status"))
+        );
         let q = Query::parse(Some("labelSelector=app%20in%20%28a%2Cb%29&watch=1"));
         assert_eq!(q.get("labelSelector"), Some("app in (a,b)"));
         assert!(q.flag("watch"));

@@ -36,7 +36,11 @@ fn split_top_level(s: &str) -> Vec<&str> {
         }
     }
     parts.push(&s[start..]);
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn parse_set(rest: &str, selector: &str) -> Result<Vec<String>, ApiError> {
@@ -45,18 +49,29 @@ fn parse_set(rest: &str, selector: &str) -> Result<Vec<String>, ApiError> {
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement: found '{rest}', expected: '(' in selector {selector:?}")))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 fn valid_key(key: &str) -> bool {
-    !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 impl LabelSelector {
     pub(crate) fn parse(selector: &str) -> Result<Self, ApiError> {
         let mut requirements = Vec::new();
         for part in split_top_level(selector) {
-            let bad = || ApiError::bad_request(format!("unable to parse requirement: invalid label selector {part:?}"));
+            let bad = || {
+                ApiError::bad_request(format!(
+                    "unable to parse requirement: invalid label selector {part:?}"
+                ))
+            };
             let req = if let Some(key) = part.strip_prefix('!') {
                 Requirement::NotExists(key.trim().to_string())
             } else if let Some((k, v)) = part.split_once("!=") {
@@ -118,12 +133,17 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid selector: '{selector}'; can't understand '{part}'")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{selector}'; can't understand '{part}'"
+                )));
             };
             let field = field.trim();
-            let supported = matches!(field, "metadata.name" | "metadata.namespace") || (plural == "secrets" && field == "type");
+            let supported = matches!(field, "metadata.name" | "metadata.namespace")
+                || (plural == "secrets" && field == "type");
             if !supported {
-                return Err(ApiError::bad_request(format!("field label not supported: {field}")));
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {field}"
+                )));
             }
             terms.push((field.to_string(), equal, value.trim().to_string()));
         }
@@ -133,7 +153,10 @@ impl FieldSelector {
     pub(crate) fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
             let pointer = format!("/{}", field.replace('.', "/"));
-            let actual = object.pointer(&pointer).and_then(Value::as_str).unwrap_or_default();
+            let actual = object
+                .pointer(&pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             (actual == value) == *equal
         })
     }

@@ -71,21 +71,33 @@ current-context: reconnect-standin
 pub(crate) async fn serve(api: ApiServer) -> std::io::Result<ServedApiServer> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let kubeconfig = std::env::temp_dir().join(format!("reconnect-apiserver-{}-{}.kubeconfig", std::process::id(), addr.port()));
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "reconnect-apiserver-{}-{}.kubeconfig",
+        std::process::id(),
+        addr.port()
+    ));
     std::fs::write(&kubeconfig, kubeconfig_yaml(&format!("http://{addr}")))?;
     let task = tokio::spawn(async move {
         // Connections live in this set, so aborting the accept task closes them too.
         let mut connections = JoinSet::new();
         loop {
             while connections.try_join_next().is_some() {}
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let api = api.clone();
             connections.spawn(async move {
                 let service = service_fn(move |req| api.clone().oneshot(req));
                 // A client hanging up mid-response is not an error worth reporting.
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
-    Ok(ServedApiServer { addr, kubeconfig, task })
+    Ok(ServedApiServer {
+        addr,
+        kubeconfig,
+        task,
+    })
 }

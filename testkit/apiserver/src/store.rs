@@ -69,7 +69,10 @@ impl Filter {
     /// selection is ADDED, one leaving it DELETED, like kube-apiserver's watch cache.
     fn event_for(&self, entry: &HistoryEntry) -> Option<Frame> {
         let now = self.matches(&entry.key, &entry.object);
-        let before = entry.prev.as_ref().is_some_and(|p| self.matches(&entry.key, p));
+        let before = entry
+            .prev
+            .as_ref()
+            .is_some_and(|p| self.matches(&entry.key, p));
         let kind = match (entry.change, before, now) {
             (Change::Added, _, true) => "ADDED",
             (Change::Deleted, _, true) => "DELETED",
@@ -135,28 +138,41 @@ pub(crate) struct State {
 }
 
 fn meta(object: &Value, field: &str) -> Option<String> {
-    object.get("metadata")?.get(field)?.as_str().map(str::to_string)
+    object
+        .get("metadata")?
+        .get(field)?
+        .as_str()
+        .map(str::to_string)
 }
 
 fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
     if !object.get("metadata").is_some_and(Value::is_object) {
         object["metadata"] = json!({});
     }
-    object["metadata"].as_object_mut().expect("metadata is an object")
+    object["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 fn finalizers(object: &Value) -> Vec<Value> {
-    object.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default()
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -196,7 +212,10 @@ impl State {
             validator: Validator::new(),
             rng: seed | 1,
         };
-        let namespaces = state.registry.find("", "v1", "namespaces").expect("built in");
+        let namespaces = state
+            .registry
+            .find("", "v1", "namespaces")
+            .expect("built in");
         for ns in ["default", "kube-system", "kube-public"] {
             state
                 .create(&namespaces, None, json!({"metadata": {"name": ns}}))
@@ -233,11 +252,22 @@ impl State {
     fn new_uid(&mut self) -> String {
         let (a, b) = (self.random(), self.random());
         let hex = format!("{a:016x}{b:016x}");
-        format!("{}-{}-4{}-a{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
+        format!(
+            "{}-{}-4{}-a{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[13..16],
+            &hex[17..20],
+            &hex[20..32]
+        )
     }
 
     fn key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Key {
-        let ns = if rt.namespaced { namespace.unwrap_or_default() } else { "" };
+        let ns = if rt.namespaced {
+            namespace.unwrap_or_default()
+        } else {
+            ""
+        };
         (rt.store_key(), ns.to_string(), name.to_string())
     }
 
@@ -250,16 +280,33 @@ impl State {
             Some(mut object) => {
                 meta_mut(&mut object).insert("resourceVersion".into(), json!(rv.to_string()));
                 let prev = self.objects.insert(key.clone(), object.clone());
-                (if prev.is_some() { Change::Modified } else { Change::Added }, object, prev)
+                (
+                    if prev.is_some() {
+                        Change::Modified
+                    } else {
+                        Change::Added
+                    },
+                    object,
+                    prev,
+                )
             }
             None => {
-                let prev = self.objects.remove(&key).expect("commit removes only stored objects");
+                let prev = self
+                    .objects
+                    .remove(&key)
+                    .expect("commit removes only stored objects");
                 let mut last = prev.clone();
                 meta_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
                 (Change::Deleted, last, Some(prev))
             }
         };
-        let entry = HistoryEntry { rv, key, change, object: object.clone(), prev };
+        let entry = HistoryEntry {
+            rv,
+            key,
+            change,
+            object: object.clone(),
+            prev,
+        };
         for watcher in self.watchers.values() {
             if let Some(frame) = watcher.filter.event_for(&entry) {
                 // A closed receiver is dropped below.
@@ -272,7 +319,12 @@ impl State {
         object
     }
 
-    fn lookup(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Result<(Key, &Value), ApiError> {
+    fn lookup(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(Key, &Value), ApiError> {
         let key = Self::key(rt, namespace, name);
         match self.objects.get(&key) {
             Some(v) => Ok((key, v)),
@@ -280,7 +332,12 @@ impl State {
         }
     }
 
-    pub(crate) fn get(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub(crate) fn get(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         self.lookup(rt, namespace, name).map(|(_, v)| v.clone())
     }
 
@@ -307,7 +364,11 @@ impl State {
         Ok(snapshot)
     }
 
-    pub(crate) fn list(&self, filter: &Filter, query: &ListQuery) -> Result<(u64, Vec<Value>, Option<String>, usize), ApiError> {
+    pub(crate) fn list(
+        &self,
+        filter: &Filter,
+        query: &ListQuery,
+    ) -> Result<(u64, Vec<Value>, Option<String>, usize), ApiError> {
         let parse_rv = |s: &str| {
             s.parse::<u64>()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version {s:?}")))
@@ -319,7 +380,9 @@ impl State {
         } else {
             match (requested, query.resource_version_match.as_deref()) {
                 (None, Some(_)) => {
-                    return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                    ));
                 }
                 (Some(rv), Some("Exact")) => {
                     let rv = parse_rv(rv)?;
@@ -336,12 +399,18 @@ impl State {
                     (self.rv, None)
                 }
                 (Some(_), Some(other)) => {
-                    return Err(ApiError::bad_request(format!("unsupported resourceVersionMatch {other:?}")));
+                    return Err(ApiError::bad_request(format!(
+                        "unsupported resourceVersionMatch {other:?}"
+                    )));
                 }
                 (None, None) => (self.rv, None),
             }
         };
-        let snapshot = if snapshot_rv == self.rv { None } else { Some(self.objects_at(snapshot_rv)?) };
+        let snapshot = if snapshot_rv == self.rv {
+            None
+        } else {
+            Some(self.objects_at(snapshot_rv)?)
+        };
         let objects = snapshot.as_ref().unwrap_or(&self.objects);
         let matching: Vec<(&Key, &Value)> = objects
             .iter()
@@ -354,17 +423,30 @@ impl State {
             Some(limit) if matching.len() > limit => matching.split_at(limit),
             _ => (&matching[..], &[][..]),
         };
-        let token = (!rest.is_empty()).then(|| encode_continue(snapshot_rv, page.last().expect("limit > 0").0));
-        Ok((snapshot_rv, page.iter().map(|(_, v)| (*v).clone()).collect(), token, rest.len()))
+        let token = (!rest.is_empty())
+            .then(|| encode_continue(snapshot_rv, page.last().expect("limit > 0").0));
+        Ok((
+            snapshot_rv,
+            page.iter().map(|(_, v)| (*v).clone()).collect(),
+            token,
+            rest.len(),
+        ))
     }
 
     /// Registers a watch; the receiver yields its frames. `None` id: the watch already ended
     /// (its resourceVersion was too old and the only frame is the 410 error).
-    pub(crate) fn watch(&mut self, filter: Filter, start: WatchStart) -> (Option<u64>, mpsc::UnboundedReceiver<Frame>) {
+    pub(crate) fn watch(
+        &mut self,
+        filter: Filter,
+        start: WatchStart,
+    ) -> (Option<u64>, mpsc::UnboundedReceiver<Frame>) {
         let (tx, rx) = mpsc::unbounded_channel();
         match start {
             WatchStart::After(rv) if rv < self.floor => {
-                let err = ApiError::expired(format!("too old resource version: {rv} ({})", self.floor + 1));
+                let err = ApiError::expired(format!(
+                    "too old resource version: {rv} ({})",
+                    self.floor + 1
+                ));
                 let _ = tx.send(Frame::Error(err.to_status()));
                 return (None, rx);
             }
@@ -382,19 +464,26 @@ impl State {
                     }
                 }
                 if initial_events_end {
-                    let _ = tx.send(Frame::Bookmark { rv: self.rv, initial_events_end: true });
+                    let _ = tx.send(Frame::Bookmark {
+                        rv: self.rv,
+                        initial_events_end: true,
+                    });
                 }
             }
         }
         self.next_watch += 1;
-        self.watchers.insert(self.next_watch, Watcher { filter, tx });
+        self.watchers
+            .insert(self.next_watch, Watcher { filter, tx });
         (Some(self.next_watch), rx)
     }
 
     /// Queues a BOOKMARK at the current resourceVersion, in order with the watch's events.
     pub(crate) fn bookmark(&self, id: u64) {
         if let Some(w) = self.watchers.get(&id) {
-            let _ = w.tx.send(Frame::Bookmark { rv: self.rv, initial_events_end: false });
+            let _ = w.tx.send(Frame::Bookmark {
+                rv: self.rv,
+                initial_events_end: false,
+            });
         }
     }
 
@@ -412,27 +501,50 @@ impl State {
     }
 
     fn check_namespace(&self, namespace: &str) -> Result<(), ApiError> {
-        let key = ("/namespaces".to_string(), String::new(), namespace.to_string());
+        let key = (
+            "/namespaces".to_string(),
+            String::new(),
+            namespace.to_string(),
+        );
         match self.objects.get(&key) {
             None => Err(ApiError::namespace_not_found(namespace)),
-            Some(ns) if meta(ns, "deletionTimestamp").is_some() => Err(ApiError::namespace_terminating(namespace)),
+            Some(ns) if meta(ns, "deletionTimestamp").is_some() => {
+                Err(ApiError::namespace_terminating(namespace))
+            }
             Some(_) => Ok(()),
         }
     }
 
     /// Type-specific admission: schema validation for custom resources, Secret `stringData`.
-    fn admit(&self, rt: &ResourceType, mut object: Value, old: Option<&Value>) -> Result<Value, ApiError> {
+    fn admit(
+        &self,
+        rt: &ResourceType,
+        mut object: Value,
+        old: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         let name = meta(&object, "name").unwrap_or_default();
-        let name_ok = if rt.plural == "namespaces" { is_dns_label(&name) } else { is_dns_subdomain(&name) };
+        let name_ok = if rt.plural == "namespaces" {
+            is_dns_label(&name)
+        } else {
+            is_dns_subdomain(&name)
+        };
         if !name_ok {
-            return Err(ApiError::invalid(rt, &name, vec![Cause {
-                reason: "FieldValueInvalid",
-                field: "metadata.name".into(),
-                message: format!("Invalid value: {name:?}: a lowercase RFC 1123 name must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
-            }]));
+            return Err(ApiError::invalid(
+                rt,
+                &name,
+                vec![Cause {
+                    reason: "FieldValueInvalid",
+                    field: "metadata.name".into(),
+                    message: format!(
+                        "Invalid value: {name:?}: a lowercase RFC 1123 name must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                    ),
+                }],
+            ));
         }
         if let Some(schema) = &rt.schema {
-            return schema.admit(&self.validator, object, old).map_err(|causes| ApiError::invalid(rt, &name, causes));
+            return schema
+                .admit(&self.validator, object, old)
+                .map_err(|causes| ApiError::invalid(rt, &name, causes));
         }
         match rt.plural.as_str() {
             "secrets" => {
@@ -442,24 +554,32 @@ impl State {
                         object["data"] = json!({});
                     }
                     for (k, v) in string_data {
-                        let encoded = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+                        let encoded = base64::engine::general_purpose::STANDARD
+                            .encode(v.as_str().unwrap_or_default());
                         object["data"][k] = json!(encoded);
                     }
                 }
-                for (k, v) in object.get("data").and_then(Value::as_object).into_iter().flatten() {
-                    let decodes = v.as_str().is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok());
+                for (k, v) in object
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    let decodes = v.as_str().is_some_and(|s| {
+                        base64::engine::general_purpose::STANDARD.decode(s).is_ok()
+                    });
                     if !decodes {
-                        return Err(ApiError::bad_request(format!("Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data in data.{k}")));
+                        return Err(ApiError::bad_request(format!(
+                            "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data in data.{k}"
+                        )));
                     }
                 }
                 if object.get("type").is_none_or(Value::is_null) {
                     object["type"] = json!("Opaque");
                 }
             }
-            "namespaces" => {
-                if object.pointer("/status/phase").is_none() {
-                    object["status"] = json!({"phase": "Active"});
-                }
+            "namespaces" if object.pointer("/status/phase").is_none() => {
+                object["status"] = json!({"phase": "Active"});
             }
             _ => {}
         }
@@ -471,46 +591,74 @@ impl State {
         if let Some(given) = object.get("apiVersion").and_then(Value::as_str)
             && !rt.versions.iter().any(|v| rt.api_version(v) == given)
         {
-            return Err(ApiError::bad_request(format!("the API version in the data ({given}) does not match the expected API version ({expected})")));
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({given}) does not match the expected API version ({expected})"
+            )));
         }
         if let Some(given) = object.get("kind").and_then(Value::as_str)
             && given != rt.kind
         {
-            return Err(ApiError::bad_request(format!("the kind in the data ({given}) does not match the expected kind ({})", rt.kind)));
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({given}) does not match the expected kind ({})",
+                rt.kind
+            )));
         }
         object["apiVersion"] = json!(expected);
         object["kind"] = json!(rt.kind);
         Ok(())
     }
 
-    pub(crate) fn create(&mut self, rt: &Arc<ResourceType>, namespace: Option<&str>, mut object: Value) -> Result<Value, ApiError> {
+    pub(crate) fn create(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        namespace: Option<&str>,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
         if !object.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         Self::stamp_type(rt, &mut object, &rt.versions[0])?;
         if rt.namespaced {
-            let ns = namespace.ok_or_else(|| ApiError::method_not_allowed(format!("{} must be created in a namespace", rt.plural)))?;
+            let ns = namespace.ok_or_else(|| {
+                ApiError::method_not_allowed(format!(
+                    "{} must be created in a namespace",
+                    rt.plural
+                ))
+            })?;
             if let Some(given) = meta(&object, "namespace").filter(|g| !g.is_empty() && g != ns) {
-                return Err(ApiError::bad_request(format!("the namespace of the provided object ({given}) does not match the namespace sent on the request ({ns})")));
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the provided object ({given}) does not match the namespace sent on the request ({ns})"
+                )));
             }
             self.check_namespace(ns)?;
             meta_mut(&mut object).insert("namespace".into(), json!(ns));
         } else {
             meta_mut(&mut object).remove("namespace");
         }
-        let name = match (meta(&object, "name").filter(|n| !n.is_empty()), meta(&object, "generateName")) {
+        let name = match (
+            meta(&object, "name").filter(|n| !n.is_empty()),
+            meta(&object, "generateName"),
+        ) {
             (Some(name), _) => name,
             (None, Some(prefix)) => {
                 const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-                let suffix: String = (0..5).map(|_| ALPHABET[(self.random() % ALPHABET.len() as u64) as usize] as char).collect();
+                let suffix: String = (0..5)
+                    .map(|_| ALPHABET[(self.random() % ALPHABET.len() as u64) as usize] as char)
+                    .collect();
                 format!("{prefix}{suffix}")
             }
             (None, None) => {
-                return Err(ApiError::invalid(rt, "", vec![Cause {
-                    reason: "FieldValueRequired",
-                    field: "metadata.name".into(),
-                    message: "Required value: name or generateName is required".into(),
-                }]));
+                return Err(ApiError::invalid(
+                    rt,
+                    "",
+                    vec![Cause {
+                        reason: "FieldValueRequired",
+                        field: "metadata.name".into(),
+                        message: "Required value: name or generateName is required".into(),
+                    }],
+                ));
             }
         };
         let key = Self::key(rt, namespace, &name);
@@ -522,7 +670,14 @@ impl State {
         m.insert("name".into(), json!(name));
         m.insert("uid".into(), json!(uid));
         m.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        for server_owned in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "generation", "selfLink"] {
+        for server_owned in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "generation",
+            "selfLink",
+        ] {
             m.remove(server_owned);
         }
         if rt.tracks_generation {
@@ -536,7 +691,15 @@ impl State {
         let mut object = self.admit(rt, object, None)?;
         if rt.group == CRD_GROUP && rt.plural == CRD_PLURAL {
             self.registry.register_crd(&object).map_err(|e| {
-                ApiError::invalid(rt, &name, vec![Cause { reason: "FieldValueInvalid", field: "spec".into(), message: e }])
+                ApiError::invalid(
+                    rt,
+                    &name,
+                    vec![Cause {
+                        reason: "FieldValueInvalid",
+                        field: "spec".into(),
+                        message: e,
+                    }],
+                )
             })?;
             let now = now_rfc3339();
             object["status"] = json!({"conditions": [
@@ -548,12 +711,23 @@ impl State {
     }
 
     /// PUT: replaces the object (or with `status_only`, only its status).
-    pub(crate) fn update(&mut self, rt: &Arc<ResourceType>, namespace: Option<&str>, name: &str, body: Value, status_only: bool) -> Result<Value, ApiError> {
+    pub(crate) fn update(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        namespace: Option<&str>,
+        name: &str,
+        body: Value,
+        status_only: bool,
+    ) -> Result<Value, ApiError> {
         if !body.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         if let Some(given) = meta(&body, "name").filter(|n| n != name) {
-            return Err(ApiError::bad_request(format!("the name of the object ({given}) does not match the name on the URL ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({given}) does not match the name on the URL ({name})"
+            )));
         }
         let (key, old) = self.lookup(rt, namespace, name)?;
         let old = old.clone();
@@ -567,7 +741,9 @@ impl State {
             match body.get("status") {
                 Some(status) => new["status"] = status.clone(),
                 None => {
-                    new.as_object_mut().expect("stored objects are objects").remove("status");
+                    new.as_object_mut()
+                        .expect("stored objects are objects")
+                        .remove("status");
                 }
             }
             new
@@ -582,7 +758,15 @@ impl State {
                 .to_string();
             Self::stamp_type(rt, &mut new, &version)?;
             let m = meta_mut(&mut new);
-            for server_owned in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            for server_owned in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
                 match old["metadata"].get(server_owned) {
                     Some(v) => m.insert(server_owned.into(), v.clone()),
                     None => m.remove(server_owned),
@@ -599,7 +783,10 @@ impl State {
             }
             new
         };
-        meta_mut(&mut new).insert("resourceVersion".into(), old["metadata"]["resourceVersion"].clone());
+        meta_mut(&mut new).insert(
+            "resourceVersion".into(),
+            old["metadata"]["resourceVersion"].clone(),
+        );
         let mut new = self.admit(rt, new, Some(&old))?;
         let deleting = meta(&old, "deletionTimestamp").is_some();
         if deleting {
@@ -613,9 +800,14 @@ impl State {
             }
         }
         if rt.tracks_generation
-            && generation_relevant(&new, rt.status_subresource) != generation_relevant(&old, rt.status_subresource)
+            && generation_relevant(&new, rt.status_subresource)
+                != generation_relevant(&old, rt.status_subresource)
         {
-            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
             meta_mut(&mut new).insert("generation".into(), json!(generation));
         }
         if new == old {
@@ -632,14 +824,26 @@ impl State {
 
     /// PATCH of any type; server-side apply creates the object when it is absent.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn patch(&mut self, rt: &Arc<ResourceType>, namespace: Option<&str>, name: &str, kind: PatchType, body: &[u8], field_manager: Option<&str>, status_only: bool) -> Result<Written, ApiError> {
+    pub(crate) fn patch(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        namespace: Option<&str>,
+        name: &str,
+        kind: PatchType,
+        body: &[u8],
+        field_manager: Option<&str>,
+        status_only: bool,
+    ) -> Result<Written, ApiError> {
         if kind == PatchType::Strategic && rt.is_custom() {
-            let mut err = ApiError::unsupported_media_type("application/strategic-merge-patch+json");
+            let mut err =
+                ApiError::unsupported_media_type("application/strategic-merge-patch+json");
             err.message = "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into();
             return Err(err);
         }
         if kind == PatchType::Apply && field_manager.is_none_or(str::is_empty) {
-            let mut err = ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch");
+            let mut err = ApiError::bad_request(
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+            );
             err.code = 422;
             err.reason = "Invalid";
             return Err(err);
@@ -651,28 +855,54 @@ impl State {
             Err(err) if kind != PatchType::Apply || status_only => Err(err),
             Err(_) => {
                 if let Some(given) = meta(&patch_doc, "name").filter(|n| n != name) {
-                    return Err(ApiError::bad_request(format!("the name of the object ({given}) does not match the name on the URL ({name})")));
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({given}) does not match the name on the URL ({name})"
+                    )));
                 }
                 let mut object = patch::patch(kind, &json!({}), &patch_doc, schema)?;
                 meta_mut(&mut object).insert("name".into(), json!(name));
-                Ok(Written { body: self.create(rt, namespace, object)?, created: true })
+                Ok(Written {
+                    body: self.create(rt, namespace, object)?,
+                    created: true,
+                })
             }
             Ok(current) => {
                 let patched = patch::patch(kind, &current, &patch_doc, schema)?;
-                Ok(Written { body: self.update(rt, namespace, name, patched, status_only)?, created: false })
+                Ok(Written {
+                    body: self.update(rt, namespace, name, patched, status_only)?,
+                    created: false,
+                })
             }
         }
     }
 
-    pub(crate) fn delete(&mut self, rt: &Arc<ResourceType>, namespace: Option<&str>, name: &str, options: &DeleteOptions) -> Result<Value, ApiError> {
+    pub(crate) fn delete(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         let (key, object) = self.lookup(rt, namespace, name)?;
         let uid = meta(object, "uid").unwrap_or_default();
         if let Some(want) = options.precondition_uid.as_ref().filter(|u| **u != uid) {
-            return Err(ApiError::conflict(rt, name, &format!("Precondition failed: UID in precondition: {want}, UID in object meta: {uid}")));
+            return Err(ApiError::conflict(
+                rt,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+                ),
+            ));
         }
         let rv = meta(object, "resourceVersion").unwrap_or_default();
         if let Some(want) = options.precondition_rv.as_ref().filter(|r| **r != rv) {
-            return Err(ApiError::conflict(rt, name, &format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}")));
+            return Err(ApiError::conflict(
+                rt,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"
+                ),
+            ));
         }
         if options.orphan {
             self.orphan_dependents(&uid);
@@ -690,7 +920,12 @@ impl State {
 
     /// Deletes every object of the collection that the filter selects.
     pub(crate) fn delete_collection(&mut self, filter: &Filter) {
-        let keys: Vec<Key> = self.objects.iter().filter(|(k, v)| filter.matches(k, v)).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(k, v)| filter.matches(k, v))
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in keys {
             self.delete_key(key);
         }
@@ -728,7 +963,10 @@ impl State {
             .collect();
         for key in dependents {
             let mut object = self.objects[&key].clone();
-            if let Some(refs) = object.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+            if let Some(refs) = object
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
                 refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid));
             }
             self.commit(key, Some(object));
@@ -740,7 +978,11 @@ impl State {
     /// owner references are dropped, terminating namespaces are emptied and then removed.
     fn collect_garbage(&mut self) {
         loop {
-            let uids: HashSet<String> = self.objects.values().filter_map(|v| meta(v, "uid")).collect();
+            let uids: HashSet<String> = self
+                .objects
+                .values()
+                .filter_map(|v| meta(v, "uid"))
+                .collect();
             let terminating: HashSet<String> = self
                 .objects
                 .iter()
@@ -773,8 +1015,15 @@ impl State {
                     self.delete_key(key);
                 } else {
                     let mut object = self.objects[&key].clone();
-                    if let Some(refs) = object.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
-                        refs.retain(|r| r.get("uid").and_then(Value::as_str).is_some_and(|u| uids.contains(u)));
+                    if let Some(refs) = object
+                        .pointer_mut("/metadata/ownerReferences")
+                        .and_then(Value::as_array_mut)
+                    {
+                        refs.retain(|r| {
+                            r.get("uid")
+                                .and_then(Value::as_str)
+                                .is_some_and(|u| uids.contains(u))
+                        });
                     }
                     self.commit(key, Some(object));
                 }
@@ -790,7 +1039,11 @@ fn owner_uids(object: &Value) -> Vec<String> {
     object
         .pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .map(|refs| refs.iter().filter_map(|r| r.get("uid")?.as_str().map(str::to_string)).collect())
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid")?.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -800,10 +1053,21 @@ fn encode_continue(rv: u64, after: &Key) -> String {
 }
 
 fn decode_continue(token: &str) -> Result<(u64, Key), ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let rv = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
-    let part = |i: usize| v.pointer(&format!("/start/{i}")).and_then(Value::as_str).map(str::to_string).ok_or_else(bad);
+    let part = |i: usize| {
+        v.pointer(&format!("/start/{i}"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(bad)
+    };
     Ok((rv, (part(0)?, part(1)?, part(2)?)))
 }

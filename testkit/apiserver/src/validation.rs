@@ -22,7 +22,11 @@ impl CrdSchema {
     pub(crate) fn new(raw: Value) -> Result<Self, String> {
         let compiled = compile_schema(&raw);
         if compiled.has_errors() {
-            let errors: Vec<String> = compiled.compilation_errors().iter().map(|e| e.to_string()).collect();
+            let errors: Vec<String> = compiled
+                .compilation_errors()
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
             return Err(format!("CEL rules do not compile: {}", errors.join("; ")));
         }
         Ok(Self { raw, compiled })
@@ -30,7 +34,12 @@ impl CrdSchema {
 
     /// Prunes, defaults and validates `object`; `old` is the stored object on updates (for
     /// CEL transition rules). Returns the object as it would be persisted.
-    pub(crate) fn admit(&self, validator: &Validator, mut object: Value, old: Option<&Value>) -> Result<Value, Vec<Cause>> {
+    pub(crate) fn admit(
+        &self,
+        validator: &Validator,
+        mut object: Value,
+        old: Option<&Value>,
+    ) -> Result<Value, Vec<Cause>> {
         prune(&self.raw, &mut object, true);
         let object = apply_defaults(&self.raw, &object);
         let mut causes = Vec::new();
@@ -42,9 +51,14 @@ impl CrdSchema {
                 let shown = match e.kind {
                     ErrorKind::ValidationFailure | ErrorKind::InvalidResult => e.message.clone(),
                     // Rules the engine cannot evaluate fail closed, as the apiserver does.
-                    _ => format!("rule evaluation failed ({:?}): {}: {}", e.kind, e.rule, e.message),
+                    _ => format!(
+                        "rule evaluation failed ({:?}): {}: {}",
+                        e.kind, e.rule, e.message
+                    ),
                 };
-                let type_name = value_at(&object, &e.field_path).map(json_type).unwrap_or("object");
+                let type_name = value_at(&object, &e.field_path)
+                    .map(json_type)
+                    .unwrap_or("object");
                 causes.push(Cause {
                     reason: "FieldValueInvalid",
                     field: e.field_path.clone(),
@@ -52,7 +66,11 @@ impl CrdSchema {
                 });
             }
         }
-        if causes.is_empty() { Ok(object) } else { Err(causes) }
+        if causes.is_empty() {
+            Ok(object)
+        } else {
+            Err(causes)
+        }
     }
 }
 
@@ -92,8 +110,11 @@ fn prune(schema: &Value, value: &mut Value, root: bool) {
                 let meta = embedded && matches!(key.as_str(), "apiVersion" | "kind" | "metadata");
                 let field_schema = properties.and_then(|p| p.get(key)).or(additional);
                 match field_schema {
-                    Some(s) => !(v.is_null() && !flag(s, "nullable")),
-                    None => meta || preserve || schema.get("additionalProperties") == Some(&Value::Bool(true)),
+                    Some(s) => !v.is_null() || flag(s, "nullable"),
+                    None => {
+                        meta || preserve
+                            || schema.get("additionalProperties") == Some(&Value::Bool(true))
+                    }
                 }
             });
             for (key, v) in map.iter_mut() {
@@ -114,7 +135,11 @@ fn prune(schema: &Value, value: &mut Value, root: bool) {
 }
 
 fn child(path: &str, field: &str) -> String {
-    if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
 }
 
 fn shown(v: &Value) -> String {
@@ -127,26 +152,46 @@ fn shown(v: &Value) -> String {
 /// Structural checks of `value` against `schema`, collecting one cause per violation.
 fn check(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Cause>) {
     let mut invalid = |reason: &'static str, message: String| {
-        causes.push(Cause { reason, field: path.to_string(), message })
+        causes.push(Cause {
+            reason,
+            field: path.to_string(),
+            message,
+        })
     };
     if value.is_null() {
         if !flag(schema, "nullable") && schema.get("type").is_some() {
-            invalid("FieldValueTypeInvalid", format!("Invalid value: \"null\": {path} in body must be of type {}", schema["type"].as_str().unwrap_or("object")));
+            invalid(
+                "FieldValueTypeInvalid",
+                format!(
+                    "Invalid value: \"null\": {path} in body must be of type {}",
+                    schema["type"].as_str().unwrap_or("object")
+                ),
+            );
         }
         return;
     }
     if let Some(expected) = schema.get("type").and_then(Value::as_str) {
         let ok = match expected {
             "string" => value.is_string(),
-            "integer" => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+            "integer" => {
+                value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
+            }
             "number" => value.is_number(),
             "boolean" => value.is_boolean(),
             "object" => value.is_object(),
             "array" => value.is_array(),
             _ => true,
-        } || (flag(schema, "x-kubernetes-int-or-string") && (value.is_string() || value.is_i64()));
+        } || (flag(schema, "x-kubernetes-int-or-string")
+            && (value.is_string() || value.is_i64()));
         if !ok {
-            invalid("FieldValueTypeInvalid", format!("Invalid value: \"{}\": {path} in body must be of type {expected}: {}", json_type(value), shown(value)));
+            invalid(
+                "FieldValueTypeInvalid",
+                format!(
+                    "Invalid value: \"{}\": {path} in body must be of type {expected}: {}",
+                    json_type(value),
+                    shown(value)
+                ),
+            );
             return;
         }
     }
@@ -154,23 +199,48 @@ fn check(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Cause>) {
         && !allowed.contains(value)
     {
         let list: Vec<String> = allowed.iter().map(shown).collect();
-        invalid("FieldValueNotSupported", format!("Unsupported value: {}: supported values: {}", shown(value), list.join(", ")));
+        invalid(
+            "FieldValueNotSupported",
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                shown(value),
+                list.join(", ")
+            ),
+        );
     }
     let limit = |name: &str| schema.get(name).and_then(Value::as_u64);
     match value {
         Value::String(s) => {
             let len = s.chars().count() as u64;
             if let Some(max) = limit("maxLength").filter(|m| len > *m) {
-                invalid("FieldValueTooLong", format!("Too long: may not be more than {max} bytes"));
+                invalid(
+                    "FieldValueTooLong",
+                    format!("Too long: may not be more than {max} bytes"),
+                );
             }
             if let Some(min) = limit("minLength").filter(|m| len < *m) {
-                invalid("FieldValueInvalid", format!("Invalid value: {}: {path} in body should be at least {min} chars long", shown(value)));
+                invalid(
+                    "FieldValueInvalid",
+                    format!(
+                        "Invalid value: {}: {path} in body should be at least {min} chars long",
+                        shown(value)
+                    ),
+                );
             }
             if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
                 match regex_lite::Regex::new(pattern) {
                     Ok(re) if re.is_match(s) => {}
-                    Ok(_) => invalid("FieldValueInvalid", format!("Invalid value: {}: {path} in body should match '{pattern}'", shown(value))),
-                    Err(e) => invalid("FieldValueInvalid", format!("schema pattern {pattern:?} does not compile: {e}")),
+                    Ok(_) => invalid(
+                        "FieldValueInvalid",
+                        format!(
+                            "Invalid value: {}: {path} in body should match '{pattern}'",
+                            shown(value)
+                        ),
+                    ),
+                    Err(e) => invalid(
+                        "FieldValueInvalid",
+                        format!("schema pattern {pattern:?} does not compile: {e}"),
+                    ),
                 }
             }
         }
@@ -179,25 +249,47 @@ fn check(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Cause>) {
             if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
                 let exclusive = flag(schema, "exclusiveMaximum");
                 if x > max || (exclusive && x == max) {
-                    let rel = if exclusive { "less than" } else { "less than or equal to" };
-                    invalid("FieldValueInvalid", format!("Invalid value: {n}: {path} in body should be {rel} {max}"));
+                    let rel = if exclusive {
+                        "less than"
+                    } else {
+                        "less than or equal to"
+                    };
+                    invalid(
+                        "FieldValueInvalid",
+                        format!("Invalid value: {n}: {path} in body should be {rel} {max}"),
+                    );
                 }
             }
             if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
                 let exclusive = flag(schema, "exclusiveMinimum");
                 if x < min || (exclusive && x == min) {
-                    let rel = if exclusive { "greater than" } else { "greater than or equal to" };
-                    invalid("FieldValueInvalid", format!("Invalid value: {n}: {path} in body should be {rel} {min}"));
+                    let rel = if exclusive {
+                        "greater than"
+                    } else {
+                        "greater than or equal to"
+                    };
+                    invalid(
+                        "FieldValueInvalid",
+                        format!("Invalid value: {n}: {path} in body should be {rel} {min}"),
+                    );
                 }
             }
         }
         Value::Array(items) => {
             let len = items.len() as u64;
             if let Some(max) = limit("maxItems").filter(|m| len > *m) {
-                invalid("FieldValueTooMany", format!("Too many: {len}: must have at most {max} items"));
+                invalid(
+                    "FieldValueTooMany",
+                    format!("Too many: {len}: must have at most {max} items"),
+                );
             }
             if let Some(min) = limit("minItems").filter(|m| len < *m) {
-                invalid("FieldValueInvalid", format!("Invalid value: {len}: {path} in body should have at least {min} items"));
+                invalid(
+                    "FieldValueInvalid",
+                    format!(
+                        "Invalid value: {len}: {path} in body should have at least {min} items"
+                    ),
+                );
             }
             check_list_uniqueness(schema, items, path, causes);
             if let Some(item_schema) = schema.get("items") {
@@ -209,16 +301,33 @@ fn check(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Cause>) {
         Value::Object(map) => {
             let len = map.len() as u64;
             if let Some(max) = limit("maxProperties").filter(|m| len > *m) {
-                invalid("FieldValueTooMany", format!("Too many: {len}: must have at most {max} items"));
+                invalid(
+                    "FieldValueTooMany",
+                    format!("Too many: {len}: must have at most {max} items"),
+                );
             }
             if let Some(min) = limit("minProperties").filter(|m| len < *m) {
-                invalid("FieldValueInvalid", format!("Invalid value: {len}: {path} in body should have at least {min} properties"));
+                invalid(
+                    "FieldValueInvalid",
+                    format!(
+                        "Invalid value: {len}: {path} in body should have at least {min} properties"
+                    ),
+                );
             }
-            for required in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+            for required in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(name) = required.as_str()
                     && !map.contains_key(name)
                 {
-                    causes.push(Cause { reason: "FieldValueRequired", field: child(path, name), message: "Required value".to_string() });
+                    causes.push(Cause {
+                        reason: "FieldValueRequired",
+                        field: child(path, name),
+                        message: "Required value".to_string(),
+                    });
                 }
             }
             let properties = schema.get("properties").and_then(Value::as_object);

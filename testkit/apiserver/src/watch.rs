@@ -61,7 +61,10 @@ impl Watch {
         };
         match frame {
             Frame::Event(kind, object) => json!({"type": kind, "object": present(object)}),
-            Frame::Bookmark { rv, initial_events_end } => {
+            Frame::Bookmark {
+                rv,
+                initial_events_end,
+            } => {
                 let mut metadata = json!({"resourceVersion": rv.to_string()});
                 if initial_events_end {
                     metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
@@ -89,8 +92,16 @@ impl Watch {
     }
 }
 
-pub(crate) fn stream_body(inner: Arc<Inner>, id: Option<u64>, rx: mpsc::UnboundedReceiver<Frame>, options: WatchOptions) -> ResponseBody {
-    let mut ticker = tokio::time::interval_at(Instant::now() + options.bookmark_interval, options.bookmark_interval);
+pub(crate) fn stream_body(
+    inner: Arc<Inner>,
+    id: Option<u64>,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    options: WatchOptions,
+) -> ResponseBody {
+    let mut ticker = tokio::time::interval_at(
+        Instant::now() + options.bookmark_interval,
+        options.bookmark_interval,
+    );
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let watch = Watch {
         registration: Registration { inner, id },
@@ -103,7 +114,10 @@ pub(crate) fn stream_body(inner: Arc<Inner>, id: Option<u64>, rx: mpsc::Unbounde
         let frame = watch.next_frame().await?;
         let mut line = watch.render(frame).to_string();
         line.push('\n');
-        Some((Ok::<_, Infallible>(BodyFrame::data(Bytes::from(line))), watch))
+        Some((
+            Ok::<_, Infallible>(BodyFrame::data(Bytes::from(line))),
+            watch,
+        ))
     });
     StreamBody::new(stream).boxed_unsync()
 }
