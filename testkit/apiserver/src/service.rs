@@ -1,0 +1,402 @@
+//! The request handler, as a tower `Service`: logs the request, applies injected faults,
+//! routes it to discovery or to the store, and renders objects, lists (full or
+//! PartialObjectMetadata) and `Status` errors as kube-apiserver would.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+use crate::errors::ApiError;
+use crate::faults::RequestRecord;
+use crate::patch::PatchType;
+use crate::resources::ResourceType;
+use crate::routes::{self, Query, ResourcePath, Route};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::store::{DeleteOptions, Filter, ListQuery, WatchStart};
+use crate::watch::{self, WatchOptions};
+use crate::{ApiServer, Inner, Verb, lock};
+
+/// The response body type: whole JSON documents, or a stream of watch events.
+pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> tower::Service<Request<B>> for ApiServer
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(handle(inner, req).await) })
+    }
+}
+
+pub(crate) fn full(body: impl Into<Bytes>) -> ResponseBody {
+    Full::new(body.into()).boxed_unsync()
+}
+
+fn json_response(code: u16, body: &Value) -> Response<ResponseBody> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body.to_string()))
+        .expect("static response parts are valid")
+}
+
+fn error_response(err: &ApiError) -> Response<ResponseBody> {
+    json_response(err.code, &err.to_status())
+}
+
+fn header_str(parts: &http::request::Parts, name: header::HeaderName) -> Option<String> {
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<ResponseBody>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_default();
+    let query = Query::parse(parts.uri.query());
+    let route = routes::parse(parts.uri.path());
+    let verb = routes::verb(&parts.method, &route, &query);
+    lock(&inner.log).push(RequestRecord {
+        method: parts.method.clone(),
+        path: target.clone(),
+        verb,
+        content_type: header_str(&parts, header::CONTENT_TYPE),
+        accept: header_str(&parts, header::ACCEPT),
+        user_agent: header_str(&parts, header::USER_AGENT),
+        timestamp: jiff::Timestamp::now(),
+    });
+    let latency = lock(&inner.faults).latency(&parts.method, verb, &target);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(code) = lock(&inner.faults).take_failure(&parts.method, verb, &target) {
+        return error_response(&ApiError::injected(code));
+    }
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return error_response(&ApiError::bad_request(format!(
+                "reading the request body: {}",
+                e.into()
+            )));
+        }
+    };
+    match dispatch(&inner, &parts, route, verb, &query, &body) {
+        Ok(response) => response,
+        Err(err) => error_response(&err),
+    }
+}
+
+fn dispatch(
+    inner: &Arc<Inner>,
+    parts: &http::request::Parts,
+    route: Route,
+    verb: Verb,
+    query: &Query,
+    body: &Bytes,
+) -> Result<Response<ResponseBody>, ApiError> {
+    if !matches!(route, Route::Resource(_)) && parts.method != Method::GET {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} is not supported on discovery endpoints",
+            parts.method
+        )));
+    }
+    let state = inner.state();
+    let found = |doc: Option<Value>| {
+        doc.map(|d| json_response(200, &d))
+            .ok_or_else(|| ApiError::resource_not_found(parts.uri.path()))
+    };
+    match route {
+        Route::Version => Ok(json_response(
+            200,
+            &json!({
+                "major": "1", "minor": "33", "gitVersion": "v1.33.0-reconnect-standin",
+                "gitCommit": "", "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z",
+                "goVersion": "", "compiler": "rust", "platform": "linux/amd64",
+            }),
+        )),
+        Route::CoreVersions => Ok(json_response(200, &state.registry.core_versions())),
+        Route::Groups => Ok(json_response(200, &state.registry.group_list())),
+        Route::Group(group) => found(state.registry.group(&group)),
+        Route::ResourceList { group, version } => {
+            found(state.registry.resource_list(&group, &version))
+        }
+        Route::Unknown => Err(ApiError::resource_not_found(parts.uri.path())),
+        Route::Resource(path) => {
+            drop(state);
+            resource(inner, parts, path, verb, query, body)
+        }
+    }
+}
+
+/// How the client asked to see objects.
+struct Presentation {
+    api_version: String,
+    metadata_only: bool,
+}
+
+impl Presentation {
+    fn object(&self, mut object: Value) -> Value {
+        if self.metadata_only {
+            return json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"].take()});
+        }
+        object["apiVersion"] = json!(self.api_version);
+        object
+    }
+}
+
+fn resource(
+    inner: &Arc<Inner>,
+    parts: &http::request::Parts,
+    path: ResourcePath,
+    verb: Verb,
+    query: &Query,
+    body: &Bytes,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let not_found = || ApiError::resource_not_found(parts.uri.path());
+    let rt = inner
+        .state()
+        .registry
+        .find(&path.group, &path.version, &path.plural)
+        .ok_or_else(not_found)?;
+    if !rt.namespaced && path.namespace.is_some() {
+        return Err(not_found());
+    }
+    let status_only = match path.subresource.as_deref() {
+        None => false,
+        Some("status") if rt.status_subresource => true,
+        Some(_) => return Err(not_found()),
+    };
+    if query.get("dryRun").is_some() {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by the reconnect stand-in",
+        ));
+    }
+    let accept = header_str(parts, header::ACCEPT).unwrap_or_default();
+    let view = Presentation {
+        api_version: rt.api_version(&path.version),
+        metadata_only: accept.contains("as=PartialObjectMetadata"),
+    };
+    let ns = path.namespace.as_deref();
+    let name = path.name.as_deref();
+    let parse_body = || -> Result<Value, ApiError> {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    };
+    let filter = || -> Result<Filter, ApiError> {
+        Ok(Filter {
+            resource: rt.store_key(),
+            namespace: ns.map(str::to_string),
+            labels: LabelSelector::parse(query.get("labelSelector").unwrap_or_default())?,
+            fields: FieldSelector::parse(
+                query.get("fieldSelector").unwrap_or_default(),
+                &rt.plural,
+            )?,
+        })
+    };
+    match (verb, name) {
+        (Verb::Get, Some(name)) => {
+            let object = inner.state().get(&rt, ns, name)?;
+            Ok(json_response(200, &view.object(object)))
+        }
+        (Verb::List, None) => list(inner, &rt, &view, filter()?, query),
+        (Verb::Watch, None) => start_watch(inner, &rt, view, filter()?, query),
+        (Verb::Create, None) => {
+            let object = inner.state().create(&rt, ns, parse_body()?)?;
+            Ok(json_response(201, &view.object(object)))
+        }
+        (Verb::Update, Some(name)) => {
+            let object = inner
+                .state()
+                .update(&rt, ns, name, parse_body()?, status_only)?;
+            Ok(json_response(200, &view.object(object)))
+        }
+        (Verb::Patch, Some(name)) => {
+            let content_type = header_str(parts, header::CONTENT_TYPE).unwrap_or_default();
+            let kind = PatchType::from_content_type(&content_type)
+                .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+            // `force` is accepted: without field-ownership conflicts it changes nothing.
+            let written = inner.state().patch(
+                &rt,
+                ns,
+                name,
+                kind,
+                body,
+                query.get("fieldManager"),
+                status_only,
+            )?;
+            Ok(json_response(
+                if written.created { 201 } else { 200 },
+                &view.object(written.body),
+            ))
+        }
+        (Verb::Delete, Some(name)) => {
+            let options = delete_options(body, query)?;
+            let result = inner.state().delete(&rt, ns, name, &options)?;
+            let result = if result.get("kind") == Some(&json!("Status")) {
+                result
+            } else {
+                view.object(result)
+            };
+            Ok(json_response(200, &result))
+        }
+        (Verb::DeleteCollection, None) => {
+            inner.state().delete_collection(&filter()?);
+            Ok(json_response(
+                200,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            ))
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "{} is not allowed on {}",
+            parts.method,
+            parts.uri.path()
+        ))),
+    }
+}
+
+fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError> {
+    let options: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("DeleteOptions are not valid JSON: {e}")))?
+    };
+    let text = |pointer: &str| {
+        options
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let policy =
+        text("/propagationPolicy").or_else(|| query.get("propagationPolicy").map(str::to_string));
+    Ok(DeleteOptions {
+        precondition_uid: text("/preconditions/uid"),
+        precondition_rv: text("/preconditions/resourceVersion"),
+        // Foreground deletion is treated as Background: dependents go either way.
+        orphan: policy.as_deref() == Some("Orphan")
+            || options.get("orphanDependents") == Some(&json!(true)),
+    })
+}
+
+fn list(
+    inner: &Arc<Inner>,
+    rt: &ResourceType,
+    view: &Presentation,
+    filter: Filter,
+    query: &Query,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let list_query = ListQuery {
+        limit: query.get("limit").and_then(|l| l.parse().ok()),
+        continue_token: query
+            .get("continue")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
+        resource_version: query.get("resourceVersion").map(str::to_string),
+        resource_version_match: query
+            .get("resourceVersionMatch")
+            .filter(|m| !m.is_empty())
+            .map(str::to_string),
+    };
+    let (rv, items, token, remaining) = inner.state().list(&filter, &list_query)?;
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(token) = token {
+        metadata["continue"] = json!(token);
+        metadata["remainingItemCount"] = json!(remaining);
+    }
+    let (api_version, kind) = if view.metadata_only {
+        (
+            "meta.k8s.io/v1".to_string(),
+            "PartialObjectMetadataList".to_string(),
+        )
+    } else {
+        (view.api_version.clone(), format!("{}List", rt.kind))
+    };
+    let items: Vec<Value> = items.into_iter().map(|o| view.object(o)).collect();
+    Ok(json_response(
+        200,
+        &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items}),
+    ))
+}
+
+fn start_watch(
+    inner: &Arc<Inner>,
+    rt: &ResourceType,
+    view: Presentation,
+    filter: Filter,
+    query: &Query,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let bookmarks = query.flag("allowWatchBookmarks");
+    let start = if query.flag("sendInitialEvents") {
+        if query.get("resourceVersionMatch") != Some("NotOlderThan") || !bookmarks {
+            return Err(ApiError::bad_request(
+                "sendInitialEvents requires resourceVersionMatch=NotOlderThan and allowWatchBookmarks=true",
+            ));
+        }
+        WatchStart::Now {
+            initial_events_end: true,
+        }
+    } else {
+        match query
+            .get("resourceVersion")
+            .filter(|rv| !rv.is_empty() && *rv != "0")
+        {
+            None => WatchStart::Now {
+                initial_events_end: false,
+            },
+            Some(rv) => {
+                WatchStart::After(rv.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version {rv:?}"))
+                })?)
+            }
+        }
+    };
+    let (id, rx) = inner.state().watch(filter, start);
+    let options = WatchOptions {
+        api_version: view.api_version,
+        kind: rt.kind.clone(),
+        metadata_only: view.metadata_only,
+        bookmarks,
+        timeout: query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .map(std::time::Duration::from_secs),
+        bookmark_interval: *lock(&inner.bookmark_interval),
+    };
+    let body = watch::stream_body(inner.clone(), id, rx, options);
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .expect("static response parts are valid"))
+}

@@ -1,0 +1,1427 @@
+//! The Kubernetes API semantics the operator depends on, as tests over a `kube::Client`.
+//! They run against the in-memory stand-in by default and against a real cluster when
+//! `RECONNECT_TEST_KUBECONFIG` is set; only the fault-injection and request-log tests are
+//! stand-in specific, and they say so when skipped.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    Preconditions, PropagationPolicy, VersionMatch, WatchEvent, WatchParams,
+};
+use kube::core::Status;
+use kube::runtime::wait::{await_condition, conditions};
+use reconnect_apiserver::{RequestMatch, TestCluster, Verb, test_cluster};
+use reconnect_operator::api::ConnectorCredential;
+use serde_json::{Value, json};
+
+/// Generous bound for anything a real cluster does asynchronously (GC, namespace cleanup).
+const WAIT: Duration = Duration::from_secs(60);
+
+fn credentials(cluster: &TestCluster) -> Api<DynamicObject> {
+    Api::default_namespaced_with(
+        cluster.client.clone(),
+        &ApiResource::erase::<ConnectorCredential>(&()),
+    )
+}
+
+fn secrets(cluster: &TestCluster) -> Api<Secret> {
+    Api::default_namespaced(cluster.client.clone())
+}
+
+fn credential(name: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "reconnect.dev/v1alpha1",
+        "kind": "ConnectorCredential",
+        "metadata": {"name": name},
+        "spec": {"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": format!("{name}-source")}},
+    }))
+    .expect("static credential")
+}
+
+fn credential_with(name: &str, spec: Value) -> DynamicObject {
+    let mut cc = credential(name);
+    cc.data["spec"] = spec;
+    cc
+}
+
+fn secret(name: &str, labels: Value) -> Secret {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "stringData": {"k": "v"}}),
+    )
+    .expect("static secret")
+}
+
+/// The `Status` of a failed call, or a panic naming what succeeded instead.
+fn status<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> Status {
+    match result {
+        Err(kube::Error::Api(status)) => *status,
+        other => panic!("expected an API error Status, got {other:?}"),
+    }
+}
+
+fn names<K: kube::Resource>(items: &[K]) -> Vec<String> {
+    let mut names: Vec<String> = items.iter().filter_map(|o| o.meta().name.clone()).collect();
+    names.sort();
+    names
+}
+
+fn rv<K: kube::Resource>(object: &K) -> String {
+    object
+        .meta()
+        .resource_version
+        .clone()
+        .expect("server sets resourceVersion")
+}
+
+/// Sends a raw request through the client (for headers and bodies kube's typed API hides).
+async fn raw(cluster: &TestCluster, request: http::Request<Vec<u8>>) -> Result<Value, kube::Error> {
+    cluster.client.request::<Value>(request).await
+}
+
+/// Collects watch events until `done` holds, failing after `WAIT`.
+async fn watch_until<K, S>(
+    stream: S,
+    mut done: impl FnMut(&[WatchEvent<K>]) -> bool,
+) -> Vec<WatchEvent<K>>
+where
+    S: futures::Stream<Item = Result<WatchEvent<K>, kube::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while !done(&seen) {
+            match stream.next().await {
+                Some(event) => seen.push(event.expect("watch stream item")),
+                None => panic!("watch ended before the expected events"),
+            }
+        }
+    })
+    .await
+    .expect("expected watch events within the timeout");
+    seen
+}
+
+fn event_names<K: kube::Resource>(events: &[WatchEvent<K>]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            WatchEvent::Added(o) => Some(("ADDED".into(), o.meta().name.clone()?)),
+            WatchEvent::Modified(o) => Some(("MODIFIED".into(), o.meta().name.clone()?)),
+            WatchEvent::Deleted(o) => Some(("DELETED".into(), o.meta().name.clone()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn secrets_support_create_get_replace_and_delete() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    let created = api
+        .create(&PostParams::default(), &secret("s1", json!({})))
+        .await
+        .unwrap();
+    // stringData is folded into base64 data; uid, timestamps and resourceVersion are server-set.
+    assert_eq!(created.data.as_ref().unwrap()["k"].0, b"v");
+    assert!(created.string_data.is_none());
+    assert_eq!(created.type_.as_deref(), Some("Opaque"));
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    let mut fetched = api.get("s1").await.unwrap();
+    assert_eq!(fetched.metadata.uid, created.metadata.uid);
+    fetched.metadata.labels = Some([("replaced".to_string(), "yes".to_string())].into());
+    let replaced = api
+        .replace("s1", &PostParams::default(), &fetched)
+        .await
+        .unwrap();
+    assert_eq!(
+        replaced.metadata.labels.as_ref().unwrap()["replaced"],
+        "yes"
+    );
+    assert_ne!(rv(&replaced), rv(&created));
+    api.delete("s1", &DeleteParams::default()).await.unwrap();
+    assert!(status(api.get("s1").await).is_not_found());
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn creating_an_existing_name_is_already_exists_and_generate_name_picks_fresh_names() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    api.create(&PostParams::default(), &secret("dup", json!({})))
+        .await
+        .unwrap();
+    let err = status(
+        api.create(&PostParams::default(), &secret("dup", json!({})))
+            .await,
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "AlreadyExists"));
+    let mut generated = secret("", json!({}));
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("gen-".into());
+    let a = api
+        .create(&PostParams::default(), &generated)
+        .await
+        .unwrap();
+    let b = api
+        .create(&PostParams::default(), &generated)
+        .await
+        .unwrap();
+    let (a, b) = (a.metadata.name.unwrap(), b.metadata.name.unwrap());
+    assert!(
+        a.starts_with("gen-") && b.starts_with("gen-") && a != b,
+        "{a} {b}"
+    );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn writes_with_a_stale_resource_version_conflict() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    let first = api
+        .create(&PostParams::default(), &secret("occ", json!({})))
+        .await
+        .unwrap();
+    let mut newer = first.clone();
+    newer.metadata.labels = Some([("v".to_string(), "2".to_string())].into());
+    api.replace("occ", &PostParams::default(), &newer)
+        .await
+        .unwrap();
+    // `first` still carries the old resourceVersion.
+    let err = status(api.replace("occ", &PostParams::default(), &first).await);
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    let stale_patch = json!({"metadata": {"resourceVersion": rv(&first), "labels": {"v": "3"}}});
+    let err = status(
+        api.patch("occ", &PatchParams::default(), &Patch::Merge(&stale_patch))
+            .await,
+    );
+    assert_eq!(err.code, 409);
+    assert_eq!(
+        api.get("occ").await.unwrap().metadata.labels.unwrap()["v"],
+        "2"
+    );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn objects_in_a_missing_namespace_are_not_found() {
+    let cluster = test_cluster().await;
+    let api: Api<Secret> = Api::namespaced(
+        cluster.client.clone(),
+        &format!("{}-absent", cluster.namespace),
+    );
+    let err = status(
+        api.create(&PostParams::default(), &secret("x", json!({})))
+            .await,
+    );
+    assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn cluster_wide_lists_span_namespaces() {
+    let cluster = test_cluster().await;
+    let other = format!("{}-b", cluster.namespace);
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": other}})).unwrap();
+    Api::<Namespace>::all(cluster.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let tag = json!({"test": cluster.namespace});
+    secrets(&cluster)
+        .create(&PostParams::default(), &secret("here", tag.clone()))
+        .await
+        .unwrap();
+    Api::<Secret>::namespaced(cluster.client.clone(), &other)
+        .create(&PostParams::default(), &secret("there", tag))
+        .await
+        .unwrap();
+    let all = Api::<Secret>::all(cluster.client.clone())
+        .list(&ListParams::default().labels(&format!("test={}", cluster.namespace)))
+        .await
+        .unwrap();
+    let mut found: Vec<(String, String)> = all
+        .items
+        .iter()
+        .map(|s| {
+            (
+                s.metadata.namespace.clone().unwrap(),
+                s.metadata.name.clone().unwrap(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            (cluster.namespace.clone(), "here".to_string()),
+            (other.clone(), "there".to_string())
+        ]
+    );
+    Api::<Namespace>::all(cluster.client.clone())
+        .delete(&other, &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn label_selectors_support_every_operator() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    for (name, labels) in [
+        ("a", json!({"tier": "web", "env": "prod"})),
+        ("b", json!({"tier": "api"})),
+        ("c", json!({"env": "dev"})),
+    ] {
+        api.create(&PostParams::default(), &secret(name, labels))
+            .await
+            .unwrap();
+    }
+    let cases = [
+        ("tier=web", vec!["a"]),
+        ("tier==api", vec!["b"]),
+        ("tier!=web", vec!["b", "c"]),
+        ("tier in (web,api)", vec!["a", "b"]),
+        ("tier notin (web)", vec!["b", "c"]),
+        ("env", vec!["a", "c"]),
+        ("!env", vec!["b"]),
+        ("tier,env=prod", vec!["a"]),
+    ];
+    for (selector, expected) in cases {
+        let list = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap();
+        assert_eq!(names(&list.items), expected, "selector {selector}");
+    }
+    let err = status(api.list(&ListParams::default().labels("a b c")).await);
+    assert_eq!(err.code, 400);
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn field_selectors_filter_by_name_and_namespace() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    for name in ["f1", "f2"] {
+        api.create(&PostParams::default(), &secret(name, json!({})))
+            .await
+            .unwrap();
+    }
+    let by_name = api
+        .list(&ListParams::default().fields("metadata.name=f2"))
+        .await
+        .unwrap();
+    assert_eq!(names(&by_name.items), vec!["f2"]);
+    let not_name = api
+        .list(&ListParams::default().fields("metadata.name!=f2"))
+        .await
+        .unwrap();
+    assert!(
+        names(&not_name.items).contains(&"f1".to_string())
+            && !names(&not_name.items).contains(&"f2".to_string())
+    );
+    let all = Api::<Secret>::all(cluster.client.clone())
+        .list(&ListParams::default().fields(&format!(
+            "metadata.namespace=={},metadata.name=f1",
+            cluster.namespace
+        )))
+        .await
+        .unwrap();
+    assert_eq!(names(&all.items), vec!["f1"]);
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn lists_paginate_with_limit_and_continue() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    for i in 0..5 {
+        api.create(
+            &PostParams::default(),
+            &secret(&format!("p{i}"), json!({"page": "yes"})),
+        )
+        .await
+        .unwrap();
+    }
+    let mut params = ListParams::default().labels("page=yes").limit(2);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = api.list(&params).await.unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(names(&page.items));
+        pages += 1;
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, vec!["p0", "p1", "p2", "p3", "p4"]);
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn exact_resource_version_lists_return_the_past_state() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    api.create(&PostParams::default(), &secret("before", json!({})))
+        .await
+        .unwrap();
+    let then = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    api.create(&PostParams::default(), &secret("after", json!({})))
+        .await
+        .unwrap();
+    let exact = api
+        .list(
+            &ListParams::default()
+                .at(&then)
+                .matching(VersionMatch::Exact),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&exact.items), vec!["before"]);
+    let not_older = api
+        .list(
+            &ListParams::default()
+                .at(&then)
+                .matching(VersionMatch::NotOlderThan),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&not_older.items), vec!["after", "before"]);
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn watches_stream_added_modified_and_deleted() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    let start = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let stream = api.watch(&WatchParams::default(), &start).await.unwrap();
+    api.create(&PostParams::default(), &secret("w", json!({})))
+        .await
+        .unwrap();
+    api.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+    )
+    .await
+    .unwrap();
+    api.delete("w", &DeleteParams::default()).await.unwrap();
+    let events = watch_until(stream, |seen| seen.len() >= 3).await;
+    let expected: Vec<(String, String)> = ["ADDED", "MODIFIED", "DELETED"]
+        .iter()
+        .map(|t| (t.to_string(), "w".to_string()))
+        .collect();
+    assert_eq!(event_names(&events), expected);
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn watches_resumed_from_a_resource_version_replay_later_events() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    let first = api
+        .create(&PostParams::default(), &secret("r1", json!({})))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &secret("r2", json!({})))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &secret("r3", json!({})))
+        .await
+        .unwrap();
+    let stream = api
+        .watch(&WatchParams::default(), &rv(&first))
+        .await
+        .unwrap();
+    let events = watch_until(stream, |seen| seen.len() >= 2).await;
+    assert_eq!(
+        event_names(&events),
+        vec![("ADDED".into(), "r2".into()), ("ADDED".into(), "r3".into())]
+    );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn watching_from_a_too_old_resource_version_is_expired() {
+    let cluster = test_cluster().await;
+    if let Some(standin) = &cluster.standin {
+        // A real cluster has long compacted resourceVersion 1; make the stand-in forget it too.
+        standin.set_history_limit(2);
+    }
+    let api = secrets(&cluster);
+    for i in 0..4 {
+        api.create(
+            &PostParams::default(),
+            &secret(&format!("old{i}"), json!({})),
+        )
+        .await
+        .unwrap();
+    }
+    let stream = api.watch(&WatchParams::default(), "1").await.unwrap();
+    let mut stream = std::pin::pin!(stream);
+    let first = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("an event")
+        .expect("stream open")
+        .unwrap();
+    match first {
+        WatchEvent::Error(status) => {
+            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"))
+        }
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    let err = status(
+        api.list(&ListParams::default().at("1").matching(VersionMatch::Exact))
+            .await,
+    );
+    assert_eq!((err.code, err.reason.as_str()), (410, "Expired"));
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn watches_send_bookmarks_when_allowed() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    api.create(&PostParams::default(), &secret("b", json!({})))
+        .await
+        .unwrap();
+    let start = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    // kube-apiserver sends bookmarks about once a minute; the stand-in every second.
+    let stream = api
+        .watch(&WatchParams::default().timeout(120), &start)
+        .await
+        .unwrap();
+    let events = watch_until(stream, |seen| {
+        seen.iter().any(|e| matches!(e, WatchEvent::Bookmark(_)))
+    })
+    .await;
+    let bookmark_rv = events.iter().find_map(|e| match e {
+        WatchEvent::Bookmark(b) => Some(b.metadata.resource_version.parse::<u64>().unwrap()),
+        _ => None,
+    });
+    assert!(bookmark_rv.unwrap() >= start.parse::<u64>().unwrap());
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn watches_end_after_timeout_seconds() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    let stream = api
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap();
+    let drained = tokio::time::timeout(WAIT, stream.try_collect::<Vec<_>>()).await;
+    assert!(drained.expect("the watch ends by itself").is_ok());
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn objects_leaving_a_watched_selection_are_reported_deleted() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    let created = api
+        .create(
+            &PostParams::default(),
+            &secret("sel", json!({"watched": "yes"})),
+        )
+        .await
+        .unwrap();
+    let stream = api
+        .watch(&WatchParams::default().labels("watched=yes"), &rv(&created))
+        .await
+        .unwrap();
+    api.patch(
+        "sel",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"watched": "no"}}})),
+    )
+    .await
+    .unwrap();
+    let events = watch_until(stream, |seen| !seen.is_empty()).await;
+    assert_eq!(event_names(&events), vec![("DELETED".into(), "sel".into())]);
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn secret_metadata_can_be_listed_and_watched_without_data() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    api.create(&PostParams::default(), &secret("meta", json!({"m": "1"})))
+        .await
+        .unwrap();
+    let list = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(names(&list.items), vec!["meta"]);
+    let start = list.metadata.resource_version.unwrap();
+    // On the wire: PartialObjectMetadataList, items without `data`.
+    let request = http::Request::get(format!("/api/v1/namespaces/{}/secrets", cluster.namespace))
+        .header(
+            "Accept",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        )
+        .body(Vec::new())
+        .unwrap();
+    let raw_list = raw(&cluster, request).await.unwrap();
+    assert_eq!(raw_list["kind"], "PartialObjectMetadataList");
+    assert_eq!(raw_list["items"][0]["kind"], "PartialObjectMetadata");
+    assert!(raw_list["items"][0].get("data").is_none());
+    let stream = api
+        .watch_metadata(&WatchParams::default(), &start)
+        .await
+        .unwrap();
+    api.patch(
+        "meta",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"m": "2"}}})),
+    )
+    .await
+    .unwrap();
+    let events = watch_until(stream, |seen| !seen.is_empty()).await;
+    match &events[0] {
+        WatchEvent::Modified(meta) => assert_eq!(meta.metadata.labels.as_ref().unwrap()["m"], "2"),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn status_subresource_separates_spec_and_status_writes() {
+    let cluster = test_cluster().await;
+    let api = credentials(&cluster);
+    let mut cc = credential("st");
+    cc.data["status"] = json!({"phase": "Connected"});
+    let created = api.create(&PostParams::default(), &cc).await.unwrap();
+    assert!(
+        created.data.get("status").is_none(),
+        "status on create is ignored"
+    );
+    assert_eq!(created.metadata.generation, Some(1));
+    // The status endpoint changes only status, even when the body carries other changes.
+    let mut body = created.clone();
+    body.data["status"] = json!({"phase": "Connected"});
+    body.data["spec"]["provider"] = json!("microsoft");
+    let updated = api
+        .replace_status("st", &PostParams::default(), &body)
+        .await
+        .unwrap();
+    assert_eq!(updated.data["status"]["phase"], "Connected");
+    assert_eq!(updated.data["spec"]["provider"], "procore");
+    assert_eq!(
+        updated.metadata.generation,
+        Some(1),
+        "status writes keep the generation"
+    );
+    // The main resource ignores status; a label change keeps the generation too.
+    let patched = api
+        .patch(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"l": "1"}}, "status": {"phase": "Pending"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data["status"]["phase"], "Connected");
+    assert_eq!(patched.metadata.generation, Some(1));
+    let spec_change = api
+        .patch(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"requiredPermissions": ["projects.read"]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spec_change.metadata.generation, Some(2));
+    let status_patch = api
+        .patch_status(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "ConnectionLost"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            status_patch.data["status"]["phase"].as_str(),
+            status_patch.metadata.generation
+        ),
+        (Some("ConnectionLost"), Some(2))
+    );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn merge_json_and_strategic_merge_patches_apply_their_semantics() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    api.create(
+        &PostParams::default(),
+        &secret("p", json!({"a": "1", "b": "2"})),
+    )
+    .await
+    .unwrap();
+    let merged = api
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": null, "c": "3"}}})),
+        )
+        .await
+        .unwrap();
+    let labels = merged.metadata.labels.unwrap();
+    assert_eq!(
+        (labels.get("a"), labels["b"].as_str(), labels["c"].as_str()),
+        (None, "2", "3")
+    );
+    // kube's typed JSON patch needs a feature we do not enable; send it raw.
+    let json_patch = |ops: Value| {
+        http::Request::patch(format!(
+            "/api/v1/namespaces/{}/secrets/p",
+            cluster.namespace
+        ))
+        .header("Content-Type", "application/json-patch+json")
+        .body(ops.to_string().into_bytes())
+        .unwrap()
+    };
+    let patched = raw(
+        &cluster,
+        json_patch(json!([
+            {"op": "test", "path": "/metadata/labels/b", "value": "2"},
+            {"op": "replace", "path": "/metadata/labels/b", "value": "20"},
+        ])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(patched["metadata"]["labels"]["b"], "20");
+    let err = status(
+        raw(
+            &cluster,
+            json_patch(json!([{"op": "test", "path": "/metadata/labels/b", "value": "2"}])),
+        )
+        .await,
+    );
+    assert_eq!(err.code, 422);
+
+    let deployments: Api<Deployment> = Api::default_namespaced(cluster.client.clone());
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": {
+            "metadata": {"labels": {"app": "d"}},
+            "spec": {"containers": [{"name": "main", "image": "main:1"}, {"name": "side", "image": "side:1"}]}}},
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let smp = json!({"spec": {"template": {"spec": {"containers": [{"name": "side", "image": "side:2"}]}}}});
+    let rolled = deployments
+        .patch("d", &PatchParams::default(), &Patch::Strategic(smp))
+        .await
+        .unwrap();
+    let containers = rolled.spec.unwrap().template.spec.unwrap().containers;
+    let images: Vec<(String, String)> = containers
+        .into_iter()
+        .map(|c| (c.name, c.image.unwrap()))
+        .collect();
+    assert_eq!(
+        images,
+        vec![
+            ("main".into(), "main:1".into()),
+            ("side".into(), "side:2".into())
+        ]
+    );
+
+    // Custom resources do not support strategic merge patch.
+    credentials(&cluster)
+        .create(&PostParams::default(), &credential("smp"))
+        .await
+        .unwrap();
+    let err = status(
+        credentials(&cluster)
+            .patch(
+                "smp",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await,
+    );
+    assert_eq!(err.code, 415);
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_merges_and_merges_conditions_by_type() {
+    let cluster = test_cluster().await;
+    let api = credentials(&cluster);
+    let applied = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(credential("ssa")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.data["spec"]["provider"], "procore");
+    // A second manager's apply merges into the object instead of replacing it.
+    let labels = json!({"apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential", "metadata": {"name": "ssa", "labels": {"team": "a"}}});
+    let merged = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("labeller"),
+            &Patch::Apply(&labels),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            merged.data["spec"]["provider"].as_str(),
+            merged.metadata.labels.unwrap()["team"].as_str()
+        ),
+        (Some("procore"), "a")
+    );
+
+    let condition = |t: &str, s: &str| json!({"type": t, "status": s, "reason": "Test", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"});
+    let status_doc = |conditions: Vec<Value>| json!({"apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential", "metadata": {"name": "ssa"}, "status": {"conditions": conditions}});
+    api.patch_status(
+        "ssa",
+        &PatchParams::apply("a").force(),
+        &Patch::Apply(status_doc(vec![
+            condition("Ready", "False"),
+            condition("Connected", "False"),
+        ])),
+    )
+    .await
+    .unwrap();
+    let after = api
+        .patch_status(
+            "ssa",
+            &PatchParams::apply("b").force(),
+            &Patch::Apply(status_doc(vec![condition("Ready", "True")])),
+        )
+        .await
+        .unwrap();
+    let conditions: Vec<(String, String)> = after.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(conditions.len(), 2);
+    assert!(
+        conditions.contains(&("Ready".into(), "True".into()))
+            && conditions.contains(&("Connected".into(), "False".into()))
+    );
+
+    // Apply without a field manager is refused.
+    let request = http::Request::patch(format!(
+        "/apis/reconnect.dev/v1alpha1/namespaces/{}/connectorcredentials/ssa",
+        cluster.namespace
+    ))
+    .header("Content-Type", "application/apply-patch+yaml")
+    .body(serde_json::to_vec(&labels).unwrap())
+    .unwrap();
+    let err = status(raw(&cluster, request).await);
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn custom_resources_are_validated_against_the_schema() {
+    let cluster = test_cluster().await;
+    let api = credentials(&cluster);
+    let invalid = |name: &str, spec: Value| credential_with(name, spec);
+    let cases = [
+        (
+            invalid(
+                "enum",
+                json!({"provider": "nope", "auth": "ApiKey", "secretRef": {"name": "s"}}),
+            ),
+            "spec.provider",
+            "Unsupported value",
+        ),
+        (
+            invalid(
+                "required",
+                json!({"provider": "procore", "auth": "ClientCredentials"}),
+            ),
+            "spec.secretRef",
+            "Required value",
+        ),
+        (
+            invalid(
+                "pattern",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": "Not_A_Name"}}),
+            ),
+            "spec.secretRef.name",
+            "should match",
+        ),
+        (
+            invalid(
+                "too-long",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": "s"}, "refreshBefore": "1".repeat(40) + "s"}),
+            ),
+            "spec.refreshBefore",
+            "Too long",
+        ),
+        (
+            invalid(
+                "bounds",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": "s"}, "validation": {"failureThreshold": 0}}),
+            ),
+            "spec.validation.failureThreshold",
+            "greater than or equal to 1",
+        ),
+        (
+            invalid(
+                "max-items",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": "s"}, "requiredPermissions": (0..65).map(|i| format!("p{i}")).collect::<Vec<_>>()}),
+            ),
+            "spec.requiredPermissions",
+            "Too many",
+        ),
+        (
+            invalid(
+                "max-props",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": "s"}, "params": (0..17).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+            ),
+            "spec.params",
+            "Too many",
+        ),
+        (
+            invalid(
+                "cel",
+                json!({"provider": "simpro", "auth": "ClientCredentials", "secretRef": {"name": "s"}, "endpoint": "https://acme.simprosuite.com"}),
+            ),
+            "spec",
+            "providers simpro and safetyculture accept only auth ApiKey",
+        ),
+        (
+            invalid(
+                "cel-field",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": "s"}, "endpoint": "http://example.com"}),
+            ),
+            "spec.endpoint",
+            "endpoint must be an https:// URL",
+        ),
+    ];
+    for (object, field, message) in cases {
+        let name = object.metadata.name.clone().unwrap();
+        let err = status(api.create(&PostParams::default(), &object).await);
+        assert_eq!(
+            (err.code, err.reason.as_str()),
+            (422, "Invalid"),
+            "{name}: {}",
+            err.message
+        );
+        let causes = err
+            .details
+            .as_ref()
+            .map(|d| d.causes.clone())
+            .unwrap_or_default();
+        assert!(
+            causes
+                .iter()
+                .any(|c| c.field == field && c.message.contains(message)),
+            "{name}: no cause at {field} containing {message:?}: {causes:?}"
+        );
+    }
+    // Unknown fields are pruned and defaults applied.
+    let mut ok = credential("ok");
+    ok.data["spec"]["unknownField"] = json!(true);
+    let created = api.create(&PostParams::default(), &ok).await.unwrap();
+    assert!(created.data["spec"].get("unknownField").is_none());
+    assert_eq!(created.data["spec"]["permissionPolicy"], "Superset");
+    assert_eq!(created.data["spec"]["validation"]["interval"], "15m");
+    // list-type=map items must be unique by key.
+    let condition = json!({"type": "Ready", "status": "True", "reason": "R", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"});
+    let err = status(
+        api.patch_status(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [condition.clone(), condition]}})),
+        )
+        .await,
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.details
+            .unwrap()
+            .causes
+            .iter()
+            .any(|c| c.field == "status.conditions[1]")
+    );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_removed() {
+    let cluster = test_cluster().await;
+    let api = credentials(&cluster);
+    let mut cc = credential("fin");
+    cc.metadata.finalizers = Some(vec!["reconnect.dev/test".into()]);
+    let created = api.create(&PostParams::default(), &cc).await.unwrap();
+    let stream = api
+        .watch(&WatchParams::default(), &rv(&created))
+        .await
+        .unwrap();
+    api.delete("fin", &DeleteParams::default()).await.unwrap();
+    let held = api.get("fin").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    // No new finalizers while deleting.
+    let err = status(
+        api.patch(
+            "fin",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["reconnect.dev/test", "other/x"]}})),
+        )
+        .await,
+    );
+    assert_eq!(err.code, 422);
+    api.patch(
+        "fin",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let events = watch_until(stream, |seen| {
+        seen.iter().any(|e| matches!(e, WatchEvent::Deleted(_)))
+    })
+    .await;
+    assert!(matches!(events.last(), Some(WatchEvent::Deleted(_))));
+    assert!(status(api.get("fin").await).is_not_found());
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_an_owner_collects_its_dependents_unless_orphaned() {
+    let cluster = test_cluster().await;
+    let api = credentials(&cluster);
+    let owned_secret = |name: &str, owner: &DynamicObject| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": [{
+            "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
+            "name": owner.metadata.name, "uid": owner.metadata.uid,
+        }]}}))
+        .unwrap()
+    };
+    let owner = api
+        .create(&PostParams::default(), &credential("owner"))
+        .await
+        .unwrap();
+    let dependent = secrets(&cluster)
+        .create(&PostParams::default(), &owned_secret("owned", &owner))
+        .await
+        .unwrap();
+    api.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    let uid = dependent.metadata.uid.unwrap();
+    let gone = await_condition(secrets(&cluster), "owned", conditions::is_deleted(&uid));
+    tokio::time::timeout(WAIT, gone)
+        .await
+        .expect("dependent collected")
+        .unwrap();
+
+    let keeper = api
+        .create(&PostParams::default(), &credential("keeper"))
+        .await
+        .unwrap();
+    secrets(&cluster)
+        .create(&PostParams::default(), &owned_secret("kept", &keeper))
+        .await
+        .unwrap();
+    api.delete(
+        "keeper",
+        &DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Orphan),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let orphaned = await_condition(secrets(&cluster), "kept", |s: Option<&Secret>| {
+        s.is_some_and(|s| {
+            s.metadata
+                .owner_references
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+        })
+    });
+    tokio::time::timeout(WAIT, orphaned)
+        .await
+        .expect("dependent orphaned")
+        .unwrap();
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn delete_preconditions_are_enforced() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    api.create(&PostParams::default(), &secret("pre", json!({})))
+        .await
+        .unwrap();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some("not-the-uid".into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let err = status(api.delete("pre", &params).await);
+    assert_eq!(err.code, 409);
+    assert!(api.get("pre").await.is_ok());
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn errors_are_status_objects_with_real_codes() {
+    let cluster = test_cluster().await;
+    let err = status(secrets(&cluster).get("missing").await);
+    assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
+    assert_eq!(
+        err.details.as_ref().map(|d| d.name.as_str()),
+        Some("missing")
+    );
+    let request = http::Request::post(format!(
+        "/api/v1/namespaces/{}/secrets/named",
+        cluster.namespace
+    ))
+    .body(b"{}".to_vec())
+    .unwrap();
+    let err = status(raw(&cluster, request).await);
+    assert_eq!((err.code, err.reason.as_str()), (405, "MethodNotAllowed"));
+    let request = http::Request::post(format!("/api/v1/namespaces/{}/secrets", cluster.namespace))
+        .body(b"{not json".to_vec())
+        .unwrap();
+    let err = status(raw(&cluster, request).await);
+    assert_eq!((err.code, err.reason.as_str()), (400, "BadRequest"));
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_leases_and_workloads_are_served() {
+    let cluster = test_cluster().await;
+    let events: Api<K8sEvent> = Api::default_namespaced(cluster.client.clone());
+    let event: K8sEvent = serde_json::from_value(json!({
+        "metadata": {"name": "e1"}, "eventTime": "2025-01-01T00:00:00.000000Z", "reportingController": "reconnect.dev/test",
+        "reportingInstance": "t", "action": "Test", "reason": "Tested", "type": "Normal", "note": "hello",
+        "regarding": {"kind": "Secret", "name": "x", "namespace": cluster.namespace},
+    }))
+    .unwrap();
+    events.create(&PostParams::default(), &event).await.unwrap();
+    assert_eq!(
+        events.get("e1").await.unwrap().note.as_deref(),
+        Some("hello")
+    );
+    let leases: Api<Lease> = Api::default_namespaced(cluster.client.clone());
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}})).unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let renewed = leases.patch("leader", &PatchParams::apply("a"), &Patch::Apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {"holderIdentity": "b"}}))).await.unwrap();
+    assert_eq!(renewed.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    for path in [
+        "/apis/apps/v1",
+        "/apis/coordination.k8s.io/v1",
+        "/apis/events.k8s.io/v1",
+        "/apis/reconnect.dev/v1alpha1",
+    ] {
+        let doc = raw(&cluster, http::Request::get(path).body(Vec::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(doc["kind"], "APIResourceList", "{path}");
+    }
+    let apps = raw(
+        &cluster,
+        http::Request::get("/apis/apps/v1")
+            .body(Vec::new())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let served: Vec<&str> = apps["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        ["deployments", "statefulsets", "daemonsets"]
+            .iter()
+            .all(|r| served.contains(r)),
+        "{served:?}"
+    );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn custom_resource_definitions_can_be_created_through_the_api() {
+    let cluster = test_cluster().await;
+    // Unique per test run so parallel runs against one real cluster do not collide.
+    let plural = format!("widgets{}", cluster.namespace.replace('-', ""));
+    let group = "test.reconnect.dev";
+    let name = format!("{plural}.{group}");
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": plural, "singular": plural.trim_end_matches('s'), "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer", "maximum": 10}}}}}}}]},
+    }))
+    .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds.clone(), &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("established")
+    .unwrap();
+    let resource = ApiResource {
+        group: group.into(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: "Widget".into(),
+        plural: plural.clone(),
+    };
+    let widgets: Api<DynamicObject> =
+        Api::default_namespaced_with(cluster.client.clone(), &resource);
+    let widget: DynamicObject = serde_json::from_value(json!({"apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}})).unwrap();
+    // A freshly established CRD can take a moment to be served on a real cluster.
+    let created = tokio::time::timeout(WAIT, async {
+        loop {
+            match widgets.create(&PostParams::default(), &widget).await {
+                Err(kube::Error::Api(s)) if s.code == 404 => tokio::task::yield_now().await,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("widget created")
+    .unwrap();
+    assert_eq!(created.data["spec"]["size"], 3);
+    let mut too_big = widget.clone();
+    too_big.metadata.name = Some("big".into());
+    too_big.data["spec"]["size"] = json!(11);
+    assert_eq!(
+        status(widgets.create(&PostParams::default(), &too_big).await).code,
+        422
+    );
+    crds.delete(&name, &DeleteParams::default()).await.unwrap();
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn request_log_shows_no_writes_while_only_reading() {
+    let cluster = test_cluster().await;
+    let Some(standin) = cluster.standin_or_skip("request_log_shows_no_writes_while_only_reading")
+    else {
+        return;
+    };
+    let api = secrets(&cluster);
+    api.create(&PostParams::default(), &secret("log", json!({})))
+        .await
+        .unwrap();
+    api.patch(
+        "log",
+        &PatchParams::apply("logger"),
+        &Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": {"a": "b"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let log = standin.requests();
+    let apply = log
+        .iter()
+        .find(|r| r.verb == Verb::Patch)
+        .expect("patch logged");
+    assert_eq!(
+        apply.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert!(apply.path.contains("/secrets/log") && apply.path.contains("fieldManager=logger"));
+    standin.clear_requests();
+    api.get("log").await.unwrap();
+    api.list(&ListParams::default()).await.unwrap();
+    let log = standin.requests();
+    assert_eq!(
+        log.iter().map(|r| r.verb).collect::<Vec<_>>(),
+        vec![Verb::Get, Verb::List]
+    );
+    assert!(log.iter().all(|r| !r.verb.is_write()));
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn injected_failures_answer_with_status_and_then_clear() {
+    let cluster = test_cluster().await;
+    let Some(standin) =
+        cluster.standin_or_skip("injected_failures_answer_with_status_and_then_clear")
+    else {
+        return;
+    };
+    let api = secrets(&cluster);
+    api.create(&PostParams::default(), &secret("f", json!({})))
+        .await
+        .unwrap();
+    standin.fail_next(
+        2,
+        RequestMatch::any()
+            .method(http::Method::GET)
+            .path_regex(r"/secrets/f$"),
+        500,
+    );
+    for _ in 0..2 {
+        let err = status(api.get("f").await);
+        assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
+    }
+    assert!(api.get("f").await.is_ok());
+    standin.fail_next(1, RequestMatch::any().verb(Verb::Update), 409);
+    let current = api.get("f").await.unwrap();
+    assert_eq!(
+        status(api.replace("f", &PostParams::default(), &current).await).reason,
+        "Conflict"
+    );
+    standin.add_latency(
+        RequestMatch::any().path_contains("/secrets/f"),
+        Duration::from_millis(200),
+    );
+    let started = std::time::Instant::now();
+    api.get("f").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn closing_watches_ends_open_streams() {
+    let cluster = test_cluster().await;
+    let Some(standin) = cluster.standin_or_skip("closing_watches_ends_open_streams") else {
+        return;
+    };
+    let api = secrets(&cluster);
+    let stream = api.watch(&WatchParams::default(), "0").await.unwrap();
+    assert_eq!(standin.open_watches(), 1);
+    standin.close_watches();
+    let ended = tokio::time::timeout(WAIT, stream.try_collect::<Vec<_>>()).await;
+    assert!(ended.expect("stream ended").is_ok());
+    assert_eq!(standin.open_watches(), 0);
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
+    let cluster = test_cluster().await;
+    let Some(standin) =
+        cluster.standin_or_skip("served_over_http_for_kubeconfig_clients_and_kubectl")
+    else {
+        return;
+    };
+    let served = standin.serve().await.unwrap();
+    credentials(&cluster)
+        .create(&PostParams::default(), &credential("via-http"))
+        .await
+        .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(served.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let api: Api<ConnectorCredential> = Api::namespaced(client, &cluster.namespace);
+    assert_eq!(
+        names(&api.list(&ListParams::default()).await.unwrap().items),
+        vec!["via-http"]
+    );
+    // Watches stream over HTTP too.
+    let stream = api.watch(&WatchParams::default(), "0").await.unwrap();
+    let events = watch_until(stream, |seen| !seen.is_empty()).await;
+    assert_eq!(
+        event_names(&events),
+        vec![("ADDED".into(), "via-http".into())]
+    );
+
+    let kubeconfig = served.kubeconfig().to_path_buf();
+    let kubectl = |args: Vec<String>| {
+        let kubeconfig = kubeconfig.clone();
+        // kubectl blocks; keep the runtime free to serve its requests.
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new("kubectl")
+                .args(&args)
+                .arg("--request-timeout=20s")
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+                .expect("kubectl runs");
+            assert!(
+                output.status.success(),
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ns = cluster.namespace.as_str();
+    let out = kubectl(args(&[
+        "get",
+        "connectorcredentials",
+        "-n",
+        ns,
+        "-o",
+        "name",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "connectorcredential.reconnect.dev/via-http");
+    let out = kubectl(args(&["get", "ccred", "-n", ns])).await.unwrap();
+    assert!(out.contains("via-http"), "{out}");
+    let out = kubectl(args(&["get", "--raw", "/apis"])).await.unwrap();
+    assert!(out.contains("reconnect.dev"));
+    let kubectl_request = standin.requests().into_iter().find(|r| {
+        r.user_agent
+            .as_deref()
+            .is_some_and(|ua| ua.starts_with("kubectl"))
+    });
+    assert!(
+        kubectl_request.is_some(),
+        "the request log records kubectl's user agent"
+    );
+    cluster.cleanup().await;
+}
