@@ -23,12 +23,16 @@ async fn procore() -> ProcoreEmulator {
         "documents:admin",
         "budget:read_only",
     ]));
-    emu.add_account(Account::new("4568", "svc-sync-2@acme.com").with_permissions([
-        "company:1234",
-        "documents:admin",
-        "budget:standard",
-    ]));
-    emu.add_account(Account::new("900", "jane@acme.com").with_permissions(["company:1234", "budget:read_only"]));
+    emu.add_account(
+        Account::new("4568", "svc-sync-2@acme.com").with_permissions([
+            "company:1234",
+            "documents:admin",
+            "budget:standard",
+        ]),
+    );
+    emu.add_account(
+        Account::new("900", "jane@acme.com").with_permissions(["company:1234", "budget:read_only"]),
+    );
     emu.add_client("dmsa-1", "secret-1", Some("4567"));
     emu.add_client("dmsa-2", "secret-2", Some("4568"));
     emu.add_client("dmsa-weak", "secret-weak", Some("900"));
@@ -48,10 +52,17 @@ fn procore_spec(emu: &ProcoreEmulator) -> serde_json::Value {
 
 /// Connects `procore-sync` with the first DMSA client and returns the connected object.
 async fn connect(env: &Env, emu: &ProcoreEmulator) -> reconnect_operator::api::ConnectorCredential {
-    env.apply_secret("procore-src", &[("client_id", "dmsa-1"), ("client_secret", "secret-1")]).await;
-    env.apply_credential("procore-sync", procore_spec(emu)).await;
-    env.wait_cred("procore-sync", "Connected", |c| phase(c) == Some(Phase::Connected))
-        .await
+    env.apply_secret(
+        "procore-src",
+        &[("client_id", "dmsa-1"), ("client_secret", "secret-1")],
+    )
+    .await;
+    env.apply_credential("procore-sync", procore_spec(emu))
+        .await;
+    env.wait_cred("procore-sync", "Connected", |c| {
+        phase(c) == Some(Phase::Connected)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -63,25 +74,49 @@ async fn a_new_credential_becomes_connected_with_an_owned_target_secret() {
     let status = cred.status.clone().unwrap();
     assert_eq!(status.account.as_ref().unwrap().id, "4567");
     assert_eq!(status.account.as_ref().unwrap().name, SVC);
-    assert_eq!(status.permissions, ["budget:read_only", "company:1234", "documents:admin"]);
-    assert!(status.active_revision.as_ref().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        status.permissions,
+        ["budget:read_only", "company:1234", "documents:admin"]
+    );
+    assert!(
+        status
+            .active_revision
+            .as_ref()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     assert!(status.last_validated.is_some() && status.access_token_expires_at.is_some());
     assert_eq!(status.observed_generation, cred.metadata.generation);
     assert!(is_true(&cred, "Ready") && is_true(&cred, "Connected"));
     assert!(!is_true(&cred, "PermissionMismatch") && !is_true(&cred, "Rotating"));
     for c in &status.conditions {
-        assert_eq!(c.observed_generation, cred.metadata.generation, "{}", c.type_);
+        assert_eq!(
+            c.observed_generation, cred.metadata.generation,
+            "{}",
+            c.type_
+        );
     }
 
-    let target = env.secret("procore-sync-active").await.expect("target Secret written");
+    let target = env
+        .secret("procore-sync-active")
+        .await
+        .expect("target Secret written");
     let owner = &target.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(owner.uid, cred.metadata.uid.clone().unwrap());
     assert_eq!(owner.kind, "ConnectorCredential");
     assert_eq!(owner.controller, Some(true));
     let ann = target.metadata.annotations.clone().unwrap();
-    assert_eq!(ann.get("reconnect.dev/revision"), status.active_revision.as_ref());
+    assert_eq!(
+        ann.get("reconnect.dev/revision"),
+        status.active_revision.as_ref()
+    );
     let labels = target.metadata.labels.clone().unwrap();
-    assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("reconnect-operator"));
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("reconnect-operator")
+    );
     let d = data(&target);
     assert_eq!(d["client_id"], "dmsa-1");
     assert_eq!(d["client_secret"], "secret-1");
@@ -104,7 +139,11 @@ async fn rotating_to_a_good_credential_swaps_it_in() {
     let ready_since = condition(&before, "Ready").unwrap().last_transition_time;
 
     let started = Instant::now();
-    env.apply_secret("procore-src", &[("client_id", "dmsa-2"), ("client_secret", "secret-2")]).await;
+    env.apply_secret(
+        "procore-src",
+        &[("client_id", "dmsa-2"), ("client_secret", "secret-2")],
+    )
+    .await;
     let after = env
         .wait_cred("procore-sync", "new revision active", |c| {
             active_revision(c).is_some_and(|r| r != old_rev) && phase(c) == Some(Phase::Connected)
@@ -128,7 +167,8 @@ async fn rotating_to_a_good_credential_swaps_it_in() {
 }
 
 #[tokio::test]
-async fn rotating_to_an_account_that_lacks_a_held_permission_is_rejected_and_the_target_is_untouched() {
+async fn rotating_to_an_account_that_lacks_a_held_permission_is_rejected_and_the_target_is_untouched()
+ {
     let env = Env::start().await;
     let emu = procore().await;
     let connected = connect(&env, &emu).await;
@@ -137,10 +177,17 @@ async fn rotating_to_an_account_that_lacks_a_held_permission_is_rejected_and_the
 
     // Jane holds everything requiredPermissions lists, but not documents:admin, which the
     // active account held: the Superset policy refuses her.
-    env.apply_secret("procore-src", &[("client_id", "dmsa-weak"), ("client_secret", "secret-weak")]).await;
+    env.apply_secret(
+        "procore-src",
+        &[("client_id", "dmsa-weak"), ("client_secret", "secret-weak")],
+    )
+    .await;
     let rejected = env
         .wait_cred("procore-sync", "rotation rejected", |c| {
-            c.status.as_ref().and_then(|s| s.rejected.as_ref()).is_some()
+            c.status
+                .as_ref()
+                .and_then(|s| s.rejected.as_ref())
+                .is_some()
         })
         .await;
     let status = rejected.status.clone().unwrap();
@@ -148,15 +195,35 @@ async fn rotating_to_an_account_that_lacks_a_held_permission_is_rejected_and_the
     assert_eq!(status.phase, Some(Phase::PermissionMismatch));
     let mismatch = condition(&rejected, "PermissionMismatch").unwrap();
     assert_eq!(mismatch.status, "True");
-    assert!(mismatch.message.contains("documents:admin"), "{}", mismatch.message);
-    assert!(mismatch.message.contains("jane@acme.com"), "{}", mismatch.message);
-    assert_eq!(status.rejected.as_ref().unwrap().reason, "PermissionMismatch");
+    assert!(
+        mismatch.message.contains("documents:admin"),
+        "{}",
+        mismatch.message
+    );
+    assert!(
+        mismatch.message.contains("jane@acme.com"),
+        "{}",
+        mismatch.message
+    );
+    assert_eq!(
+        status.rejected.as_ref().unwrap().reason,
+        "PermissionMismatch"
+    );
     assert!(!is_true(&rejected, "Ready"));
-    assert!(is_true(&rejected, "Connected"), "the old credential still works");
+    assert!(
+        is_true(&rejected, "Connected"),
+        "the old credential still works"
+    );
 
     let target_after = env.secret("procore-sync-active").await.unwrap();
-    assert_eq!(target_after.data, target_before.data, "target data untouched");
-    assert_eq!(target_after.metadata.resource_version, target_before.metadata.resource_version);
+    assert_eq!(
+        target_after.data, target_before.data,
+        "target data untouched"
+    );
+    assert_eq!(
+        target_after.metadata.resource_version,
+        target_before.metadata.resource_version
+    );
     let ev = env.wait_event("procore-sync", "RotationRejected").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
 
@@ -165,11 +232,18 @@ async fn rotating_to_an_account_that_lacks_a_held_permission_is_rejected_and_the
     env.tick(1).await;
     env.tick(1).await;
     env.advance(Duration::from_secs(5 * 60)).await;
-    assert_eq!(emu.count("/oauth/token"), exchanges, "rejected revision retried early");
+    assert_eq!(
+        emu.count("/oauth/token"),
+        exchanges,
+        "rejected revision retried early"
+    );
     // ...and one retry after it (the active credential is probed then too).
     env.advance(Duration::from_secs(11 * 60)).await;
     env.wait_cred("procore-sync", "retried", |c| {
-        c.status.as_ref().and_then(|s| s.rejected.as_ref()).is_some_and(|r| r.at != status.rejected.as_ref().unwrap().at)
+        c.status
+            .as_ref()
+            .and_then(|s| s.rejected.as_ref())
+            .is_some_and(|r| r.at != status.rejected.as_ref().unwrap().at)
     })
     .await;
     assert!(emu.count("/oauth/token") > exchanges);
@@ -180,16 +254,28 @@ async fn rotating_to_an_account_that_lacks_a_held_permission_is_rejected_and_the
 async fn a_required_permission_missing_from_the_new_account_names_it_and_the_account() {
     let env = Env::start().await;
     let emu = procore().await;
-    env.apply_secret("procore-src", &[("client_id", "dmsa-weak"), ("client_secret", "secret-weak")]).await;
+    env.apply_secret(
+        "procore-src",
+        &[("client_id", "dmsa-weak"), ("client_secret", "secret-weak")],
+    )
+    .await;
     let mut spec = procore_spec(&emu);
     spec["requiredPermissions"] = json!(["company:1234", "documents:standard"]);
     env.apply_credential("procore-sync", spec).await;
     let cred = env
-        .wait_cred("procore-sync", "PermissionMismatch", |c| phase(c) == Some(Phase::PermissionMismatch))
+        .wait_cred("procore-sync", "PermissionMismatch", |c| {
+            phase(c) == Some(Phase::PermissionMismatch)
+        })
         .await;
     let msg = condition(&cred, "PermissionMismatch").unwrap().message;
-    assert!(msg.contains("documents:standard") && msg.contains("jane@acme.com"), "{msg}");
-    assert!(env.secret("procore-sync-active").await.is_none(), "nothing unvalidated is written");
+    assert!(
+        msg.contains("documents:standard") && msg.contains("jane@acme.com"),
+        "{msg}"
+    );
+    assert!(
+        env.secret("procore-sync-active").await.is_none(),
+        "nothing unvalidated is written"
+    );
     env.shutdown().await;
 }
 
@@ -201,18 +287,44 @@ async fn rotating_to_a_dead_credential_keeps_the_active_one_working() {
     let active = active_revision(&connected).unwrap();
     let target_before = env.secret("procore-sync-active").await.unwrap();
 
-    env.apply_secret("procore-src", &[("client_id", "dmsa-1"), ("client_secret", "wrong")]).await;
+    env.apply_secret(
+        "procore-src",
+        &[("client_id", "dmsa-1"), ("client_secret", "wrong")],
+    )
+    .await;
     let cred = env
-        .wait_cred("procore-sync", "rejected", |c| c.status.as_ref().and_then(|s| s.rejected.as_ref()).is_some())
+        .wait_cred("procore-sync", "rejected", |c| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.rejected.as_ref())
+                .is_some()
+        })
         .await;
     let status = cred.status.clone().unwrap();
     assert_eq!(status.rejected.as_ref().unwrap().reason, "ConnectionLost");
-    assert!(status.rejected.as_ref().unwrap().message.contains("rejected"));
+    assert!(
+        status
+            .rejected
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("rejected")
+    );
     assert_eq!(status.active_revision.as_deref(), Some(active.as_str()));
-    assert_eq!(status.phase, Some(Phase::Connected), "the sync keeps running");
+    assert_eq!(
+        status.phase,
+        Some(Phase::Connected),
+        "the sync keeps running"
+    );
     let ready = condition(&cred, "Ready").unwrap();
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "RotationRejected"));
-    assert_eq!(env.secret("procore-sync-active").await.unwrap().data, target_before.data);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "RotationRejected")
+    );
+    assert_eq!(
+        env.secret("procore-sync-active").await.unwrap().data,
+        target_before.data
+    );
 
     // The active credential is still probed and still passes.
     let probes = emu.count("/rest/v1.0/me");
@@ -237,11 +349,20 @@ async fn a_revoked_active_credential_reports_connection_lost_naming_the_account(
     emu.disconnect_app();
     env.advance(Duration::from_secs(16 * 60)).await;
     let cred = env
-        .wait_cred("procore-sync", "ConnectionLost", |c| phase(c) == Some(Phase::ConnectionLost))
+        .wait_cred("procore-sync", "ConnectionLost", |c| {
+            phase(c) == Some(Phase::ConnectionLost)
+        })
         .await;
     let connected = condition(&cred, "Connected").unwrap();
-    assert_eq!((connected.status.as_str(), connected.reason.as_str()), ("False", "ConnectionLost"));
-    assert!(connected.message.contains(SVC) && connected.message.contains("re-authenticate"), "{}", connected.message);
+    assert_eq!(
+        (connected.status.as_str(), connected.reason.as_str()),
+        ("False", "ConnectionLost")
+    );
+    assert!(
+        connected.message.contains(SVC) && connected.message.contains("re-authenticate"),
+        "{}",
+        connected.message
+    );
     let ev = env.wait_event("procore-sync", "ConnectionLost").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     assert!(ev.note.unwrap_or_default().contains(SVC));
@@ -259,20 +380,34 @@ async fn transient_failures_flip_nothing_before_the_failure_threshold() {
     env.advance(Duration::from_secs(16 * 60)).await;
     let cred = env
         .wait_cred("procore-sync", "two failures counted", |c| {
-            c.status.as_ref().is_some_and(|s| s.consecutive_failures == 2)
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.consecutive_failures == 2)
         })
         .await;
     assert_eq!(phase(&cred), Some(Phase::Connected));
     let cred = env
-        .wait_cred("procore-sync", "recovered", |c| c.status.as_ref().is_some_and(|s| s.consecutive_failures == 0))
+        .wait_cred("procore-sync", "recovered", |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.consecutive_failures == 0)
+        })
         .await;
     assert_eq!(phase(&cred), Some(Phase::Connected));
 
     // A provider that stays down is reported once the threshold is reached.
-    emu.fail_next_on("/rest/v1.0/me", 10, Fault::RateLimited { retry_after_secs: 1 });
+    emu.fail_next_on(
+        "/rest/v1.0/me",
+        10,
+        Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+    );
     env.advance(Duration::from_secs(16 * 60)).await;
     let cred = env
-        .wait_cred("procore-sync", "ConnectionLost after 3", |c| phase(c) == Some(Phase::ConnectionLost))
+        .wait_cred("procore-sync", "ConnectionLost after 3", |c| {
+            phase(c) == Some(Phase::ConnectionLost)
+        })
         .await;
     let connected = condition(&cred, "Connected").unwrap();
     assert_eq!(connected.reason, "ProviderUnreachable");
@@ -284,7 +419,8 @@ async fn transient_failures_flip_nothing_before_the_failure_threshold() {
 async fn a_missing_source_secret_or_key_is_reported_and_the_target_untouched() {
     let env = Env::start().await;
     let emu = procore().await;
-    env.apply_credential("procore-sync", procore_spec(&emu)).await;
+    env.apply_credential("procore-sync", procore_spec(&emu))
+        .await;
     let cred = env
         .wait_cred("procore-sync", "SecretNotFound", |c| {
             condition(c, "Ready").is_some_and(|r| r.reason == "SecretNotFound")
@@ -293,18 +429,35 @@ async fn a_missing_source_secret_or_key_is_reported_and_the_target_untouched() {
     assert_eq!(phase(&cred), Some(Phase::Pending));
     env.wait_event("procore-sync", "SecretNotFound").await;
 
-    env.apply_secret("procore-src", &[("client_id", "dmsa-1"), ("client_secret", "secret-1")]).await;
-    env.wait_cred("procore-sync", "Connected", |c| phase(c) == Some(Phase::Connected)).await;
+    env.apply_secret(
+        "procore-src",
+        &[("client_id", "dmsa-1"), ("client_secret", "secret-1")],
+    )
+    .await;
+    env.wait_cred("procore-sync", "Connected", |c| {
+        phase(c) == Some(Phase::Connected)
+    })
+    .await;
     let target_before = env.secret("procore-sync-active").await.unwrap();
 
-    env.apply_secret("procore-src", &[("client_id", "dmsa-1")]).await;
+    env.apply_secret("procore-src", &[("client_id", "dmsa-1")])
+        .await;
     let cred = env
-        .wait_cred("procore-sync", "MissingKey", |c| condition(c, "Ready").is_some_and(|r| r.reason == "MissingKey"))
+        .wait_cred("procore-sync", "MissingKey", |c| {
+            condition(c, "Ready").is_some_and(|r| r.reason == "MissingKey")
+        })
         .await;
     let ready = condition(&cred, "Ready").unwrap();
     assert!(ready.message.contains("client_secret"), "{}", ready.message);
-    assert_eq!(phase(&cred), Some(Phase::Connected), "the active credential keeps working");
-    assert_eq!(env.secret("procore-sync-active").await.unwrap().data, target_before.data);
+    assert_eq!(
+        phase(&cred),
+        Some(Phase::Connected),
+        "the active credential keeps working"
+    );
+    assert_eq!(
+        env.secret("procore-sync-active").await.unwrap().data,
+        target_before.data
+    );
     env.shutdown().await;
 }
 
@@ -312,7 +465,9 @@ async fn a_missing_source_secret_or_key_is_reported_and_the_target_untouched() {
 async fn expiring_credentials_raise_expiring_soon_and_a_warning() {
     let env = Env::start().await;
     let emu = SafetyCultureEmulator::start().await;
-    emu.add_account(Account::new("user_1", "ops@acme.com").with_permissions(["organisation:role_1"]));
+    emu.add_account(
+        Account::new("user_1", "ops@acme.com").with_permissions(["organisation:role_1"]),
+    );
     emu.add_api_key("sc-key", "user_1");
     env.apply_secret("sc-src", &[("api_key", "sc-key")]).await;
     env.apply_credential(
@@ -327,7 +482,9 @@ async fn expiring_credentials_raise_expiring_soon_and_a_warning() {
     )
     .await;
     let cred = env
-        .wait_cred("safetyculture", "ExpiringSoon", |c| is_true(c, "ExpiringSoon"))
+        .wait_cred("safetyculture", "ExpiringSoon", |c| {
+            is_true(c, "ExpiringSoon")
+        })
         .await;
     assert!(cred.status.unwrap().expires_at.is_some());
     let ev = env.wait_event("safetyculture", "ExpiringSoon").await;
@@ -341,12 +498,23 @@ async fn refresh_tokens_are_refreshed_before_expiry_and_the_rotated_one_persiste
     let emu = procore().await;
     emu.add_client("app", "app-secret", None);
     let rt0 = emu.issue_refresh_token("app", "4567");
-    env.apply_secret("procore-src", &[("client_id", "app"), ("client_secret", "app-secret"), ("refresh_token", &rt0)])
-        .await;
+    env.apply_secret(
+        "procore-src",
+        &[
+            ("client_id", "app"),
+            ("client_secret", "app-secret"),
+            ("refresh_token", &rt0),
+        ],
+    )
+    .await;
     let mut spec = procore_spec(&emu);
     spec["auth"] = json!("RefreshToken");
     env.apply_credential("procore-sync", spec).await;
-    let cred = env.wait_cred("procore-sync", "Connected", |c| phase(c) == Some(Phase::Connected)).await;
+    let cred = env
+        .wait_cred("procore-sync", "Connected", |c| {
+            phase(c) == Some(Phase::Connected)
+        })
+        .await;
 
     // Procore rotates refresh tokens: the source's is spent, the target holds the new one.
     let rt1 = data(&env.secret("procore-sync-active").await.unwrap())["refresh_token"].clone();
@@ -374,12 +542,22 @@ async fn concurrent_reconciles_never_spend_the_same_refresh_token() {
     let emu = procore().await;
     emu.add_client("app", "app-secret", None);
     let rt0 = emu.issue_refresh_token("app", "4567");
-    env.apply_secret("procore-src", &[("client_id", "app"), ("client_secret", "app-secret"), ("refresh_token", &rt0)])
-        .await;
+    env.apply_secret(
+        "procore-src",
+        &[
+            ("client_id", "app"),
+            ("client_secret", "app-secret"),
+            ("refresh_token", &rt0),
+        ],
+    )
+    .await;
     let mut spec = procore_spec(&emu);
     spec["auth"] = json!("RefreshToken");
     env.apply_credential("procore-sync", spec).await;
-    env.wait_cred("procore-sync", "Connected", |c| phase(c) == Some(Phase::Connected)).await;
+    env.wait_cred("procore-sync", "Connected", |c| {
+        phase(c) == Some(Phase::Connected)
+    })
+    .await;
 
     // Put the access token inside refreshBefore, then run two reconciles at once next to
     // the controller's own.
@@ -398,16 +576,26 @@ async fn concurrent_reconciles_never_spend_the_same_refresh_token() {
     let (a, b) = tokio::join!(reconcile(obj.clone()), reconcile(obj.clone()));
     a.unwrap();
     b.unwrap();
-    assert_eq!(emu.count("/oauth/token"), grants + 1, "one refresh for two reconciles");
+    assert_eq!(
+        emu.count("/oauth/token"),
+        grants + 1,
+        "one refresh for two reconciles"
+    );
     let rt = data(&env.secret("procore-sync-active").await.unwrap())["refresh_token"].clone();
-    assert!(emu.refresh_token_valid(&rt), "the persisted refresh token is the live one");
+    assert!(
+        emu.refresh_token_valid(&rt),
+        "the persisted refresh token is the live one"
+    );
     env.shutdown().await;
 }
 
 #[tokio::test]
 async fn steady_state_makes_no_writes_and_one_probe_per_interval() {
     let env = Env::start().await;
-    let Some(standin) = env.cluster.standin_or_skip("steady_state_makes_no_writes_and_one_probe_per_interval") else {
+    let Some(standin) = env
+        .cluster
+        .standin_or_skip("steady_state_makes_no_writes_and_one_probe_per_interval")
+    else {
         return;
     };
     let standin = standin.clone();
@@ -423,12 +611,24 @@ async fn steady_state_makes_no_writes_and_one_probe_per_interval() {
         env.tick(1).await;
     }
     env.advance(Duration::from_secs(5 * 60)).await;
-    assert_eq!(emu.count("/rest/v1.0/me"), probes, "no probe inside the interval");
+    assert_eq!(
+        emu.count("/rest/v1.0/me"),
+        probes,
+        "no probe inside the interval"
+    );
 
     env.advance(Duration::from_secs(11 * 60)).await;
     env.tick(1).await;
-    assert_eq!(emu.count("/rest/v1.0/me"), probes + 1, "exactly one probe per interval");
-    assert_eq!(emu.count("/oauth/token"), grants + 1, "the probe's token exchange");
+    assert_eq!(
+        emu.count("/rest/v1.0/me"),
+        probes + 1,
+        "exactly one probe per interval"
+    );
+    assert_eq!(
+        emu.count("/oauth/token"),
+        grants + 1,
+        "the probe's token exchange"
+    );
     let writes: Vec<_> = standin
         .requests()
         .into_iter()
@@ -440,7 +640,8 @@ async fn steady_state_makes_no_writes_and_one_probe_per_interval() {
 }
 
 #[tokio::test]
-async fn a_crash_between_the_secret_write_and_the_status_write_converges_without_a_second_exchange() {
+async fn a_crash_between_the_secret_write_and_the_status_write_converges_without_a_second_exchange()
+{
     let mut env = Env::start().await;
     let Some(standin) = env.cluster.standin_or_skip("crash_between_writes") else {
         return;
@@ -457,10 +658,16 @@ async fn a_crash_between_the_secret_write_and_the_status_write_converges_without
     standin.fail_after(
         1,
         1000,
-        RequestMatch::any().verb(Verb::Patch).path_contains("/connectorcredentials/procore-sync/status"),
+        RequestMatch::any()
+            .verb(Verb::Patch)
+            .path_contains("/connectorcredentials/procore-sync/status"),
         500,
     );
-    env.apply_secret("procore-src", &[("client_id", "dmsa-2"), ("client_secret", "secret-2")]).await;
+    env.apply_secret(
+        "procore-src",
+        &[("client_id", "dmsa-2"), ("client_secret", "secret-2")],
+    )
+    .await;
     let deadline = Instant::now() + WAIT;
     let new_rev = loop {
         let target = env.secret("procore-sync-active").await.unwrap();
@@ -474,13 +681,23 @@ async fn a_crash_between_the_secret_write_and_the_status_write_converges_without
     standin.clear_faults();
     assert_eq!(emu.count("/oauth/token"), grants + 1);
     let cred = env.cred("procore-sync").await;
-    assert_ne!(active_revision(&cred).as_deref(), Some(new_rev.as_str()), "status was not written");
+    assert_ne!(
+        active_revision(&cred).as_deref(),
+        Some(new_rev.as_str()),
+        "status was not written"
+    );
 
     env.restart().await;
     let cred = env
-        .wait_cred("procore-sync", "swap finished", |c| active_revision(c).as_deref() == Some(new_rev.as_str()))
+        .wait_cred("procore-sync", "swap finished", |c| {
+            active_revision(c).as_deref() == Some(new_rev.as_str())
+        })
         .await;
     assert_eq!(cred.status.unwrap().account.unwrap().id, "4568");
-    assert_eq!(emu.count("/oauth/token"), grants + 1, "no second exchange after the restart");
+    assert_eq!(
+        emu.count("/oauth/token"),
+        grants + 1,
+        "no second exchange after the restart"
+    );
     env.shutdown().await;
 }

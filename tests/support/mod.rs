@@ -38,7 +38,12 @@ pub struct Env {
 fn start_controller(
     cluster: &TestCluster,
     clock: &ManualClock,
-) -> (Arc<Context>, mpsc::UnboundedSender<()>, oneshot::Sender<()>, JoinHandle<()>) {
+) -> (
+    Arc<Context>,
+    mpsc::UnboundedSender<()>,
+    oneshot::Sender<()>,
+    JoinHandle<()>,
+) {
     let ctx = Arc::new(Context::new(
         cluster.client.clone(),
         Providers::new(),
@@ -60,8 +65,15 @@ fn start_controller(
 }
 
 impl Env {
-    /// A fresh namespace with the credential controller running in it.
+    /// A fresh namespace with the credential controller running in it. Set
+    /// `RECONNECT_TEST_LOG` (a RUST_LOG-style filter) to see the controller's logs.
     pub async fn start() -> Self {
+        if let Ok(filter) = std::env::var("RECONNECT_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let cluster = reconnect_apiserver::test_cluster().await;
         let clock = ManualClock::new(Timestamp::now());
         let (ctx, tick, stop, task) = start_controller(&cluster, &clock);
@@ -115,7 +127,9 @@ impl Env {
             .metrics()
             .encode()
             .lines()
-            .find_map(|l| l.strip_prefix("reconnect_reconcile_total{controller=\"connectorcredential\"} "))
+            .find_map(|l| {
+                l.strip_prefix("reconnect_reconcile_total{controller=\"connectorcredential\"} ")
+            })
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
@@ -126,7 +140,10 @@ impl Env {
         self.tick.unbounded_send(()).expect("controller running");
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.reconciles() < before + n {
-            assert!(tokio::time::Instant::now() < deadline, "no reconcile after a tick");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reconcile after a tick"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -138,8 +155,10 @@ impl Env {
     }
 
     pub async fn apply_secret(&self, name: &str, data: &[(&str, &str)]) {
-        let string_data: serde_json::Map<_, _> =
-            data.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let string_data: serde_json::Map<_, _> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         let secret = json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": name},
@@ -150,7 +169,12 @@ impl Env {
         if let Some(mut existing) = self.secrets().get_opt(name).await.unwrap() {
             existing.data = Some(
                 data.iter()
-                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                        )
+                    })
                     .collect(),
             );
             self.secrets()
@@ -159,13 +183,20 @@ impl Env {
                 .unwrap();
         } else {
             self.secrets()
-                .create(&PostParams::default(), &serde_json::from_value(secret).unwrap())
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(secret).unwrap(),
+                )
                 .await
                 .unwrap();
         }
     }
 
-    pub async fn apply_credential(&self, name: &str, spec: serde_json::Value) -> ConnectorCredential {
+    pub async fn apply_credential(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> ConnectorCredential {
         let obj = json!({
             "apiVersion": "reconnect.dev/v1alpha1",
             "kind": "ConnectorCredential",
@@ -173,7 +204,11 @@ impl Env {
             "spec": spec,
         });
         self.creds()
-            .patch(name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&obj))
+            .patch(
+                name,
+                &PatchParams::apply("e2e-test").force(),
+                &Patch::Apply(&obj),
+            )
             .await
             .unwrap()
     }
@@ -191,7 +226,10 @@ impl Env {
             Ok(other) => panic!("waiting for {name} ({what}): {other:?}"),
             Err(_) => {
                 let now = self.creds().get_opt(name).await.ok().flatten();
-                panic!("timed out waiting for {name}: {what}; last status: {:#?}", now.and_then(|c| c.status))
+                panic!(
+                    "timed out waiting for {name}: {what}; last status: {:#?}",
+                    now.and_then(|c| c.status)
+                )
             }
         }
     }
@@ -222,7 +260,10 @@ impl Env {
             }) {
                 return ev;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no {reason} event for {name}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {reason} event for {name}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

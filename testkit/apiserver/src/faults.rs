@@ -127,6 +127,8 @@ impl RequestMatch {
 #[derive(Debug)]
 struct Failure {
     matcher: RequestMatch,
+    /// Matching requests still let through before the rule starts failing them.
+    skip: usize,
     remaining: usize,
     status: u16,
 }
@@ -140,8 +142,19 @@ pub(crate) struct Faults {
 
 impl Faults {
     pub(crate) fn fail_next(&mut self, count: usize, matcher: RequestMatch, status: u16) {
+        self.fail_after(0, count, matcher, status);
+    }
+
+    pub(crate) fn fail_after(
+        &mut self,
+        skip: usize,
+        count: usize,
+        matcher: RequestMatch,
+        status: u16,
+    ) {
         self.failures.push(Failure {
             matcher,
+            skip,
             remaining: count,
             status,
         });
@@ -170,6 +183,10 @@ impl Faults {
             .failures
             .iter_mut()
             .find(|f| f.remaining > 0 && f.matcher.matches(method, verb, path))?;
+        if failure.skip > 0 {
+            failure.skip -= 1;
+            return None;
+        }
         failure.remaining -= 1;
         let status = failure.status;
         self.failures.retain(|f| f.remaining > 0);

@@ -166,6 +166,13 @@ impl ApiServer {
         lock(&self.inner.faults).fail_next(count, matcher, status);
     }
 
+    /// Lets the next `skip` matching requests through, then answers the `count` after them
+    /// with `status`: "the second status write fails", as when a process dies between two
+    /// writes.
+    pub fn fail_after(&self, skip: usize, count: usize, matcher: RequestMatch, status: u16) {
+        lock(&self.inner.faults).fail_after(skip, count, matcher, status);
+    }
+
     /// Delays every matching request by `latency` before it is served.
     pub fn add_latency(&self, matcher: RequestMatch, latency: Duration) {
         lock(&self.inner.faults).add_latency(matcher, latency);

@@ -135,6 +135,9 @@ pub(crate) struct State {
     next_watch: u64,
     validator: Validator,
     rng: u64,
+    /// The configuration each field manager last applied to each object (and subresource):
+    /// what server-side apply uses to remove fields a manager stopped applying.
+    applied: HashMap<(Key, String, bool), Value>,
 }
 
 fn meta(object: &Value, field: &str) -> Option<String> {
@@ -211,6 +214,7 @@ impl State {
             next_watch: 0,
             validator: Validator::new(),
             rng: seed | 1,
+            applied: HashMap::new(),
         };
         let namespaces = state
             .registry
@@ -851,6 +855,39 @@ impl State {
         let patch_doc = patch::parse_body(kind, body)?;
         let schema = rt.schema.as_ref().map(|s| &s.raw);
         let current = self.lookup(rt, namespace, name).map(|(_, v)| v.clone());
+        let written = self.patch_current(
+            rt,
+            namespace,
+            name,
+            kind,
+            &patch_doc,
+            field_manager,
+            status_only,
+            current,
+            schema.cloned().as_ref(),
+        )?;
+        if kind == PatchType::Apply {
+            let key = Self::key(rt, namespace, name);
+            let manager = field_manager.unwrap_or_default().to_owned();
+            self.applied.insert((key, manager, status_only), patch_doc);
+        }
+        Ok(written)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn patch_current(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        namespace: Option<&str>,
+        name: &str,
+        kind: PatchType,
+        patch_doc: &Value,
+        field_manager: Option<&str>,
+        status_only: bool,
+        current: Result<Value, ApiError>,
+        schema: Option<&Value>,
+    ) -> Result<Written, ApiError> {
+        let patch_doc = patch_doc.clone();
         match current {
             Err(err) if kind != PatchType::Apply || status_only => Err(err),
             Err(_) => {
@@ -867,7 +904,15 @@ impl State {
                 })
             }
             Ok(current) => {
-                let patched = patch::patch(kind, &current, &patch_doc, schema)?;
+                let mut base = current;
+                if kind == PatchType::Apply {
+                    let key = Self::key(rt, namespace, name);
+                    let manager = field_manager.unwrap_or_default().to_owned();
+                    if let Some(previous) = self.applied.get(&(key, manager, status_only)) {
+                        patch::remove_unapplied(&mut base, previous, &patch_doc, schema);
+                    }
+                }
+                let patched = patch::patch(kind, &base, &patch_doc, schema)?;
                 Ok(Written {
                     body: self.update(rt, namespace, name, patched, status_only)?,
                     created: false,

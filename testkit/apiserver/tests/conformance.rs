@@ -864,6 +864,84 @@ async fn server_side_apply_creates_merges_and_merges_conditions_by_type() {
 }
 
 #[tokio::test]
+async fn server_side_apply_removes_fields_a_manager_stops_applying() {
+    let cluster = test_cluster().await;
+    let api = credentials(&cluster);
+    api.patch(
+        "drop",
+        &PatchParams::apply("tests"),
+        &Patch::Apply(credential("drop")),
+    )
+    .await
+    .unwrap();
+    let doc = |status: Value| json!({"apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential", "metadata": {"name": "drop"}, "status": status});
+    let rejected = json!({"revision": "sha256:1", "reason": "PermissionMismatch", "message": "m", "at": "2025-01-01T00:00:00Z"});
+    api.patch_status(
+        "drop",
+        &PatchParams::apply("operator").force(),
+        &Patch::Apply(doc(
+            json!({"phase": "Connected", "consecutiveFailures": 2, "rejected": rejected}),
+        )),
+    )
+    .await
+    .unwrap();
+    // Another manager's field survives the operator's next apply...
+    api.patch_status(
+        "drop",
+        &PatchParams::apply("someone-else").force(),
+        &Patch::Apply(doc(json!({"lastRotated": "2025-01-02T00:00:00Z"}))),
+    )
+    .await
+    .unwrap();
+    // ...which leaves out fields it applied before: those are removed.
+    let after = api
+        .patch_status(
+            "drop",
+            &PatchParams::apply("operator").force(),
+            &Patch::Apply(doc(json!({"phase": "Connected"}))),
+        )
+        .await
+        .unwrap();
+    let status = &after.data["status"];
+    assert_eq!(status["phase"], "Connected");
+    assert!(status.get("consecutiveFailures").is_none(), "{status}");
+    assert!(status.get("rejected").is_none(), "{status}");
+    assert_eq!(status["lastRotated"], "2025-01-02T00:00:00Z");
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn fail_after_lets_matching_requests_through_then_fails_them() {
+    let cluster = test_cluster().await;
+    let Some(standin) =
+        cluster.standin_or_skip("fail_after_lets_matching_requests_through_then_fails_them")
+    else {
+        return;
+    };
+    standin.fail_after(
+        1,
+        1,
+        RequestMatch::any()
+            .verb(Verb::Create)
+            .path_contains("/secrets"),
+        500,
+    );
+    let api = secrets(&cluster);
+    api.create(&PostParams::default(), &secret("first", json!({})))
+        .await
+        .unwrap();
+    let err = status(
+        api.create(&PostParams::default(), &secret("second", json!({})))
+            .await,
+    );
+    assert_eq!(err.code, 500);
+    api.create(&PostParams::default(), &secret("third", json!({})))
+        .await
+        .unwrap();
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
 async fn custom_resources_are_validated_against_the_schema() {
     let cluster = test_cluster().await;
     let api = credentials(&cluster);
