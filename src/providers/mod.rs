@@ -8,6 +8,10 @@
 //! shared. How each provider maps `spec.endpoint` onto its hosts is documented in
 //! docs/providers.md and on each module.
 
+// VerifyError carries the account and permission sets of a refusal so the controller can
+// report them; it is returned once per verification, never in a hot loop, so its size is fine.
+#![allow(clippy::result_large_err)]
+
 /// Runs `$body` with `$api` bound to the provider's implementation.
 macro_rules! with_api {
     ($provider:expr, $api:ident => $body:expr) => {
