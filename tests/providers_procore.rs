@@ -432,3 +432,41 @@ async fn rate_limit_reset_header_is_used_when_retry_after_is_absent() {
         "{wait:?}"
     );
 }
+
+#[tokio::test]
+async fn candidate_and_active_credentials_under_one_key_never_share_a_grant() {
+    let emu = emulator().await;
+    emu.add_account(Account::new("901", "joe@acme.com").with_permissions(["company:1234"]));
+    let active = refresh_token(
+        APP_ID,
+        Some(APP_SECRET),
+        &emu.issue_refresh_token(APP_ID, "900"),
+    );
+    let candidate = refresh_token(
+        APP_ID,
+        Some(APP_SECRET),
+        &emu.issue_refresh_token(APP_ID, "901"),
+    );
+    let spec = spec("procore", "RefreshToken", Some(&emu.base_url()), &[]);
+    let required = set(&[]);
+    let providers = Providers::new();
+    let req = |material| VerifyRequest {
+        key: "acme/procore",
+        spec: &spec,
+        material,
+        required: &required,
+        timeout: TIMEOUT,
+    };
+    let (active_req, candidate_req) = (req(&active), req(&candidate));
+    let (refreshed, verified) = tokio::join!(
+        providers.refresh(&active_req),
+        providers.verify(&candidate_req)
+    );
+    assert_eq!(
+        verified.unwrap().account.id,
+        "901",
+        "the candidate is verified with its own token"
+    );
+    assert!(refreshed.unwrap().refresh_token.is_some());
+    assert_eq!(emu.count("/oauth/token"), 2);
+}

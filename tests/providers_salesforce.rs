@@ -240,3 +240,26 @@ async fn invalid_api_version_is_misconfigured() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn permission_entry_that_is_not_a_field_name_is_misconfigured() {
+    let s = run_as().await;
+    let err = verify(
+        &s.spec,
+        &s.material,
+        &set(&["permission:Id FROM User WHERE"]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Misconfigured {
+                problem: Misconfiguration::InvalidPermission { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(s.emu.count("/services/data/v62.0/query"), 0);
+}

@@ -296,6 +296,14 @@ pub enum Misconfiguration {
         /// What is expected.
         hint: &'static str,
     },
+    /// A `requiredPermissions` entry this provider cannot check.
+    #[error("requiredPermissions entry {value:?} is invalid: {hint}")]
+    InvalidPermission {
+        /// The entry (permission names hold no secrets).
+        value: String,
+        /// What is expected.
+        hint: &'static str,
+    },
     /// A `params` key this provider does not know.
     #[error("params.{name} is not a parameter of this provider (known: {known})")]
     UnknownParam {

@@ -89,10 +89,18 @@ use token::Grant;
 #[derive(Clone)]
 pub struct Providers {
     client: reqwest::Client,
-    /// In-flight token grants for refresh-token credentials, by credential key. A second
-    /// caller for the same key joins the first grant instead of spending the refresh token
-    /// again (rotating refresh tokens die on their second use).
-    flights: Arc<Mutex<HashMap<String, Flight>>>,
+    /// In-flight token grants for refresh-token credentials, by credential key and material.
+    /// A second caller for the same credential joins the first grant instead of spending the
+    /// refresh token again (rotating refresh tokens die on their second use). The material is
+    /// part of the key so that validating a new source revision never receives the tokens of
+    /// the active one (or the other way round) when both run at once.
+    flights: Arc<Mutex<HashMap<FlightKey, Flight>>>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct FlightKey {
+    key: String,
+    material: CredentialMaterial,
 }
 
 type Flight = Shared<BoxFuture<'static, Result<Grant, VerifyError>>>;
@@ -160,9 +168,9 @@ impl Providers {
     }
 
     /// Mints a new access token without probing: the refresh-token grant (returning the new
-    /// refresh token when the provider rotated it), or a new client-credentials token. Calls
-    /// for the same `req.key` that overlap share one grant, so a refresh token is never spent
-    /// twice.
+    /// refresh token when the provider rotated it), or a new client-credentials token.
+    /// Overlapping calls (refresh or verify) for the same `req.key` and material share one
+    /// grant, so a refresh token is never spent twice.
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
     pub async fn refresh(&self, req: &VerifyRequest<'_>) -> Result<Tokens, VerifyError> {
         let outcome = async {
@@ -199,8 +207,12 @@ impl Providers {
         &self,
         req: &VerifyRequest<'_>,
     ) -> impl Future<Output = Result<Grant, VerifyError>> + use<> {
+        let flight_key = FlightKey {
+            key: req.key.to_owned(),
+            material: req.material.clone(),
+        };
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(flight) = flights.get(req.key) {
+        if let Some(flight) = flights.get(&flight_key) {
             tracing::debug!("joining an in-flight token grant");
             return flight.clone();
         }
@@ -211,7 +223,10 @@ impl Providers {
         let spec = req.spec.clone();
         let material = req.material.clone();
         let required = req.required.clone();
-        let key = req.key.to_owned();
+        let key = FlightKey {
+            key: req.key.to_owned(),
+            material: req.material.clone(),
+        };
         let map = Arc::clone(&self.flights);
         let provider = spec.provider;
         let task = tokio::spawn(async move {
@@ -234,7 +249,7 @@ impl Providers {
         }
         .boxed()
         .shared();
-        flights.insert(req.key.to_owned(), flight.clone());
+        flights.insert(flight_key, flight.clone());
         flight
     }
 }
@@ -255,7 +270,7 @@ pub struct VerifyRequest<'a> {
 }
 
 /// Values read from the source Secret, under their default names, each redacted.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct CredentialMaterial {
     /// OAuth2 client id.
     pub client_id: Option<Redacted>,

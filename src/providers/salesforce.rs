@@ -131,8 +131,7 @@ impl ProviderApi for Salesforce {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_')
             {
-                return Err(cx.misconfigured(Misconfiguration::InvalidParam {
-                    name: "requiredPermissions".into(),
+                return Err(cx.misconfigured(Misconfiguration::InvalidPermission {
                     value: format!("permission:{required}"),
                     hint: "permission:<UserPermissionAccess field>, e.g. permission:PermissionsApiEnabled",
                 }));
