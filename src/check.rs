@@ -187,10 +187,10 @@ pub async fn check(options: &CheckOptions, providers: &Providers) -> Report {
                 })
                 .await
         }
-        Err(missing) => Err(VerifyError::Misconfigured {
-            provider: spec.provider,
-            problem: Misconfiguration::MissingKey(missing),
-        }),
+        Err(missing) => Err(VerifyError::misconfigured(
+            spec.provider,
+            Misconfiguration::MissingKey(missing),
+        )),
     };
     Report::new(key, spec.provider, result)
 }

@@ -115,6 +115,26 @@ fn tenant<'a>(cx: &'a Cx<'_>) -> Result<&'a str, VerifyError> {
     Ok(tenant)
 }
 
+/// The sites to probe: every required `site:<id>` and `params.siteId`.
+fn sites<'a>(cx: &'a Cx<'_>) -> Result<BTreeSet<&'a str>, VerifyError> {
+    let sites: BTreeSet<&str> = cx
+        .required
+        .iter()
+        .filter_map(|r| r.strip_prefix("site:"))
+        .chain(cx.param("siteId"))
+        .collect();
+    if let Some(bad) = sites
+        .iter()
+        .find(|s| s.is_empty() || s.contains(['?', '#']))
+    {
+        return Err(cx.misconfigured(Misconfiguration::InvalidPermission {
+            value: format!("site:{bad}"),
+            hint: "a site id (host,collection-guid,site-guid), {hostname}:/{path} or root",
+        }));
+    }
+    Ok(sites)
+}
+
 /// AADSTS codes (Microsoft's `error_codes`) that decide the class on their own; Microsoft
 /// says to key on these and `error`, never on the description. Returns the first known code.
 pub(crate) fn classify_aadsts(codes: &[u64]) -> Option<(Class, u64)> {
@@ -140,6 +160,13 @@ pub(crate) fn classify_aadsts(codes: &[u64]) -> Option<(Class, u64)> {
 
 impl ProviderApi for Microsoft {
     const PARAMS: &'static [&'static str] = &["tenantId", "cloud", "siteId", "scope"];
+
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        hosts(cx)?;
+        tenant(cx)?;
+        sites(cx)?;
+        Ok(())
+    }
 
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         let (login, _, graph_host) = hosts(cx)?;
@@ -245,23 +272,11 @@ impl ProviderApi for Microsoft {
                 call: Some("POST token endpoint"),
                 status: None,
                 code: Some("no_roles".into()),
+                rotated: None,
             });
         }
 
-        let sites: BTreeSet<&str> = cx
-            .required
-            .iter()
-            .filter_map(|r| r.strip_prefix("site:"))
-            .chain(cx.param("siteId"))
-            .collect();
-        for site in sites {
-            if site.is_empty() || site.contains(['?', '#']) {
-                return Err(cx.misconfigured(Misconfiguration::InvalidParam {
-                    name: "siteId".into(),
-                    value: site.into(),
-                    hint: "a site id (host,collection-guid,site-guid), {hostname}:/{path} or root",
-                }));
-            }
+        for site in sites(cx)? {
             let reply = get("GET /v1.0/sites/{id}", format!("/v1.0/sites/{site}")).await?;
             match reply.status.as_u16() {
                 200 => {

@@ -130,28 +130,38 @@ impl Providers {
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> Result<Verified, VerifyError> {
         let provider = req.spec.provider;
-        let outcome = async {
-            check_spec(req.spec)?;
+        let outcome: Result<Verified, VerifyError> = async {
+            let cx = Cx::new(self.http(req), req.spec, req.material, req.required);
+            preflight(&cx)?;
             let grant = match req.spec.auth {
                 AuthType::ApiKey => None,
                 AuthType::ClientCredentials | AuthType::RefreshToken => {
                     Some(self.grant(req).await?)
                 }
             };
-            let cx = Cx::new(self.http(req), req.spec, req.material, req.required);
-            let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
-            let missing = missing_permissions(provider, &probe.permissions, req.required);
-            if !missing.is_empty() {
-                return Err(VerifyError::PermissionDenied {
-                    provider,
-                    account: Some(probe.account),
-                    missing,
-                    granted: probe.permissions,
-                    call: None,
-                    status: None,
-                    code: None,
-                });
+            let probed = async {
+                let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
+                let missing = missing_permissions(provider, &probe.permissions, req.required);
+                if !missing.is_empty() {
+                    return Err(VerifyError::PermissionDenied {
+                        provider,
+                        account: Some(probe.account),
+                        missing,
+                        granted: probe.permissions,
+                        call: None,
+                        status: None,
+                        code: None,
+                        rotated: None,
+                    });
+                }
+                Ok(probe)
             }
+            .await;
+            // A failed probe must not lose a refresh token the grant just rotated.
+            let probe = probed.map_err(|e| match &grant {
+                Some(grant) => e.with_rotated(&grant.tokens),
+                None => e,
+            })?;
             Ok(Verified {
                 account: probe.account,
                 permissions: probe.permissions,
@@ -174,7 +184,12 @@ impl Providers {
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
     pub async fn refresh(&self, req: &VerifyRequest<'_>) -> Result<Tokens, VerifyError> {
         let outcome = async {
-            check_spec(req.spec)?;
+            preflight(&Cx::new(
+                self.http(req),
+                req.spec,
+                req.material,
+                req.required,
+            ))?;
             if req.spec.auth == AuthType::ApiKey {
                 return Err(VerifyError::misconfigured(
                     req.spec.provider,
@@ -466,6 +481,9 @@ pub(crate) trait ProviderApi {
     /// `params` keys this provider understands.
     const PARAMS: &'static [&'static str];
 
+    /// Checks params, endpoint and required permissions without any call.
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError>;
+
     /// Where to ask for tokens (may discover, for the generic provider).
     fn token_config(
         &self,
@@ -488,8 +506,10 @@ pub(crate) fn json_id(value: &serde_json::Value) -> String {
     }
 }
 
-/// Rejects specs no call can fix: unsupported auth types and unknown params.
-fn check_spec(spec: &ConnectorCredentialSpec) -> Result<(), VerifyError> {
+/// Rejects, before any call (and so before a refresh token is spent), what no call can fix:
+/// unsupported auth types, unknown or invalid params, unusable endpoints.
+fn preflight(cx: &Cx<'_>) -> Result<(), VerifyError> {
+    let spec = cx.spec;
     let provider = spec.provider;
     let supported = provider.supported_auth();
     if !supported.contains(&spec.auth) {
@@ -515,7 +535,7 @@ fn check_spec(spec: &ConnectorCredentialSpec) -> Result<(), VerifyError> {
             },
         ));
     }
-    Ok(())
+    with_api!(provider, api => api.validate(cx))
 }
 
 fn known_params<P: ProviderApi>(_: &P) -> &'static [&'static str] {

@@ -109,6 +109,12 @@ fn company_id<'a>(cx: &'a Cx<'_>) -> Result<Option<&'a str>, VerifyError> {
 impl ProviderApi for Procore {
     const PARAMS: &'static [&'static str] = &["companyId", "projectId"];
 
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        hosts(cx)?;
+        company_id(cx)?;
+        Ok(())
+    }
+
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         let (auth, _) = hosts(cx)?;
         company_id(cx)?;
