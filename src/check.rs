@@ -7,11 +7,15 @@
 //! | code | verdict | meaning |
 //! |---|---|---|
 //! | 0 | Connected | the credential works and holds every required permission |
-//! | 2 | InvalidInput | a file is unreadable, not YAML, or not the expected kind (also clap's usage errors) |
+//! | 2 | InvalidInput | a file is unreadable, not YAML, or not the expected kind; a refresh token that may rotate without `--rotated-secret` (also clap's usage errors) |
 //! | 3 | ConnectionLost | the provider rejected the credential: re-authenticate the account |
 //! | 4 | PermissionMismatch | the account lacks required permissions |
 //! | 5 | ProviderUnreachable | timeout, rate limit, 5xx, malformed answer: try again later |
 //! | 6 | Misconfigured | the spec or Secret cannot work (missing key, params, endpoint, auth type) |
+//!
+//! Checking a refresh-token credential spends the refresh token. For providers that rotate
+//! (or may rotate) refresh tokens the check insists on `--rotated-secret FILE`, where it
+//! writes the source Secret with the new token (mode 0600) for the user to apply.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,7 +25,7 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 
 use crate::api::conditions::reasons;
-use crate::api::{Account, ConnectorCredential, Provider};
+use crate::api::{Account, AuthType, ConnectorCredential, Provider};
 use crate::providers::{
     CredentialMaterial, Misconfiguration, Providers, Verified, VerifyError, VerifyRequest,
 };
@@ -51,6 +55,21 @@ pub struct CheckOptions {
     pub require: Vec<String>,
     /// Overrides `spec.validation.timeout` for each provider call.
     pub timeout: Option<Duration>,
+    /// Where to write the source Secret with the new refresh token when the provider rotates
+    /// it during the check (file mode 0600). Required for refresh-token credentials of
+    /// providers that rotate or may rotate (procore, salesforce, oauth2): checking spends the
+    /// refresh token, and without this file the new one would be lost.
+    pub rotated_secret: Option<PathBuf>,
+}
+
+/// Whether checking a refresh token of this provider may invalidate it (a rotated token dies
+/// once used: Procore always, Salesforce when the app enables rotation, OAuth2 servers may).
+/// Microsoft issues a new one but keeps the old valid; Dropbox and Google do not rotate.
+fn may_rotate(provider: Provider) -> bool {
+    matches!(
+        provider,
+        Provider::Procore | Provider::Salesforce | Provider::OAuth2
+    )
 }
 
 /// An input file that cannot be used.
@@ -95,6 +114,22 @@ pub enum InputError {
         /// The namespace compared.
         namespace: String,
     },
+    /// Checking would spend a refresh token that may rotate, with nowhere to put the new one.
+    #[error(
+        "checking a {provider} refresh token spends it and {provider} may rotate it (the old one then dies): pass --rotated-secret FILE to receive the new one"
+    )]
+    RotationNeedsOutput {
+        /// The provider.
+        provider: Provider,
+    },
+    /// The rotated Secret could not be written.
+    #[error("cannot write the rotated Secret to {path}: {source}")]
+    WriteRotated {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// `spec.validation.timeout` does not parse.
     #[error("spec.validation.timeout: {0}")]
     Timeout(#[from] crate::api::duration::InvalidDuration),
@@ -130,6 +165,9 @@ pub struct Report {
     /// Seconds the provider asked us to wait.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+    /// Where the Secret with the rotated refresh token was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotated_secret: Option<PathBuf>,
     /// What went wrong, for humans; never credential material.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -151,6 +189,14 @@ pub async fn check(options: &CheckOptions, providers: &Providers) -> Report {
         credential.metadata.name.as_deref().unwrap_or_default()
     );
     let spec = &credential.spec;
+    if spec.auth == AuthType::RefreshToken
+        && may_rotate(spec.provider)
+        && options.rotated_secret.is_none()
+    {
+        return Report::invalid_input(&InputError::RotationNeedsOutput {
+            provider: spec.provider,
+        });
+    }
     let timeout = match options.timeout {
         Some(t) => t,
         None => match crate::api::duration::parse(&spec.validation.timeout) {
@@ -160,12 +206,13 @@ pub async fn check(options: &CheckOptions, providers: &Providers) -> Report {
     };
     let mut data: BTreeMap<String, Vec<u8>> = secret
         .data
+        .clone()
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, v.0))
         .collect();
     // The API server merges stringData over data; so does the preflight.
-    for (k, v) in secret.string_data.unwrap_or_default() {
+    for (k, v) in secret.string_data.clone().unwrap_or_default() {
         data.insert(k, v.into_bytes());
     }
     let result = match CredentialMaterial::from_secret_data(spec.auth, &spec.secret_ref.keys, &data)
@@ -192,7 +239,61 @@ pub async fn check(options: &CheckOptions, providers: &Providers) -> Report {
             Misconfiguration::MissingKey(missing),
         )),
     };
-    Report::new(key, spec.provider, result)
+    let rotated = match &result {
+        Ok(verified) => verified.tokens.refresh_token.as_ref(),
+        Err(error) => error.rotated().and_then(|t| t.refresh_token.as_ref()),
+    };
+    let mut written = None;
+    if let (Some(token), Some(path)) = (rotated, &options.rotated_secret) {
+        let key = spec
+            .secret_ref
+            .keys
+            .refresh_token
+            .clone()
+            .unwrap_or_else(|| "refresh_token".into());
+        data.insert(key, token.expose().as_bytes().to_vec());
+        if let Err(e) = write_secret(path, &secret, data) {
+            return Report::invalid_input(&e);
+        }
+        written = Some(path.clone());
+    }
+    let mut report = Report::new(key, spec.provider, result);
+    report.rotated_secret = written;
+    report
+}
+
+/// Writes the source Secret with `data` (including the new refresh token), readable only by
+/// the owner.
+fn write_secret(
+    path: &Path,
+    original: &Secret,
+    data: BTreeMap<String, Vec<u8>>,
+) -> Result<(), InputError> {
+    let secret = Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: original.metadata.name.clone(),
+            namespace: original.metadata.namespace.clone(),
+            ..Default::default()
+        },
+        type_: original.type_.clone(),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let failed = |source| InputError::WriteRotated {
+        path: path.to_owned(),
+        source,
+    };
+    let yaml = serde_saphyr::to_string(&secret).map_err(|e| failed(std::io::Error::other(e)))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(failed)?;
+    std::io::Write::write_all(&mut file, yaml.as_bytes()).map_err(failed)
 }
 
 fn load(credential: &Path, secret: &Path) -> Result<(ConnectorCredential, Secret), InputError> {
@@ -276,6 +377,7 @@ impl Report {
             access_token_expires_at: None,
             credential_expires_at: None,
             retry_after_seconds: None,
+            rotated_secret: None,
             message: Some(error.to_string()),
         }
     }
@@ -292,6 +394,7 @@ impl Report {
             access_token_expires_at: None,
             credential_expires_at: None,
             retry_after_seconds: None,
+            rotated_secret: None,
             message: None,
         };
         match result {
@@ -359,6 +462,13 @@ impl Report {
         }
         if let Some(secs) = self.retry_after_seconds {
             let _ = writeln!(out, "  retry after: {secs}s");
+        }
+        if let Some(path) = &self.rotated_secret {
+            let _ = writeln!(
+                out,
+                "  the provider rotated the refresh token: the Secret with the new one is in {}",
+                path.display()
+            );
         }
         if let Some(message) = &self.message {
             let _ = writeln!(out, "  {message}");

@@ -38,6 +38,10 @@ enum Command {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Write the Secret with the new refresh token here when the provider rotates it
+        /// (required for procore, salesforce and oauth2 refresh tokens).
+        #[arg(long, value_name = "FILE")]
+        rotated_secret: Option<std::path::PathBuf>,
     },
 }
 
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
             require,
             timeout,
             output,
+            rotated_secret,
         } => {
             let timeout = match timeout
                 .as_deref()
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
                 secret,
                 require,
                 timeout,
+                rotated_secret,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -58,6 +58,7 @@ fn write(credential: &str, secret: &str) -> CheckOptions {
         secret: s,
         require: Vec::new(),
         timeout: None,
+        rotated_secret: None,
     }
 }
 
@@ -314,5 +315,64 @@ async fn binary_reports_a_revoked_api_key_as_connection_lost() {
     assert!(
         text.starts_with("safetyculture acme/sync: ConnectionLost"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn rotating_refresh_token_needs_somewhere_to_put_the_new_one() {
+    let emu = ProcoreEmulator::start().await;
+    emu.add_account(Account::new("900", "jane@acme.com").with_permissions(["company:1"]));
+    emu.add_client("app", "app-secret", None);
+    let old = emu.issue_refresh_token("app", "900");
+    let mut options = write(
+        &credential_yaml(
+            "procore",
+            "RefreshToken",
+            &emu.base_url(),
+            "  secretRef:\n    name: sync-source\n    keys: {refreshToken: rt}\n",
+        )
+        .replacen("  secretRef:\n    name: sync-source\n", "", 1),
+        &secret_yaml(&[
+            ("client_id", "app"),
+            ("client_secret", "app-secret"),
+            ("rt", &old),
+        ]),
+    );
+    let refused = check::check(&options, &Providers::new()).await;
+    assert_eq!(refused.exit_code, check::EXIT_INVALID_INPUT, "{refused:?}");
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("--rotated-secret")
+    );
+    assert_eq!(emu.total_requests(), 0, "the refresh token was not spent");
+
+    let out = options.secret.with_file_name("rotated.yaml");
+    options.rotated_secret = Some(out.clone());
+    let report = check::check(&options, &Providers::new()).await;
+    assert_eq!(report.exit_code, check::EXIT_OK, "{report:?}");
+    assert_eq!(report.rotated_secret.as_ref(), Some(&out));
+    assert!(!emu.refresh_token_valid(&old));
+
+    // The written Secret carries the new token under the renamed key, and checks again.
+    let written = std::fs::read_to_string(&out).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_saphyr::from_str(&written).unwrap();
+    let new = String::from_utf8(secret.data.unwrap()["rt"].0.clone()).unwrap();
+    assert!(emu.refresh_token_valid(&new));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    options.secret = out.clone();
+    options.rotated_secret = Some(out.with_file_name("rotated-again.yaml"));
+    assert_eq!(
+        check::check(&options, &Providers::new()).await.exit_code,
+        check::EXIT_OK
     );
 }
