@@ -335,3 +335,86 @@ struct Me {
     #[serde(default)]
     user_principal_name: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testing::{spec, with_cx};
+
+    fn mapped(endpoint: Option<&str>, cloud: Option<&str>) -> (String, String, String) {
+        let mut params = vec![("tenantId", "t")];
+        params.extend(cloud.map(|c| ("cloud", c)));
+        let spec = spec("microsoft", "ClientCredentials", endpoint, &params);
+        with_cx(&spec, |cx| {
+            let (login, graph, resource) = hosts(cx).unwrap();
+            (login.to_string(), graph.to_string(), resource.to_owned())
+        })
+    }
+
+    #[test]
+    fn clouds_pick_login_and_graph_hosts_and_the_default_scope_resource() {
+        let m = |l: &str, g: &str, r: &str| (l.to_owned(), g.to_owned(), r.to_owned());
+        assert_eq!(
+            mapped(None, None),
+            m(
+                "https://login.microsoftonline.com/",
+                "https://graph.microsoft.com/",
+                "graph.microsoft.com"
+            )
+        );
+        assert_eq!(
+            mapped(None, Some("usgov")),
+            m(
+                "https://login.microsoftonline.us/",
+                "https://graph.microsoft.us/",
+                "graph.microsoft.us"
+            )
+        );
+        assert_eq!(
+            mapped(None, Some("usgovdod")),
+            m(
+                "https://login.microsoftonline.us/",
+                "https://dod-graph.microsoft.us/",
+                "dod-graph.microsoft.us"
+            )
+        );
+        assert_eq!(
+            mapped(None, Some("china")).1,
+            "https://microsoftgraph.chinacloudapi.cn/"
+        );
+    }
+
+    #[test]
+    fn a_login_host_endpoint_replaces_login_only_and_implies_the_cloud() {
+        let (login, graph, resource) = mapped(Some("https://login.microsoftonline.us"), None);
+        assert_eq!(login, "https://login.microsoftonline.us/");
+        assert_eq!(graph, "https://graph.microsoft.us/");
+        assert_eq!(resource, "graph.microsoft.us");
+        let (_, graph, _) = mapped(Some("https://login.chinacloudapi.cn"), None);
+        assert_eq!(graph, "https://microsoftgraph.chinacloudapi.cn/");
+        let (_, graph, _) = mapped(Some("https://login.microsoftonline.us"), Some("usgovdod"));
+        assert_eq!(graph, "https://dod-graph.microsoft.us/");
+    }
+
+    #[test]
+    fn any_other_endpoint_serves_login_and_graph_but_the_scope_keeps_the_cloud() {
+        let (login, graph, resource) = mapped(Some("http://localhost:9000/ms"), Some("usgov"));
+        assert_eq!(login, "http://localhost:9000/ms");
+        assert_eq!(graph, "http://localhost:9000/ms");
+        assert_eq!(resource, "graph.microsoft.us");
+    }
+
+    #[test]
+    fn aadsts_codes_decide_before_the_error_field() {
+        assert_eq!(
+            classify_aadsts(&[1, 700082]),
+            Some((Class::Dead(DeadCause::InvalidGrant), 700082))
+        );
+        assert_eq!(classify_aadsts(&[65001]), Some((Class::Denied, 65001)));
+        assert_eq!(
+            classify_aadsts(&[90055]).map(|c| c.0),
+            Some(Class::Transient(TransientKind::RateLimited))
+        );
+        assert_eq!(classify_aadsts(&[12345]), None);
+    }
+}

@@ -586,6 +586,39 @@ fn satisfies(provider: Provider, granted: &BTreeSet<String>, required: &str) -> 
     }
 }
 
+/// Builders for the provider modules' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A spec as a user writes it.
+    pub fn spec(
+        provider: &str,
+        auth: &str,
+        endpoint: Option<&str>,
+        params: &[(&str, &str)],
+    ) -> ConnectorCredentialSpec {
+        let mut value = serde_json::json!({
+            "provider": provider,
+            "auth": auth,
+            "secretRef": {"name": "source"},
+            "params": params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        });
+        if let Some(endpoint) = endpoint {
+            value["endpoint"] = endpoint.into();
+        }
+        serde_json::from_value(value).expect("a valid spec")
+    }
+
+    /// Runs `f` with a context for `spec` (no material, nothing required).
+    pub fn with_cx<T>(spec: &ConnectorCredentialSpec, f: impl FnOnce(&Cx<'_>) -> T) -> T {
+        let material = CredentialMaterial::default();
+        let required = BTreeSet::new();
+        let http = Http::new(http::client("test"), spec.provider, Duration::from_secs(1));
+        f(&Cx::new(http, spec, &material, &required))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
