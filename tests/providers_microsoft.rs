@@ -318,3 +318,28 @@ async fn graph_rejecting_the_new_token_is_dead() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn unknown_cloud_is_misconfigured_before_any_call() {
+    let emu = emulator().await;
+    let spec = spec(
+        "microsoft",
+        "ClientCredentials",
+        Some(&emu.base_url()),
+        &[("tenantId", TENANT), ("cloud", "mars")],
+    );
+    let err = verify(&spec, &client_credentials(APP_ID, APP_SECRET), &set(&[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Misconfigured {
+                problem: Misconfiguration::InvalidParam { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(emu.total_requests(), 0);
+}

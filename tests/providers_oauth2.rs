@@ -272,3 +272,26 @@ async fn discovered_endpoint_on_plain_http_remote_host_is_refused() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn refresh_token_with_introspection_names_the_user_and_scopes() {
+    let emu = emulator().await;
+    emu.advertise_introspection(true);
+    let token = emu.issue_refresh_token(CLIENT, "user-1");
+    let spec = spec("oauth2", "RefreshToken", Some(&emu.base_url()), &[]);
+    let verified = verify(
+        &spec,
+        &refresh_token(CLIENT, Some(SECRET), &token),
+        &set(&["read"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(verified.account.id, "user-1");
+    assert_eq!(verified.account.name, "ursula");
+    assert_eq!(verified.permissions, set(&["read"]));
+    assert_eq!(emu.count("/introspect"), 1);
+    assert!(
+        verified.tokens.refresh_token.is_some(),
+        "this server rotates"
+    );
+}

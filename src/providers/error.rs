@@ -453,16 +453,17 @@ fn account_name(account: Option<&Account>) -> String {
 
 fn missing_list(missing: &[String]) -> String {
     if missing.is_empty() {
-        "the provider refused a call".to_owned()
+        "(the provider did not name them)".to_owned()
     } else {
         missing.join(", ")
     }
 }
 
 fn denied_detail(call: Option<Call>, status: Option<u16>, code: Option<&str>) -> String {
-    match call {
-        Some(call) => format!(" (refused at {call}{})", status_code(status, code)),
-        None => String::new(),
+    match (call, code) {
+        (Some(call), _) => format!(" (refused at {call}{})", status_code(status, code)),
+        (None, Some(code)) => format!(" ({code})"),
+        (None, None) => String::new(),
     }
 }
 

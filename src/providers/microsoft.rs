@@ -269,7 +269,7 @@ impl ProviderApi for Microsoft {
                 missing: missing_permissions(provider, &permissions, cx.required),
                 account: Some(account),
                 granted: permissions,
-                call: Some("POST token endpoint"),
+                call: None,
                 status: None,
                 code: Some("no_roles".into()),
                 rotated: None,

@@ -97,7 +97,7 @@ pub struct Providers {
     flights: Arc<Mutex<HashMap<FlightKey, Flight>>>,
 }
 
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct FlightKey {
     key: String,
     material: CredentialMaterial,
@@ -238,10 +238,7 @@ impl Providers {
         let spec = req.spec.clone();
         let material = req.material.clone();
         let required = req.required.clone();
-        let key = FlightKey {
-            key: req.key.to_owned(),
-            material: req.material.clone(),
-        };
+        let key = flight_key.clone();
         let map = Arc::clone(&self.flights);
         let provider = spec.provider;
         let task = tokio::spawn(async move {
