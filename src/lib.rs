@@ -4,6 +4,7 @@
 //! the same code the operator runs.
 
 pub mod api;
+pub mod check;
 pub mod clock;
 pub mod controller;
 pub mod crd;

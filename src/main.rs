@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use reconnect_operator::telemetry::{self, LogFormat};
 
 /// Keeps SaaS integrations connected while their credentials change.
@@ -23,6 +23,35 @@ enum Command {
     },
     /// Run the operator against the cluster in the ambient kubeconfig or in-cluster config.
     Run(RunArgs),
+    /// Verify a credential against its provider without a cluster (CI preflight). Exit codes:
+    /// 0 connected, 2 invalid input, 3 connection lost, 4 permission mismatch, 5 provider
+    /// unreachable, 6 misconfigured.
+    Check {
+        /// The ConnectorCredential manifest (YAML).
+        credential: std::path::PathBuf,
+        /// The Secret manifest (YAML) that spec.secretRef names.
+        #[arg(long, value_name = "FILE")]
+        secret: std::path::PathBuf,
+        /// Also require this permission (repeatable), e.g. those the active account holds.
+        #[arg(long = "require", value_name = "PERMISSION")]
+        require: Vec<String>,
+        /// Per-call timeout (Go duration), instead of spec.validation.timeout.
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Write the Secret with the new refresh token here when the provider rotates it
+        /// (required for procore, salesforce and oauth2 refresh tokens).
+        #[arg(long, value_name = "FILE")]
+        rotated_secret: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -115,6 +144,44 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Check {
+            credential,
+            secret,
+            require,
+            timeout,
+            output,
+            rotated_secret,
+        } => {
+            let timeout = match timeout
+                .as_deref()
+                .map(reconnect_operator::api::duration::parse)
+            {
+                Some(Err(err)) => {
+                    eprintln!("error: --timeout: {err}");
+                    return ExitCode::from(reconnect_operator::check::EXIT_INVALID_INPUT);
+                }
+                Some(Ok(t)) => Some(t),
+                None => None,
+            };
+            let options = reconnect_operator::check::CheckOptions {
+                credential,
+                secret,
+                require,
+                timeout,
+                rotated_secret,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread tokio runtime");
+            let providers = reconnect_operator::providers::Providers::new();
+            let report = runtime.block_on(reconnect_operator::check::check(&options, &providers));
+            match output {
+                Output::Text => print!("{}", report.to_text()),
+                Output::Json => println!("{}", report.to_json()),
+            }
+            ExitCode::from(report.exit_code)
+        }
         Command::Crd { dir: None } => match reconnect_operator::crd::all_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

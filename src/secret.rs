@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// A secret value (client secret, refresh token, API key, access token).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Redacted(String);
 
 impl Redacted {

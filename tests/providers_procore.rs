@@ -432,3 +432,101 @@ async fn rate_limit_reset_header_is_used_when_retry_after_is_absent() {
         "{wait:?}"
     );
 }
+
+#[tokio::test]
+async fn candidate_and_active_credentials_under_one_key_never_share_a_grant() {
+    let emu = emulator().await;
+    emu.add_account(Account::new("901", "joe@acme.com").with_permissions(["company:1234"]));
+    let active = refresh_token(
+        APP_ID,
+        Some(APP_SECRET),
+        &emu.issue_refresh_token(APP_ID, "900"),
+    );
+    let candidate = refresh_token(
+        APP_ID,
+        Some(APP_SECRET),
+        &emu.issue_refresh_token(APP_ID, "901"),
+    );
+    let spec = spec("procore", "RefreshToken", Some(&emu.base_url()), &[]);
+    let required = set(&[]);
+    let providers = Providers::new();
+    let req = |material| VerifyRequest {
+        key: "acme/procore",
+        spec: &spec,
+        material,
+        required: &required,
+        timeout: TIMEOUT,
+    };
+    let (active_req, candidate_req) = (req(&active), req(&candidate));
+    let (refreshed, verified) = tokio::join!(
+        providers.refresh(&active_req),
+        providers.verify(&candidate_req)
+    );
+    assert_eq!(
+        verified.unwrap().account.id,
+        "901",
+        "the candidate is verified with its own token"
+    );
+    assert!(refreshed.unwrap().refresh_token.is_some());
+    assert_eq!(emu.count("/oauth/token"), 2);
+}
+
+#[tokio::test]
+async fn failed_probe_after_rotation_returns_the_new_refresh_token() {
+    let emu = emulator().await;
+    let old = emu.issue_refresh_token(APP_ID, "900");
+    let spec = spec(
+        "procore",
+        "RefreshToken",
+        Some(&emu.base_url()),
+        &[("companyId", "1234")],
+    );
+    emu.fail_next_on("/rest/v1.0/me", 1, Fault::Status(503));
+    let err = verify(
+        &spec,
+        &refresh_token(APP_ID, Some(APP_SECRET), &old),
+        &set(&[]),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    let rotated = err
+        .rotated()
+        .expect("the rotated tokens travel with the error");
+    let new = rotated.refresh_token.as_ref().expect("a new refresh token");
+    assert!(!emu.refresh_token_valid(&old));
+    assert!(emu.refresh_token_valid(new.expose()));
+    let retry = refresh_token(APP_ID, Some(APP_SECRET), new.expose());
+    assert!(verify(&spec, &retry, &set(&[])).await.is_ok());
+}
+
+#[tokio::test]
+async fn invalid_params_are_refused_before_the_refresh_token_is_spent() {
+    let emu = emulator().await;
+    let token = emu.issue_refresh_token(APP_ID, "900");
+    let spec = spec(
+        "procore",
+        "RefreshToken",
+        Some(&emu.base_url()),
+        &[("companyId", "acme")],
+    );
+    let err = verify(
+        &spec,
+        &refresh_token(APP_ID, Some(APP_SECRET), &token),
+        &set(&[]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Misconfigured {
+                problem: Misconfiguration::InvalidParam { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(emu.total_requests(), 0);
+    assert!(emu.refresh_token_valid(&token));
+}

@@ -30,6 +30,10 @@ fn base(cx: &Cx<'_>) -> Result<reqwest::Url, VerifyError> {
 impl ProviderApi for Dropbox {
     const PARAMS: &'static [&'static str] = &[];
 
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        base(cx).map(drop)
+    }
+
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         Ok(TokenConfig {
             url: join(&base(cx)?, "/oauth2/token"),

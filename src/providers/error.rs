@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
+use super::Tokens;
 use crate::api::conditions::reasons;
 use crate::api::{Account, AuthType, Provider};
 
@@ -32,6 +33,9 @@ pub enum VerifyError {
         code: Option<String>,
         /// What the rejection means for the user.
         cause: DeadCause,
+        /// Tokens the provider issued before this failure, when it issued a new refresh
+        /// token (rotation). Persist them: the refresh token that was spent may be dead.
+        rotated: Option<Box<Tokens>>,
     },
     /// The credential works, but the account lacks permissions that are required.
     #[error("{provider} account {} lacks permissions: {}{}", account_name(.account.as_ref()), missing_list(.missing), denied_detail(*.call, *.status, .code.as_deref()))]
@@ -51,6 +55,9 @@ pub enum VerifyError {
         status: Option<u16>,
         /// The provider's error code for it.
         code: Option<String>,
+        /// Tokens the provider issued before this failure, when it issued a new refresh
+        /// token (rotation). Persist them: the refresh token that was spent may be dead.
+        rotated: Option<Box<Tokens>>,
     },
     /// The provider could not answer now (timeout, connection, rate limit, server error,
     /// malformed response). Retrying later may succeed.
@@ -68,6 +75,9 @@ pub enum VerifyError {
         code: Option<String>,
         /// How long the provider asked us to wait (Retry-After or rate-limit reset headers).
         retry_after: Option<Duration>,
+        /// Tokens the provider issued before this failure, when it issued a new refresh
+        /// token (rotation). Persist them: the refresh token that was spent may be dead.
+        rotated: Option<Box<Tokens>>,
     },
     /// The spec or Secret cannot work as written; a user must change it.
     #[error("{provider}: {problem}")]
@@ -76,6 +86,9 @@ pub enum VerifyError {
         provider: Provider,
         /// What is wrong.
         problem: Misconfiguration,
+        /// Tokens the provider issued before this failure, when it issued a new refresh
+        /// token (rotation). Persist them: the refresh token that was spent may be dead.
+        rotated: Option<Box<Tokens>>,
     },
 }
 
@@ -118,7 +131,11 @@ impl VerifyError {
     }
 
     pub(crate) fn misconfigured(provider: Provider, problem: Misconfiguration) -> Self {
-        VerifyError::Misconfigured { provider, problem }
+        VerifyError::Misconfigured {
+            provider,
+            problem,
+            rotated: None,
+        }
     }
 
     pub(crate) fn dead(
@@ -134,6 +151,7 @@ impl VerifyError {
             status,
             code,
             cause,
+            rotated: None,
         }
     }
 
@@ -152,6 +170,7 @@ impl VerifyError {
             status,
             code,
             retry_after,
+            rotated: None,
         }
     }
 
@@ -171,7 +190,34 @@ impl VerifyError {
             call: Some(call),
             status,
             code,
+            rotated: None,
         }
+    }
+
+    /// Tokens issued before the failure that include a new refresh token: persist them
+    /// (rotating providers invalidate the refresh token that was spent).
+    pub fn rotated(&self) -> Option<&Tokens> {
+        match self {
+            VerifyError::Dead { rotated, .. }
+            | VerifyError::PermissionDenied { rotated, .. }
+            | VerifyError::Transient { rotated, .. }
+            | VerifyError::Misconfigured { rotated, .. } => rotated.as_deref(),
+        }
+    }
+
+    /// Attaches tokens from a grant that issued a new refresh token.
+    pub(crate) fn with_rotated(mut self, tokens: &Tokens) -> Self {
+        if tokens.refresh_token.is_some() {
+            match &mut self {
+                VerifyError::Dead { rotated, .. }
+                | VerifyError::PermissionDenied { rotated, .. }
+                | VerifyError::Transient { rotated, .. }
+                | VerifyError::Misconfigured { rotated, .. } => {
+                    *rotated = Some(Box::new(tokens.clone()))
+                }
+            }
+        }
+        self
     }
 
     /// Adds the account to a permission refusal that happened after the account was known.
@@ -296,6 +342,14 @@ pub enum Misconfiguration {
         /// What is expected.
         hint: &'static str,
     },
+    /// A `requiredPermissions` entry this provider cannot check.
+    #[error("requiredPermissions entry {value:?} is invalid: {hint}")]
+    InvalidPermission {
+        /// The entry (permission names hold no secrets).
+        value: String,
+        /// What is expected.
+        hint: &'static str,
+    },
     /// A `params` key this provider does not know.
     #[error("params.{name} is not a parameter of this provider (known: {known})")]
     UnknownParam {
@@ -399,16 +453,17 @@ fn account_name(account: Option<&Account>) -> String {
 
 fn missing_list(missing: &[String]) -> String {
     if missing.is_empty() {
-        "the provider refused a call".to_owned()
+        "(the provider did not name them)".to_owned()
     } else {
         missing.join(", ")
     }
 }
 
 fn denied_detail(call: Option<Call>, status: Option<u16>, code: Option<&str>) -> String {
-    match call {
-        Some(call) => format!(" (refused at {call}{})", status_code(status, code)),
-        None => String::new(),
+    match (call, code) {
+        (Some(call), _) => format!(" (refused at {call}{})", status_code(status, code)),
+        (None, Some(code)) => format!(" ({code})"),
+        (None, None) => String::new(),
     }
 }
 

@@ -36,6 +36,10 @@ fn hosts(cx: &Cx<'_>) -> Result<(reqwest::Url, reqwest::Url), VerifyError> {
 impl ProviderApi for Google {
     const PARAMS: &'static [&'static str] = &[];
 
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        hosts(cx).map(drop)
+    }
+
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         Ok(TokenConfig {
             url: hosts(cx)?.0,

@@ -217,3 +217,59 @@ fn until(at: jiff::Timestamp) -> Duration {
     let secs = at.as_second() - jiff::Timestamp::now().as_second();
     Duration::from_secs(secs.max(0) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_https_except_on_loopback() {
+        let ok = |u: &str| parse_endpoint(Provider::OAuth2, "spec.endpoint", u).is_ok();
+        assert!(ok("https://as.example.com/issuer"));
+        assert!(ok("http://127.0.0.1:8080"));
+        assert!(ok("http://127.9.9.9"));
+        assert!(ok("http://localhost:1"));
+        assert!(ok("http://[::1]:8443/x"));
+        assert!(!ok("http://as.example.com"));
+        assert!(!ok("http://128.0.0.1"));
+        assert!(!ok("ftp://127.0.0.1"));
+        assert!(!ok("https://user:pw@as.example.com"));
+        assert!(!ok("https://as.example.com/?q=1"));
+        assert!(!ok("not a url"));
+    }
+
+    #[test]
+    fn join_keeps_the_base_path() {
+        let base = Url::parse("http://127.0.0.1:1/prefix/").unwrap();
+        assert_eq!(
+            join(&base, "/oauth/token").as_str(),
+            "http://127.0.0.1:1/prefix/oauth/token"
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_reset_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "12".parse().unwrap());
+        assert_eq!(retry_after(&headers, None), Some(Duration::from_secs(12)));
+        headers.insert(
+            RETRY_AFTER,
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after(&headers, None),
+            Some(Duration::ZERO),
+            "a date in the past"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-reset", "30".parse().unwrap());
+        assert_eq!(
+            retry_after(
+                &headers,
+                Some(RateLimitReset::DeltaSeconds("x-ratelimit-reset"))
+            ),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(retry_after(&headers, None), None);
+    }
+}

@@ -115,6 +115,26 @@ fn tenant<'a>(cx: &'a Cx<'_>) -> Result<&'a str, VerifyError> {
     Ok(tenant)
 }
 
+/// The sites to probe: every required `site:<id>` and `params.siteId`.
+fn sites<'a>(cx: &'a Cx<'_>) -> Result<BTreeSet<&'a str>, VerifyError> {
+    let sites: BTreeSet<&str> = cx
+        .required
+        .iter()
+        .filter_map(|r| r.strip_prefix("site:"))
+        .chain(cx.param("siteId"))
+        .collect();
+    if let Some(bad) = sites
+        .iter()
+        .find(|s| s.is_empty() || s.contains(['?', '#']))
+    {
+        return Err(cx.misconfigured(Misconfiguration::InvalidPermission {
+            value: format!("site:{bad}"),
+            hint: "a site id (host,collection-guid,site-guid), {hostname}:/{path} or root",
+        }));
+    }
+    Ok(sites)
+}
+
 /// AADSTS codes (Microsoft's `error_codes`) that decide the class on their own; Microsoft
 /// says to key on these and `error`, never on the description. Returns the first known code.
 pub(crate) fn classify_aadsts(codes: &[u64]) -> Option<(Class, u64)> {
@@ -140,6 +160,13 @@ pub(crate) fn classify_aadsts(codes: &[u64]) -> Option<(Class, u64)> {
 
 impl ProviderApi for Microsoft {
     const PARAMS: &'static [&'static str] = &["tenantId", "cloud", "siteId", "scope"];
+
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        hosts(cx)?;
+        tenant(cx)?;
+        sites(cx)?;
+        Ok(())
+    }
 
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         let (login, _, graph_host) = hosts(cx)?;
@@ -242,26 +269,14 @@ impl ProviderApi for Microsoft {
                 missing: missing_permissions(provider, &permissions, cx.required),
                 account: Some(account),
                 granted: permissions,
-                call: Some("POST token endpoint"),
+                call: None,
                 status: None,
                 code: Some("no_roles".into()),
+                rotated: None,
             });
         }
 
-        let sites: BTreeSet<&str> = cx
-            .required
-            .iter()
-            .filter_map(|r| r.strip_prefix("site:"))
-            .chain(cx.param("siteId"))
-            .collect();
-        for site in sites {
-            if site.is_empty() || site.contains(['?', '#']) {
-                return Err(cx.misconfigured(Misconfiguration::InvalidParam {
-                    name: "siteId".into(),
-                    value: site.into(),
-                    hint: "a site id (host,collection-guid,site-guid), {hostname}:/{path} or root",
-                }));
-            }
+        for site in sites(cx)? {
             let reply = get("GET /v1.0/sites/{id}", format!("/v1.0/sites/{site}")).await?;
             match reply.status.as_u16() {
                 200 => {
@@ -319,4 +334,87 @@ struct Me {
     display_name: Option<String>,
     #[serde(default)]
     user_principal_name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testing::{spec, with_cx};
+
+    fn mapped(endpoint: Option<&str>, cloud: Option<&str>) -> (String, String, String) {
+        let mut params = vec![("tenantId", "t")];
+        params.extend(cloud.map(|c| ("cloud", c)));
+        let spec = spec("microsoft", "ClientCredentials", endpoint, &params);
+        with_cx(&spec, |cx| {
+            let (login, graph, resource) = hosts(cx).unwrap();
+            (login.to_string(), graph.to_string(), resource.to_owned())
+        })
+    }
+
+    #[test]
+    fn clouds_pick_login_and_graph_hosts_and_the_default_scope_resource() {
+        let m = |l: &str, g: &str, r: &str| (l.to_owned(), g.to_owned(), r.to_owned());
+        assert_eq!(
+            mapped(None, None),
+            m(
+                "https://login.microsoftonline.com/",
+                "https://graph.microsoft.com/",
+                "graph.microsoft.com"
+            )
+        );
+        assert_eq!(
+            mapped(None, Some("usgov")),
+            m(
+                "https://login.microsoftonline.us/",
+                "https://graph.microsoft.us/",
+                "graph.microsoft.us"
+            )
+        );
+        assert_eq!(
+            mapped(None, Some("usgovdod")),
+            m(
+                "https://login.microsoftonline.us/",
+                "https://dod-graph.microsoft.us/",
+                "dod-graph.microsoft.us"
+            )
+        );
+        assert_eq!(
+            mapped(None, Some("china")).1,
+            "https://microsoftgraph.chinacloudapi.cn/"
+        );
+    }
+
+    #[test]
+    fn a_login_host_endpoint_replaces_login_only_and_implies_the_cloud() {
+        let (login, graph, resource) = mapped(Some("https://login.microsoftonline.us"), None);
+        assert_eq!(login, "https://login.microsoftonline.us/");
+        assert_eq!(graph, "https://graph.microsoft.us/");
+        assert_eq!(resource, "graph.microsoft.us");
+        let (_, graph, _) = mapped(Some("https://login.chinacloudapi.cn"), None);
+        assert_eq!(graph, "https://microsoftgraph.chinacloudapi.cn/");
+        let (_, graph, _) = mapped(Some("https://login.microsoftonline.us"), Some("usgovdod"));
+        assert_eq!(graph, "https://dod-graph.microsoft.us/");
+    }
+
+    #[test]
+    fn any_other_endpoint_serves_login_and_graph_but_the_scope_keeps_the_cloud() {
+        let (login, graph, resource) = mapped(Some("http://localhost:9000/ms"), Some("usgov"));
+        assert_eq!(login, "http://localhost:9000/ms");
+        assert_eq!(graph, "http://localhost:9000/ms");
+        assert_eq!(resource, "graph.microsoft.us");
+    }
+
+    #[test]
+    fn aadsts_codes_decide_before_the_error_field() {
+        assert_eq!(
+            classify_aadsts(&[1, 700082]),
+            Some((Class::Dead(DeadCause::InvalidGrant), 700082))
+        );
+        assert_eq!(classify_aadsts(&[65001]), Some((Class::Denied, 65001)));
+        assert_eq!(
+            classify_aadsts(&[90055]).map(|c| c.0),
+            Some(Class::Transient(TransientKind::RateLimited))
+        );
+        assert_eq!(classify_aadsts(&[12345]), None);
+    }
 }

@@ -8,6 +8,10 @@
 //! shared. How each provider maps `spec.endpoint` onto its hosts is documented in
 //! docs/providers.md and on each module.
 
+// VerifyError carries the account and permission sets of a refusal so the controller can
+// report them; it is returned once per verification, never in a hot loop, so its size is fine.
+#![allow(clippy::result_large_err)]
+
 /// Runs `$body` with `$api` bound to the provider's implementation.
 macro_rules! with_api {
     ($provider:expr, $api:ident => $body:expr) => {
@@ -85,10 +89,18 @@ use token::Grant;
 #[derive(Clone)]
 pub struct Providers {
     client: reqwest::Client,
-    /// In-flight token grants for refresh-token credentials, by credential key. A second
-    /// caller for the same key joins the first grant instead of spending the refresh token
-    /// again (rotating refresh tokens die on their second use).
-    flights: Arc<Mutex<HashMap<String, Flight>>>,
+    /// In-flight token grants for refresh-token credentials, by credential key and material.
+    /// A second caller for the same credential joins the first grant instead of spending the
+    /// refresh token again (rotating refresh tokens die on their second use). The material is
+    /// part of the key so that validating a new source revision never receives the tokens of
+    /// the active one (or the other way round) when both run at once.
+    flights: Arc<Mutex<HashMap<FlightKey, Flight>>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FlightKey {
+    key: String,
+    material: CredentialMaterial,
 }
 
 type Flight = Shared<BoxFuture<'static, Result<Grant, VerifyError>>>;
@@ -118,28 +130,38 @@ impl Providers {
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> Result<Verified, VerifyError> {
         let provider = req.spec.provider;
-        let outcome = async {
-            check_spec(req.spec)?;
+        let outcome: Result<Verified, VerifyError> = async {
+            let cx = Cx::new(self.http(req), req.spec, req.material, req.required);
+            preflight(&cx)?;
             let grant = match req.spec.auth {
                 AuthType::ApiKey => None,
                 AuthType::ClientCredentials | AuthType::RefreshToken => {
                     Some(self.grant(req).await?)
                 }
             };
-            let cx = Cx::new(self.http(req), req.spec, req.material, req.required);
-            let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
-            let missing = missing_permissions(provider, &probe.permissions, req.required);
-            if !missing.is_empty() {
-                return Err(VerifyError::PermissionDenied {
-                    provider,
-                    account: Some(probe.account),
-                    missing,
-                    granted: probe.permissions,
-                    call: None,
-                    status: None,
-                    code: None,
-                });
+            let probed = async {
+                let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
+                let missing = missing_permissions(provider, &probe.permissions, req.required);
+                if !missing.is_empty() {
+                    return Err(VerifyError::PermissionDenied {
+                        provider,
+                        account: Some(probe.account),
+                        missing,
+                        granted: probe.permissions,
+                        call: None,
+                        status: None,
+                        code: None,
+                        rotated: None,
+                    });
+                }
+                Ok(probe)
             }
+            .await;
+            // A failed probe must not lose a refresh token the grant just rotated.
+            let probe = probed.map_err(|e| match &grant {
+                Some(grant) => e.with_rotated(&grant.tokens),
+                None => e,
+            })?;
             Ok(Verified {
                 account: probe.account,
                 permissions: probe.permissions,
@@ -156,13 +178,18 @@ impl Providers {
     }
 
     /// Mints a new access token without probing: the refresh-token grant (returning the new
-    /// refresh token when the provider rotated it), or a new client-credentials token. Calls
-    /// for the same `req.key` that overlap share one grant, so a refresh token is never spent
-    /// twice.
+    /// refresh token when the provider rotated it), or a new client-credentials token.
+    /// Overlapping calls (refresh or verify) for the same `req.key` and material share one
+    /// grant, so a refresh token is never spent twice.
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
     pub async fn refresh(&self, req: &VerifyRequest<'_>) -> Result<Tokens, VerifyError> {
         let outcome = async {
-            check_spec(req.spec)?;
+            preflight(&Cx::new(
+                self.http(req),
+                req.spec,
+                req.material,
+                req.required,
+            ))?;
             if req.spec.auth == AuthType::ApiKey {
                 return Err(VerifyError::misconfigured(
                     req.spec.provider,
@@ -195,8 +222,12 @@ impl Providers {
         &self,
         req: &VerifyRequest<'_>,
     ) -> impl Future<Output = Result<Grant, VerifyError>> + use<> {
+        let flight_key = FlightKey {
+            key: req.key.to_owned(),
+            material: req.material.clone(),
+        };
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(flight) = flights.get(req.key) {
+        if let Some(flight) = flights.get(&flight_key) {
             tracing::debug!("joining an in-flight token grant");
             return flight.clone();
         }
@@ -207,7 +238,7 @@ impl Providers {
         let spec = req.spec.clone();
         let material = req.material.clone();
         let required = req.required.clone();
-        let key = req.key.to_owned();
+        let key = flight_key.clone();
         let map = Arc::clone(&self.flights);
         let provider = spec.provider;
         let task = tokio::spawn(async move {
@@ -230,7 +261,7 @@ impl Providers {
         }
         .boxed()
         .shared();
-        flights.insert(req.key.to_owned(), flight.clone());
+        flights.insert(flight_key, flight.clone());
         flight
     }
 }
@@ -251,7 +282,7 @@ pub struct VerifyRequest<'a> {
 }
 
 /// Values read from the source Secret, under their default names, each redacted.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct CredentialMaterial {
     /// OAuth2 client id.
     pub client_id: Option<Redacted>,
@@ -447,6 +478,9 @@ pub(crate) trait ProviderApi {
     /// `params` keys this provider understands.
     const PARAMS: &'static [&'static str];
 
+    /// Checks params, endpoint and required permissions without any call.
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError>;
+
     /// Where to ask for tokens (may discover, for the generic provider).
     fn token_config(
         &self,
@@ -469,8 +503,10 @@ pub(crate) fn json_id(value: &serde_json::Value) -> String {
     }
 }
 
-/// Rejects specs no call can fix: unsupported auth types and unknown params.
-fn check_spec(spec: &ConnectorCredentialSpec) -> Result<(), VerifyError> {
+/// Rejects, before any call (and so before a refresh token is spent), what no call can fix:
+/// unsupported auth types, unknown or invalid params, unusable endpoints.
+fn preflight(cx: &Cx<'_>) -> Result<(), VerifyError> {
+    let spec = cx.spec;
     let provider = spec.provider;
     let supported = provider.supported_auth();
     if !supported.contains(&spec.auth) {
@@ -496,7 +532,7 @@ fn check_spec(spec: &ConnectorCredentialSpec) -> Result<(), VerifyError> {
             },
         ));
     }
-    Ok(())
+    with_api!(provider, api => api.validate(cx))
 }
 
 fn known_params<P: ProviderApi>(_: &P) -> &'static [&'static str] {
@@ -544,6 +580,39 @@ fn satisfies(provider: Provider, granted: &BTreeSet<String>, required: &str) -> 
             granted.iter().any(|g| g.eq_ignore_ascii_case(required))
         }
         _ => false,
+    }
+}
+
+/// Builders for the provider modules' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A spec as a user writes it.
+    pub fn spec(
+        provider: &str,
+        auth: &str,
+        endpoint: Option<&str>,
+        params: &[(&str, &str)],
+    ) -> ConnectorCredentialSpec {
+        let mut value = serde_json::json!({
+            "provider": provider,
+            "auth": auth,
+            "secretRef": {"name": "source"},
+            "params": params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        });
+        if let Some(endpoint) = endpoint {
+            value["endpoint"] = endpoint.into();
+        }
+        serde_json::from_value(value).expect("a valid spec")
+    }
+
+    /// Runs `f` with a context for `spec` (no material, nothing required).
+    pub fn with_cx<T>(spec: &ConnectorCredentialSpec, f: impl FnOnce(&Cx<'_>) -> T) -> T {
+        let material = CredentialMaterial::default();
+        let required = BTreeSet::new();
+        let http = Http::new(http::client("test"), spec.provider, Duration::from_secs(1));
+        f(&Cx::new(http, spec, &material, &required))
     }
 }
 

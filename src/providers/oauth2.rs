@@ -100,6 +100,14 @@ async fn discover(cx: &Cx<'_>, issuer: &Url) -> Result<Metadata, VerifyError> {
 impl ProviderApi for Generic {
     const PARAMS: &'static [&'static str] = &["tokenUrl", "introspectionUrl", "probeUrl", "scope"];
 
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        issuer(cx)?;
+        param_url(cx, "tokenUrl", "params.tokenUrl")?;
+        param_url(cx, "introspectionUrl", "params.introspectionUrl")?;
+        param_url(cx, "probeUrl", "params.probeUrl")?;
+        Ok(())
+    }
+
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         let provider = cx.provider();
         let issuer = issuer(cx)?;

@@ -109,6 +109,12 @@ fn company_id<'a>(cx: &'a Cx<'_>) -> Result<Option<&'a str>, VerifyError> {
 impl ProviderApi for Procore {
     const PARAMS: &'static [&'static str] = &["companyId", "projectId"];
 
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        hosts(cx)?;
+        company_id(cx)?;
+        Ok(())
+    }
+
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         let (auth, _) = hosts(cx)?;
         company_id(cx)?;
@@ -296,6 +302,37 @@ mod tests {
         assert_eq!(tool_level("budget:read_only"), Some(("budget", 1)));
         assert_eq!(tool_level("company:12"), None);
         assert_eq!(tool_level("documents:owner"), None);
+    }
+
+    fn mapped(endpoint: Option<&str>) -> (String, String) {
+        let spec = crate::providers::testing::spec("procore", "RefreshToken", endpoint, &[]);
+        crate::providers::testing::with_cx(&spec, |cx| {
+            let (auth, api) = hosts(cx).unwrap();
+            (auth.to_string(), api.to_string())
+        })
+    }
+
+    #[test]
+    fn endpoint_selects_the_documented_host_pair_or_one_base() {
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        let production = pair("https://login.procore.com/", "https://api.procore.com/");
+        let sandbox = pair(
+            "https://login-sandbox.procore.com/",
+            "https://sandbox.procore.com/",
+        );
+        let monthly = pair(
+            "https://login-sandbox-monthly.procore.com/",
+            "https://api-monthly.procore.com/",
+        );
+        assert_eq!(mapped(None), production);
+        assert_eq!(mapped(Some("https://api.procore.com")), production);
+        assert_eq!(mapped(Some("https://sandbox.procore.com")), sandbox);
+        assert_eq!(mapped(Some("https://login-sandbox.procore.com/")), sandbox);
+        assert_eq!(mapped(Some("https://api-monthly.procore.com")), monthly);
+        assert_eq!(
+            mapped(Some("http://127.0.0.1:8080")),
+            pair("http://127.0.0.1:8080/", "http://127.0.0.1:8080/")
+        );
     }
 
     #[test]

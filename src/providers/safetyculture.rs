@@ -21,11 +21,24 @@ use crate::api::Account;
 
 pub(crate) struct SafetyCulture;
 
+fn base(cx: &Cx<'_>) -> Result<reqwest::Url, VerifyError> {
+    let raw = cx
+        .spec
+        .endpoint
+        .as_deref()
+        .unwrap_or("https://api.safetyculture.io");
+    parse_endpoint(cx.provider(), "spec.endpoint", raw)
+}
+
 /// API tokens die after this long without use (/reference/introduction).
 const INACTIVITY_EXPIRY: jiff::SignedDuration = jiff::SignedDuration::from_hours(30 * 24);
 
 impl ProviderApi for SafetyCulture {
     const PARAMS: &'static [&'static str] = &[];
+
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        base(cx).map(drop)
+    }
 
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         Err(cx.misconfigured(Misconfiguration::Other(
@@ -35,12 +48,7 @@ impl ProviderApi for SafetyCulture {
 
     async fn probe(&self, cx: &Cx<'_>, _: Option<&Grant>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
-        let raw = cx
-            .spec
-            .endpoint
-            .as_deref()
-            .unwrap_or("https://api.safetyculture.io");
-        let base = parse_endpoint(provider, "spec.endpoint", raw)?;
+        let base = base(cx)?;
         let key = cx.need("api_key")?;
         let request = cx
             .http

@@ -68,8 +68,41 @@ fn api_version<'a>(cx: &'a Cx<'_>) -> Result<&'a str, VerifyError> {
     Ok(version)
 }
 
+/// The UserPermissionAccess fields to read: the defaults plus every required one.
+fn fields(cx: &Cx<'_>) -> Result<BTreeSet<String>, VerifyError> {
+    let mut fields: BTreeSet<String> = DEFAULT_FIELDS.iter().map(|f| f.to_string()).collect();
+    for required in cx
+        .required
+        .iter()
+        .filter_map(|r| r.strip_prefix("permission:"))
+    {
+        // The field names go into SOQL: only identifiers.
+        let identifier = !required.is_empty()
+            && required
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !identifier {
+            return Err(cx.misconfigured(Misconfiguration::InvalidPermission {
+                value: format!("permission:{required}"),
+                hint: "permission:<UserPermissionAccess field>, e.g. permission:PermissionsApiEnabled",
+            }));
+        }
+        if !fields.iter().any(|f| f.eq_ignore_ascii_case(required)) {
+            fields.insert(required.to_owned());
+        }
+    }
+    Ok(fields)
+}
+
 impl ProviderApi for Salesforce {
     const PARAMS: &'static [&'static str] = &["apiVersion"];
+
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        login(cx)?;
+        api_version(cx)?;
+        fields(cx)?;
+        Ok(())
+    }
 
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         Ok(TokenConfig {
@@ -119,28 +152,7 @@ impl ProviderApi for Salesforce {
             name: user.preferred_username.unwrap_or_default(),
         };
 
-        let mut fields: BTreeSet<String> = DEFAULT_FIELDS.iter().map(|f| f.to_string()).collect();
-        for required in cx
-            .required
-            .iter()
-            .filter_map(|r| r.strip_prefix("permission:"))
-        {
-            // The field names go into SOQL: only identifiers.
-            if required.is_empty()
-                || !required
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(cx.misconfigured(Misconfiguration::InvalidParam {
-                    name: "requiredPermissions".into(),
-                    value: format!("permission:{required}"),
-                    hint: "permission:<UserPermissionAccess field>, e.g. permission:PermissionsApiEnabled",
-                }));
-            }
-            if !fields.iter().any(|f| f.eq_ignore_ascii_case(required)) {
-                fields.insert(required.to_owned());
-            }
-        }
+        let fields = fields(cx)?;
         // UNCONFIRMED (public tooling, not an official reference): UserPermissionAccess answers
         // one row for the running user, with one boolean per Permissions* field.
         let soql = format!(

@@ -51,6 +51,12 @@ fn company(cx: &Cx<'_>) -> Result<String, VerifyError> {
 impl ProviderApi for Simpro {
     const PARAMS: &'static [&'static str] = &["companyId"];
 
+    fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
+        base(cx)?;
+        company(cx)?;
+        Ok(())
+    }
+
     async fn token_config(&self, cx: &Cx<'_>) -> Result<TokenConfig, VerifyError> {
         Err(cx.misconfigured(Misconfiguration::Other(
             "Simpro takes an API key, not OAuth2 tokens",
@@ -103,6 +109,7 @@ impl ProviderApi for Simpro {
                 call: None,
                 status: None,
                 code: None,
+                rotated: None,
             });
         }
         Ok(Probe {

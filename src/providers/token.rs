@@ -259,6 +259,15 @@ impl<'a> Transport<'a> {
             // on a 4xx the endpoint refused the credential without a parseable code (Procore's
             // refresh-token error shape is UNCONFIRMED, so this branch is how it is classified).
             RequestTokenError::Parse(..) | RequestTokenError::Other(_) => match status {
+                // Redirects are not followed: a token endpoint that redirects is misconfigured.
+                Some(s) if (300..400).contains(&s) => VerifyError::misconfigured(
+                    provider,
+                    super::Misconfiguration::RequestRejected {
+                        call: self.call,
+                        status,
+                        code: None,
+                    },
+                ),
                 Some(s) if (400..500).contains(&s) => {
                     VerifyError::dead(provider, self.call, status, None, DeadCause::Rejected)
                 }

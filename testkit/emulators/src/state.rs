@@ -163,6 +163,10 @@ pub struct Issued {
     pub app_only: bool,
 }
 
+/// Makes an access token value: (state, account, client id, app-only, scopes) -> token.
+pub type MintAccess<'a> =
+    dyn Fn(&mut State, &Account, &str, bool, &BTreeSet<String>) -> String + 'a;
+
 /// All the state of one emulator.
 #[derive(Debug)]
 pub struct State {
@@ -213,7 +217,7 @@ impl State {
     pub fn grant(
         &mut self,
         req: &Request,
-        mint_access: &dyn Fn(&mut State, &Account, &str, bool, &BTreeSet<String>) -> String,
+        mint_access: &MintAccess<'_>,
     ) -> Result<Issued, GrantError> {
         let form = req.form();
         let (client_id, secret) = match req.basic() {
