@@ -171,7 +171,7 @@ pub async fn run(
 
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Providers::new(),
+        Providers::new().with_metrics(metrics.clone()),
         Arc::new(SystemClock),
         metrics,
         Some(options.identity.clone()),

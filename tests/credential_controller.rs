@@ -326,16 +326,14 @@ async fn rotating_to_a_dead_credential_keeps_the_active_one_working() {
         target_before.data
     );
 
-    // The active credential is still probed and still passes.
-    let probes = emu.count("/rest/v1.0/me");
+    // The active credential is still probed and still passes. (When the retry of the
+    // rejected revision falls due at the same time, the retry goes first and the probe
+    // follows in the next reconcile.)
+    let me = || emu.count("/rest/v1.0/me");
+    let probes = me();
     env.advance(Duration::from_secs(16 * 60)).await;
-    let cred = env
-        .wait_cred("procore-sync", "active re-validated", |c| {
-            c.status.as_ref().and_then(|s| s.last_validated.clone()) != status.last_validated
-                || emu.count("/rest/v1.0/me") > probes
-        })
-        .await;
-    assert!(emu.count("/rest/v1.0/me") > probes);
+    eventually("the active credential is probed", || me() > probes).await;
+    let cred = env.cred("procore-sync").await;
     assert_eq!(phase(&cred), Some(Phase::Connected));
     env.shutdown().await;
 }

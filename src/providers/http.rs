@@ -2,6 +2,7 @@
 //! loopback only), per-call timeouts, and the mapping of transport failures and rate-limit
 //! headers onto [`VerifyError`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::{Call, Misconfiguration, TransientKind, VerifyError};
 use crate::api::Provider;
+use crate::clock::Clock;
+use crate::metrics::Metrics;
 
 /// Builds the shared reqwest client. TLS is rustls with the ring provider (kube already builds
 /// ring; aws-lc-rs would need cmake), and provider redirects are not followed: a token or probe
@@ -87,6 +90,8 @@ pub(crate) struct Http {
     client: reqwest::Client,
     pub provider: Provider,
     pub timeout: Duration,
+    clock: Arc<dyn Clock>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// An HTTP answer, read in full.
@@ -98,11 +103,31 @@ pub(crate) struct Reply {
 }
 
 impl Http {
-    pub fn new(client: reqwest::Client, provider: Provider, timeout: Duration) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        provider: Provider,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         Self {
             client,
             provider,
             timeout,
+            clock,
+            metrics,
+        }
+    }
+
+    /// The current time on the operator's clock (token and credential expiries are computed
+    /// from it, so they agree with the controller's decisions).
+    pub fn now(&self) -> jiff::Timestamp {
+        self.clock.now()
+    }
+
+    fn observe(&self, call: Call, outcome: &'static str, started: std::time::Instant) {
+        if let Some(metrics) = &self.metrics {
+            metrics.provider_call(self.provider, call, outcome, started.elapsed());
         }
     }
 
@@ -117,13 +142,24 @@ impl Http {
         call: Call,
         request: reqwest::RequestBuilder,
     ) -> Result<Reply, VerifyError> {
-        let response = request.send().await.map_err(|e| self.transport(call, &e))?;
+        let started = std::time::Instant::now();
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.observe(call, transport_outcome(&e), started);
+                return Err(self.transport(call, &e));
+            }
+        };
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport(call, &e))?;
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                self.observe(call, transport_outcome(&e), started);
+                return Err(self.transport(call, &e));
+            }
+        };
+        self.observe(call, status_outcome(status), started);
         tracing::debug!(call, status = status.as_u16(), "provider answered");
         Ok(Reply {
             call,
@@ -145,6 +181,27 @@ impl Http {
         };
         tracing::debug!(call, kind = kind.as_str(), "provider call failed");
         VerifyError::transient(self.provider, call, kind, None, None, None)
+    }
+}
+
+/// The metric outcome of an answered call, from its status code alone (what the status
+/// means for the credential is decided by each provider's classification).
+fn status_outcome(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "ok",
+        429 => "rate_limited",
+        401 => "unauthorized",
+        403 => "forbidden",
+        400..=499 => "client_error",
+        _ => "server_error",
+    }
+}
+
+fn transport_outcome(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else {
+        "connection_error"
     }
 }
 

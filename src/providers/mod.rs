@@ -76,6 +76,8 @@ use futures::future::{BoxFuture, Shared};
 use tracing::instrument;
 
 use crate::api::{Account, AuthType, ConnectorCredentialSpec, Provider, SecretKeys};
+use crate::clock::{Clock, SystemClock};
+use crate::metrics::Metrics;
 use crate::secret::Redacted;
 
 pub use error::{
@@ -95,6 +97,8 @@ pub struct Providers {
     /// part of the key so that validating a new source revision never receives the tokens of
     /// the active one (or the other way round) when both run at once.
     flights: Arc<Mutex<HashMap<FlightKey, Flight>>>,
+    clock: Arc<dyn Clock>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -122,7 +126,21 @@ impl Providers {
         Self {
             client: http::client(user_agent),
             flights: Arc::default(),
+            clock: Arc::new(SystemClock),
+            metrics: None,
         }
+    }
+
+    /// Computes token and credential expiries on `clock` (the controllers' clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Records every provider call in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Token exchange plus one cheap identity and permission probe. Succeeds only if every
@@ -206,7 +224,13 @@ impl Providers {
     }
 
     fn http(&self, req: &VerifyRequest<'_>) -> Http {
-        Http::new(self.client.clone(), req.spec.provider, req.timeout)
+        Http::new(
+            self.client.clone(),
+            req.spec.provider,
+            req.timeout,
+            self.clock.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// Obtains tokens; refresh-token grants go through the single-flight map.
@@ -611,7 +635,13 @@ pub(crate) mod testing {
     pub fn with_cx<T>(spec: &ConnectorCredentialSpec, f: impl FnOnce(&Cx<'_>) -> T) -> T {
         let material = CredentialMaterial::default();
         let required = BTreeSet::new();
-        let http = Http::new(http::client("test"), spec.provider, Duration::from_secs(1));
+        let http = Http::new(
+            http::client("test"),
+            spec.provider,
+            Duration::from_secs(1),
+            Arc::new(SystemClock),
+            None,
+        );
         f(&Cx::new(http, spec, &material, &required))
     }
 }

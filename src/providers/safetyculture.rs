@@ -81,7 +81,7 @@ impl ProviderApi for SafetyCulture {
                 name,
             },
             permissions: BTreeSet::from([format!("organisation:{}", me.organisation_id)]),
-            credential_expires_at: jiff::Timestamp::now().checked_add(INACTIVITY_EXPIRY).ok(),
+            credential_expires_at: cx.http.now().checked_add(INACTIVITY_EXPIRY).ok(),
         })
     }
 }

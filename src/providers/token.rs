@@ -137,7 +137,8 @@ pub(crate) async fn obtain(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
             access_token: Some(access_token),
             token_type: Some(response.token_type().as_ref().to_owned()),
             expires_at: response.expires_in().and_then(|d| {
-                jiff::Timestamp::now()
+                cx.http
+                    .now()
                     .checked_add(jiff::SignedDuration::try_from(d).ok()?)
                     .ok()
             }),

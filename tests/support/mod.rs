@@ -44,11 +44,14 @@ fn start_controller(
     oneshot::Sender<()>,
     JoinHandle<()>,
 ) {
+    let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context::new(
         cluster.client.clone(),
-        Providers::new(),
+        Providers::new()
+            .with_clock(Arc::new(clock.clone()))
+            .with_metrics(metrics.clone()),
         Arc::new(clock.clone()),
-        Arc::new(Metrics::new()),
+        metrics,
         Some("e2e".into()),
     ));
     let (tick, ticks) = mpsc::unbounded();
@@ -276,6 +279,18 @@ impl Env {
             let _ = tokio::time::timeout(WAIT, task).await;
         }
         self.cluster.cleanup().await;
+    }
+}
+
+/// Waits until `cond` holds, polling; fails the test after [`WAIT`].
+pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
