@@ -202,6 +202,7 @@ mod tests {
             status: Some(429),
             code: None,
             retry_after,
+            rotated: None,
         })
     }
 

@@ -363,6 +363,18 @@ async fn reconcile_credential(
                     Err(e) => Err(e),
                 }
             };
+            // A failure after the provider already rotated the refresh token (the grant
+            // worked, the probe did not): the spent token is dead, so the new one is
+            // persisted before anything else happens.
+            if let Err(err) = &result
+                && let Some(tokens) = err.rotated()
+            {
+                let v = target::Validated::refreshed(active, tokens.clone(), now);
+                target::write(&secrets, cred, target.secret.as_ref(), &v)
+                    .await
+                    .map_err(kube_err("write target Secret"))?;
+                update.refreshed(tokens);
+            }
             match result {
                 Ok(()) => ctx.set_last_probe(key, now),
                 Err(err) if err.is_transient() => {
