@@ -439,8 +439,14 @@ impl Report {
     pub fn to_text(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let provider = self.provider.map(|p| p.as_str()).unwrap_or("-");
-        let _ = writeln!(out, "{} {}: {}", provider, self.credential, self.verdict);
+        match self.provider {
+            Some(provider) => {
+                let _ = writeln!(out, "{provider} {}: {}", self.credential, self.verdict);
+            }
+            None => {
+                let _ = writeln!(out, "check: {}", self.verdict);
+            }
+        }
         if let Some(account) = &self.account {
             let _ = writeln!(out, "  account:     {} (id {})", account.name, account.id);
         }

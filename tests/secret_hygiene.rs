@@ -45,7 +45,7 @@ async fn exercise<F: Flavor>(
     token: Option<&str>,
 ) -> (String, Vec<String>) {
     let providers = Providers::new();
-    let mut seen = String::new();
+    let mut seen = format!("{good:?}\n{bad:?}\n");
     let mut run = async |material: &CredentialMaterial, required: &[&str], timeout: Duration| {
         let result = verify_with(&providers, spec, material, &set(required), timeout).await;
         seen.push_str(&format!("{result:?}\n"));

@@ -38,7 +38,7 @@ pub enum VerifyError {
         rotated: Option<Box<Tokens>>,
     },
     /// The credential works, but the account lacks permissions that are required.
-    #[error("{provider} account {} lacks permissions: {}{}", account_name(.account.as_ref()), missing_list(.missing), denied_detail(*.call, *.status, .code.as_deref()))]
+    #[error("{provider} account {} lacks permissions: {}{}", account_name(.account.as_ref()), missing_list(.missing, .code.as_deref()), denied_detail(*.call, *.status, .code.as_deref()))]
     PermissionDenied {
         /// The provider.
         provider: Provider,
@@ -61,7 +61,7 @@ pub enum VerifyError {
     },
     /// The provider could not answer now (timeout, connection, rate limit, server error,
     /// malformed response). Retrying later may succeed.
-    #[error("{provider} is unavailable at {call} ({kind}{}){}: retry later", status_code(*.status, .code.as_deref()), retry_hint(*.retry_after))]
+    #[error("{provider} is unavailable at {call}: {kind}{}{}; try again later", status_code(*.status, .code.as_deref()), retry_hint(*.retry_after))]
     Transient {
         /// The provider.
         provider: Provider,
@@ -451,8 +451,10 @@ fn account_name(account: Option<&Account>) -> String {
     }
 }
 
-fn missing_list(missing: &[String]) -> String {
-    if missing.is_empty() {
+fn missing_list(missing: &[String], code: Option<&str>) -> String {
+    if missing.is_empty() && code == Some("no_roles") {
+        "the app holds no application permissions (no roles in its token); grant and admin-consent them".to_owned()
+    } else if missing.is_empty() {
         "(the provider did not name them)".to_owned()
     } else {
         missing.join(", ")

@@ -418,7 +418,7 @@ pub struct Verified {
 pub struct Tokens {
     /// The access token.
     pub access_token: Option<Redacted>,
-    /// Its type, as the provider spelled it (`bearer`, `Bearer`).
+    /// Its type: `bearer` for the standard type (any spelling), else as the provider wrote it.
     pub token_type: Option<String>,
     /// When the access token expires, if the provider said.
     pub expires_at: Option<jiff::Timestamp>,

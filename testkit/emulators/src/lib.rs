@@ -1,8 +1,8 @@
 //! Local HTTP emulators of the SaaS providers the operator validates against.
 //!
 //! Each emulator listens on 127.0.0.1 with a random port and follows the provider's
-//! documented paths, headers, form fields, JSON shapes, error bodies and status codes
-//! (/work/shared/PROVIDERS.md is the summary the team keeps). They keep state like the real
+//! documented paths, headers, form fields, JSON shapes, error bodies and status codes (the
+//! team's provider notes, and docs/providers.md). They keep state like the real
 //! services (accounts with permissions, a used rotating refresh token stays dead, a revoked
 //! token stays revoked), count requests per path, and take scripted faults: latency, 429 with
 //! Retry-After, 5xx, dropped connections, malformed JSON.

@@ -255,6 +255,9 @@ impl<F: Flavor> Emulator<F> {
     }
 
     fn script(&self, path: Option<String>, remaining: usize, fault: Fault) {
+        if remaining == 0 {
+            return;
+        }
         lock(&self.inner.faults).push(ScriptedFault {
             path,
             remaining,
