@@ -309,8 +309,8 @@ impl Sandbox {
     async fn table(&self) -> Result<()> {
         let list = self.creds().list(&Default::default()).await?;
         println!(
-            "\n   {:<16} {:<10} {:<32} {:<20} {}",
-            "NAME", "PROVIDER", "ACCOUNT", "STATUS", "READY"
+            "\n   {:<16} {:<10} {:<32} {:<20} READY",
+            "NAME", "PROVIDER", "ACCOUNT", "STATUS"
         );
         for c in &list.items {
             let ready = c
