@@ -135,12 +135,24 @@ pub(crate) async fn run_controllers(
     } else {
         namespaces.iter().cloned().map(Some).collect()
     };
-    let runs = scopes.into_iter().map(|ns| {
+    let shutdown = || {
         let mut stop = stop.clone();
-        let shutdown = async move {
+        async move {
             let _ = stop.wait_for(|s| *s).await;
-        };
-        controller::credential::run(ctx.clone(), ns, futures::stream::pending(), shutdown)
+        }
+    };
+    let runs = scopes.into_iter().flat_map(|ns| {
+        let credentials: futures::future::BoxFuture<'static, ()> =
+            Box::pin(controller::credential::run(
+                ctx.clone(),
+                ns.clone(),
+                futures::stream::pending(),
+                shutdown(),
+            ));
+        let integrations: futures::future::BoxFuture<'static, ()> = Box::pin(
+            controller::integration::run(ctx.clone(), ns, futures::stream::pending(), shutdown()),
+        );
+        [credentials, integrations]
     });
     futures::future::join_all(runs).await;
 }

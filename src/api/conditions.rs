@@ -18,6 +18,10 @@ pub mod types {
     pub const ROTATING: &str = "Rotating";
     /// The credential itself expires inside the `expiryWarning` window.
     pub const EXPIRING_SOON: &str = "ExpiringSoon";
+    /// Every restart target an Integration names exists.
+    pub const RESTART_TARGETS_FOUND: &str = "RestartTargetsFound";
+    /// A ConnectorCredential's deletion waits until no Integration uses it.
+    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 }
 
 /// Condition `reason` values (also used as Event reasons).
@@ -58,6 +62,10 @@ pub mod reasons {
     pub const IN_USE: &str = "InUse";
     /// A restart target named by an Integration does not exist.
     pub const RESTART_TARGET_NOT_FOUND: &str = "RestartTargetNotFound";
+    /// Every restart target an Integration names exists (or it names none).
+    pub const RESTART_TARGETS_FOUND: &str = "RestartTargetsFound";
+    /// An Integration rolled its restart targets after a credential swap.
+    pub const RESTARTED: &str = "Restarted";
 }
 
 /// The phase of a ConnectorCredential or an Integration: one word for `kubectl get`.

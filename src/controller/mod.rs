@@ -2,6 +2,7 @@
 
 pub(crate) mod conditions;
 pub mod credential;
+pub mod integration;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -6,10 +6,13 @@
 //! material that passed validation; [`target`] makes that a property of the types.
 
 pub(crate) mod decide;
-mod events;
+pub(crate) mod events;
+mod in_use;
 mod revision;
 pub(crate) mod status;
 pub(crate) mod target;
+
+pub use in_use::FINALIZER as IN_USE_FINALIZER;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use self::decide::{Observed, Source, Step, Timing};
 use self::status::Update;
 use super::{Context, Error, FIELD_MANAGER, kube_err};
 use crate::api::conditions::reasons;
-use crate::api::{ConnectorCredential, ConnectorCredentialStatus, PermissionPolicy};
+use crate::api::{ConnectorCredential, ConnectorCredentialStatus, Integration, PermissionPolicy};
 use crate::providers::{CredentialMaterial, VerifyRequest};
 
 type Guarded = DeserializeGuard<ConnectorCredential>;
@@ -150,11 +153,13 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
         ctx.metrics.forget_credential(&ns, &name);
         return Ok(Action::await_change());
     };
-    if cred.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let started = std::time::Instant::now();
-    let result = reconcile_credential(&cred, &api, &ctx, &key).await;
+    // In-use protection first: while being deleted, nothing else happens to a credential.
+    let result = match in_use::protect(&ctx, &api, &cred).await {
+        Ok(Some(done)) => Ok(done),
+        Ok(None) => reconcile_credential(&cred, &api, &ctx, &key).await,
+        Err(err) => Err(err),
+    };
     ctx.metrics.reconciled(
         CONTROLLER,
         started.elapsed(),
@@ -466,28 +471,47 @@ fn credentials_for_secret(
 
 /// Builds the controller for one namespace (or all, with `None`).
 pub fn controller(client: kube::Client, namespace: Option<&str>) -> Controller<Guarded> {
-    let (creds, secrets): (Api<Guarded>, Api<PartialObjectMeta<Secret>>) = match namespace {
+    let (creds, secrets, integrations): (
+        Api<Guarded>,
+        Api<PartialObjectMeta<Secret>>,
+        Api<DeserializeGuard<Integration>>,
+    ) = match namespace {
         Some(ns) => (
+            Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client, ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client)),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
     };
     let controller = Controller::new(creds, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let seen = in_use::Seen::default();
     // Secrets are watched as metadata only: a rotated Secret triggers its credentials at once,
-    // while the data of unrelated Secrets is never transferred or cached.
-    controller.watches(
-        secrets,
-        watcher::Config::default().any_semantic(),
-        move |meta: PartialObjectMeta<Secret>| {
-            credentials_for_secret(
-                &store,
-                meta.metadata.namespace.as_deref().unwrap_or_default(),
-                meta.metadata.name.as_deref().unwrap_or_default(),
-            )
-        },
-    )
+    // while the data of unrelated Secrets is never transferred or cached. Integrations wake
+    // the credentials they reference (or referenced) for the in-use finalizer.
+    controller
+        .watches(
+            integrations,
+            watcher::Config::default().any_semantic(),
+            move |integration: DeserializeGuard<Integration>| {
+                in_use::credentials_for_integration(&seen, &integration)
+            },
+        )
+        .watches(
+            secrets,
+            watcher::Config::default().any_semantic(),
+            move |meta: PartialObjectMeta<Secret>| {
+                credentials_for_secret(
+                    &store,
+                    meta.metadata.namespace.as_deref().unwrap_or_default(),
+                    meta.metadata.name.as_deref().unwrap_or_default(),
+                )
+            },
+        )
 }
 
 /// Runs the controller until `shutdown` resolves; `reconcile_all` re-reconciles everything

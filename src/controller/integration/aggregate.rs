@@ -1,0 +1,606 @@
+//! Status aggregation, pure: each connector's ConnectorCredential as this Integration sees
+//! it, then the Integration's phase, `readyConnectors` and conditions derived from them.
+//!
+//! A connector's phase is its credential's phase, except that a Connected credential whose
+//! account lacks the Integration's own `requiredPermissions` is PermissionMismatch here. The
+//! Integration's phase is the worst of its connectors.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::api::conditions::{reasons, types};
+use crate::api::{Connector, ConnectorCredential, ConnectorStatus, Phase};
+use crate::controller::conditions::{self, get};
+use crate::providers::missing_permissions;
+
+/// What a GET of a connector's ConnectorCredential found.
+pub(crate) enum Found<'a> {
+    /// No such ConnectorCredential in the namespace.
+    Missing,
+    /// It exists but does not match the schema (the deserialisation error).
+    Malformed(&'a str),
+    /// It exists.
+    Credential(&'a ConnectorCredential),
+}
+
+/// One connector as observed: the status entry plus the reason behind its phase (for
+/// conditions) and the credential's current active revision (for restarts).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Observed {
+    pub status: ConnectorStatus,
+    pub reason: &'static str,
+    pub revision: Option<String>,
+}
+
+impl Observed {
+    fn phase(&self) -> Phase {
+        self.status.phase.unwrap_or_default()
+    }
+}
+
+/// How bad a phase is; the Integration takes the worst.
+fn severity(phase: Phase) -> u8 {
+    match phase {
+        Phase::Connected => 0,
+        Phase::Pending => 1,
+        Phase::PermissionMismatch => 2,
+        Phase::ConnectionLost => 3,
+    }
+}
+
+fn account_label(cred: &ConnectorCredential) -> Option<String> {
+    let account = cred.status.as_ref()?.account.as_ref()?;
+    Some(if account.name.is_empty() {
+        account.id.clone()
+    } else {
+        account.name.clone()
+    })
+}
+
+/// The message (or, when empty, the reason) of the credential's condition `type_`.
+fn condition_detail(cred: &ConnectorCredential, type_: &str) -> Option<String> {
+    let c = get(&cred.status.as_ref()?.conditions, type_)?;
+    Some(if c.message.is_empty() {
+        c.reason.clone()
+    } else {
+        c.message.clone()
+    })
+}
+
+/// One connector's status from its credential.
+pub(crate) fn connector(connector: &Connector, found: Found<'_>) -> Observed {
+    let name = &connector.name;
+    let credential = &connector.credential_ref.name;
+    let mut status = ConnectorStatus {
+        name: name.clone(),
+        credential: credential.clone(),
+        ..ConnectorStatus::default()
+    };
+    let cred = match found {
+        Found::Missing => {
+            status.phase = Some(Phase::Pending);
+            status.message = Some(format!("ConnectorCredential {credential} not found"));
+            return Observed {
+                status,
+                reason: reasons::CREDENTIAL_NOT_FOUND,
+                revision: None,
+            };
+        }
+        Found::Malformed(error) => {
+            status.phase = Some(Phase::Pending);
+            status.message = Some(format!(
+                "ConnectorCredential {credential} does not match its schema: {error}"
+            ));
+            return Observed {
+                status,
+                reason: reasons::MISCONFIGURED,
+                revision: None,
+            };
+        }
+        Found::Credential(cred) => cred,
+    };
+
+    let cred_status = cred.status.clone().unwrap_or_default();
+    let account = account_label(cred);
+    status.account = account.clone();
+    if account.is_some() {
+        let granted: BTreeSet<String> = cred_status.permissions.iter().cloned().collect();
+        let required: BTreeSet<String> = connector.required_permissions.iter().cloned().collect();
+        status.missing_permissions = missing_permissions(cred.spec.provider, &granted, &required);
+    }
+    let who = account
+        .clone()
+        .unwrap_or_else(|| format!("the account of ConnectorCredential {credential}"));
+
+    let (phase, reason, message) = match cred_status.phase.unwrap_or_default() {
+        Phase::ConnectionLost => {
+            let connected = get(&cred_status.conditions, types::CONNECTED);
+            let detail = condition_detail(cred, types::CONNECTED)
+                .unwrap_or_else(|| reasons::CONNECTION_LOST.to_owned());
+            let unreachable = connected.is_some_and(|c| c.reason == reasons::PROVIDER_UNREACHABLE);
+            if unreachable {
+                (
+                    Phase::ConnectionLost,
+                    reasons::PROVIDER_UNREACHABLE,
+                    format!(
+                        "{name}: the provider cannot be reached for {who} (ConnectorCredential {credential}: {detail})"
+                    ),
+                )
+            } else {
+                (
+                    Phase::ConnectionLost,
+                    reasons::CONNECTION_LOST,
+                    format!(
+                        "{name}: {who} must re-authenticate (ConnectorCredential {credential}: {detail})"
+                    ),
+                )
+            }
+        }
+        Phase::PermissionMismatch => {
+            let detail = condition_detail(cred, types::PERMISSION_MISMATCH)
+                .unwrap_or_else(|| reasons::PERMISSION_MISMATCH.to_owned());
+            (
+                Phase::PermissionMismatch,
+                reasons::PERMISSION_MISMATCH,
+                format!("{name}: ConnectorCredential {credential}: {detail}"),
+            )
+        }
+        Phase::Connected if !status.missing_permissions.is_empty() => (
+            Phase::PermissionMismatch,
+            reasons::PERMISSION_MISMATCH,
+            format!(
+                "{name}: {who} (ConnectorCredential {credential}) lacks {} that this Integration requires",
+                status.missing_permissions.join(", ")
+            ),
+        ),
+        Phase::Connected => (Phase::Connected, reasons::CONNECTED, String::new()),
+        Phase::Pending => {
+            let detail = condition_detail(cred, types::READY)
+                .unwrap_or_else(|| "not validated yet".to_owned());
+            (
+                Phase::Pending,
+                reasons::PENDING,
+                format!("{name}: ConnectorCredential {credential} is not connected yet: {detail}"),
+            )
+        }
+    };
+    status.phase = Some(phase);
+    status.message = (!message.is_empty()).then_some(message);
+    Observed {
+        status,
+        reason,
+        revision: cred_status.active_revision,
+    }
+}
+
+/// What the connectors add up to.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Summary {
+    pub phase: Phase,
+    pub ready_connectors: String,
+}
+
+fn messages<'a>(observed: impl Iterator<Item = &'a Observed>) -> String {
+    observed
+        .filter_map(|o| o.status.message.as_deref())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Derives the phase and sets the Ready, Connected and PermissionMismatch conditions.
+pub(crate) fn summarize(
+    observed: &[Observed],
+    conds: &mut Vec<Condition>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Summary {
+    let mut set = |type_: &str, value: bool, reason: &str, message: String| {
+        conditions::set(conds, type_, value, reason, message, generation, now);
+    };
+    let total = observed.len();
+    let connected = observed
+        .iter()
+        .filter(|o| o.phase() == Phase::Connected)
+        .count();
+    let phase = observed
+        .iter()
+        .map(Observed::phase)
+        .max_by_key(|p| severity(*p))
+        .unwrap_or_default();
+
+    let lost: Vec<_> = observed
+        .iter()
+        .filter(|o| o.phase() == Phase::ConnectionLost)
+        .collect();
+    let pending: Vec<_> = observed
+        .iter()
+        .filter(|o| o.phase() == Phase::Pending)
+        .collect();
+    if let Some(first) = lost.first() {
+        set(
+            types::CONNECTED,
+            false,
+            first.reason,
+            messages(lost.iter().copied()),
+        );
+    } else if let Some(first) = pending.first() {
+        set(
+            types::CONNECTED,
+            false,
+            first.reason,
+            messages(pending.iter().copied()),
+        );
+    } else {
+        set(
+            types::CONNECTED,
+            true,
+            reasons::CONNECTED,
+            format!("all {total} connectors are connected"),
+        );
+    }
+
+    let mismatched: Vec<_> = observed
+        .iter()
+        .filter(|o| {
+            o.phase() == Phase::PermissionMismatch || !o.status.missing_permissions.is_empty()
+        })
+        .collect();
+    if mismatched.is_empty() {
+        set(
+            types::PERMISSION_MISMATCH,
+            false,
+            reasons::PERMISSIONS_SATISFIED,
+            "every connector's account holds the permissions this Integration requires".into(),
+        );
+    } else {
+        let msg = mismatched
+            .iter()
+            .map(|o| match &o.status.message {
+                Some(m) if o.phase() == Phase::PermissionMismatch => m.clone(),
+                _ => format!(
+                    "{}: lacks {} that this Integration requires",
+                    o.status.name,
+                    o.status.missing_permissions.join(", ")
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        set(
+            types::PERMISSION_MISMATCH,
+            true,
+            reasons::PERMISSION_MISMATCH,
+            msg,
+        );
+    }
+
+    if phase == Phase::Connected {
+        set(
+            types::READY,
+            true,
+            reasons::CONNECTED,
+            format!("{connected}/{total} connectors connected"),
+        );
+    } else {
+        let worst: Vec<_> = observed.iter().filter(|o| o.phase() == phase).collect();
+        let reason = worst.first().map_or(reasons::PENDING, |o| o.reason);
+        let not_connected = observed.iter().filter(|o| o.phase() != Phase::Connected);
+        set(types::READY, false, reason, messages(not_connected));
+    }
+
+    Summary {
+        phase,
+        ready_connectors: format!("{connected}/{total}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Account, ConnectorCredentialSpec, ConnectorCredentialStatus, CredentialRef};
+    use crate::controller::conditions::is_true;
+
+    const PROCORE_ACCOUNT: &str = "svc-sync@acme.com";
+
+    /// The states a connector's credential can be in, as the matrix walks them.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum State {
+        Connected,
+        ConnectionLost,
+        /// The credential is Connected but lacks the Integration's requiredPermissions.
+        PermissionMismatch,
+        Missing,
+    }
+
+    fn connector(name: &str, cred: &str, required: &[&str]) -> Connector {
+        Connector {
+            name: name.into(),
+            credential_ref: CredentialRef { name: cred.into() },
+            required_permissions: required.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn credential(name: &str, phase: Phase, permissions: &[&str]) -> ConnectorCredential {
+        let spec: ConnectorCredentialSpec = serde_json::from_value(serde_json::json!({
+            "provider": "procore", "auth": "ClientCredentials",
+            "secretRef": {"name": format!("{name}-src")},
+        }))
+        .unwrap();
+        let mut cred = ConnectorCredential::new(name, spec);
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut conds = Vec::new();
+        let (status, reason, msg) = match phase {
+            Phase::Connected | Phase::PermissionMismatch => (
+                true,
+                reasons::CONNECTED,
+                format!("authenticated as {PROCORE_ACCOUNT}"),
+            ),
+            Phase::ConnectionLost => (
+                false,
+                reasons::CONNECTION_LOST,
+                format!("{PROCORE_ACCOUNT} must re-authenticate: invalid_client"),
+            ),
+            Phase::Pending => (false, reasons::PENDING, "not validated yet".into()),
+        };
+        conditions::set(&mut conds, types::CONNECTED, status, reason, msg, None, now);
+        cred.status = Some(ConnectorCredentialStatus {
+            phase: Some(phase),
+            account: (phase != Phase::Pending).then(|| Account {
+                id: "4567".into(),
+                name: PROCORE_ACCOUNT.into(),
+            }),
+            permissions: permissions.iter().map(|s| s.to_string()).collect(),
+            active_revision: (phase != Phase::Pending).then(|| format!("sha256:{name}")),
+            conditions: conds,
+            ..Default::default()
+        });
+        cred
+    }
+
+    fn observe(name: &str, state: State) -> Observed {
+        let c = connector(name, &format!("{name}-cred"), &["documents:standard"]);
+        let cred = match state {
+            State::Connected => credential(
+                &c.credential_ref.name,
+                Phase::Connected,
+                &["documents:admin"],
+            ),
+            State::ConnectionLost => credential(
+                &c.credential_ref.name,
+                Phase::ConnectionLost,
+                &["documents:admin"],
+            ),
+            State::PermissionMismatch => credential(
+                &c.credential_ref.name,
+                Phase::Connected,
+                &["documents:read_only"],
+            ),
+            State::Missing => return super::connector(&c, Found::Missing),
+        };
+        super::connector(&c, Found::Credential(&cred))
+    }
+
+    type Pair = (State, State);
+    /// (phase, readyConnectors, Ready reason, Connected, PermissionMismatch)
+    type Expected = (Phase, &'static str, &'static str, bool, bool);
+
+    fn expected_connector_phase(s: State) -> Phase {
+        match s {
+            State::Connected => Phase::Connected,
+            State::ConnectionLost => Phase::ConnectionLost,
+            State::PermissionMismatch => Phase::PermissionMismatch,
+            State::Missing => Phase::Pending,
+        }
+    }
+
+    #[test]
+    fn two_connectors_in_every_combination_aggregate_to_the_worst_phase() {
+        use State::*;
+        let states = [Connected, ConnectionLost, PermissionMismatch, Missing];
+        // (procore, sharepoint) -> (phase, readyConnectors, Ready reason, Connected, PermissionMismatch)
+        let table: Vec<(Pair, Expected)> = vec![
+            (
+                (Connected, Connected),
+                (Phase::Connected, "2/2", "Connected", true, false),
+            ),
+            (
+                (Connected, ConnectionLost),
+                (Phase::ConnectionLost, "1/2", "ConnectionLost", false, false),
+            ),
+            (
+                (Connected, PermissionMismatch),
+                (
+                    Phase::PermissionMismatch,
+                    "1/2",
+                    "PermissionMismatch",
+                    true,
+                    true,
+                ),
+            ),
+            (
+                (Connected, Missing),
+                (Phase::Pending, "1/2", "CredentialNotFound", false, false),
+            ),
+            (
+                (ConnectionLost, Connected),
+                (Phase::ConnectionLost, "1/2", "ConnectionLost", false, false),
+            ),
+            (
+                (ConnectionLost, ConnectionLost),
+                (Phase::ConnectionLost, "0/2", "ConnectionLost", false, false),
+            ),
+            (
+                (ConnectionLost, PermissionMismatch),
+                (Phase::ConnectionLost, "0/2", "ConnectionLost", false, true),
+            ),
+            (
+                (ConnectionLost, Missing),
+                (Phase::ConnectionLost, "0/2", "ConnectionLost", false, false),
+            ),
+            (
+                (PermissionMismatch, Connected),
+                (
+                    Phase::PermissionMismatch,
+                    "1/2",
+                    "PermissionMismatch",
+                    true,
+                    true,
+                ),
+            ),
+            (
+                (PermissionMismatch, ConnectionLost),
+                (Phase::ConnectionLost, "0/2", "ConnectionLost", false, true),
+            ),
+            (
+                (PermissionMismatch, PermissionMismatch),
+                (
+                    Phase::PermissionMismatch,
+                    "0/2",
+                    "PermissionMismatch",
+                    true,
+                    true,
+                ),
+            ),
+            (
+                (PermissionMismatch, Missing),
+                (
+                    Phase::PermissionMismatch,
+                    "0/2",
+                    "PermissionMismatch",
+                    false,
+                    true,
+                ),
+            ),
+            (
+                (Missing, Connected),
+                (Phase::Pending, "1/2", "CredentialNotFound", false, false),
+            ),
+            (
+                (Missing, ConnectionLost),
+                (Phase::ConnectionLost, "0/2", "ConnectionLost", false, false),
+            ),
+            (
+                (Missing, PermissionMismatch),
+                (
+                    Phase::PermissionMismatch,
+                    "0/2",
+                    "PermissionMismatch",
+                    false,
+                    true,
+                ),
+            ),
+            (
+                (Missing, Missing),
+                (Phase::Pending, "0/2", "CredentialNotFound", false, false),
+            ),
+        ];
+        assert_eq!(table.len(), states.len() * states.len(), "the full matrix");
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        for ((a, b), (phase, ready, ready_reason, connected, mismatch)) in table {
+            let observed = [observe("procore", a), observe("sharepoint", b)];
+            for (o, s) in observed.iter().zip([a, b]) {
+                assert_eq!(
+                    o.status.phase,
+                    Some(expected_connector_phase(s)),
+                    "{a:?}/{b:?}"
+                );
+            }
+            let mut conds = Vec::new();
+            let summary = summarize(&observed, &mut conds, Some(3), now);
+            let case = format!("{a:?}/{b:?}");
+            assert_eq!(summary.phase, phase, "{case}");
+            assert_eq!(summary.ready_connectors, ready, "{case}");
+            let r = get(&conds, types::READY).unwrap();
+            assert_eq!(
+                (r.status == "True", r.reason.as_str()),
+                (phase == Phase::Connected, ready_reason),
+                "{case}"
+            );
+            assert_eq!(is_true(&conds, types::CONNECTED), connected, "{case}");
+            assert_eq!(
+                is_true(&conds, types::PERMISSION_MISMATCH),
+                mismatch,
+                "{case}"
+            );
+            assert!(
+                conds.iter().all(|c| c.observed_generation == Some(3)),
+                "{case}"
+            );
+            // Every connector that is not Connected says why, in Ready's message.
+            for o in observed
+                .iter()
+                .filter(|o| o.status.phase != Some(Phase::Connected))
+            {
+                let msg = o.status.message.as_deref().unwrap();
+                assert!(r.message.contains(msg), "{case}: {} lacks {msg}", r.message);
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_names_connector_credential_and_account() {
+        let o = observe("procore", State::ConnectionLost);
+        assert_eq!(o.reason, reasons::CONNECTION_LOST);
+        assert_eq!(
+            o.status.message.as_deref(),
+            Some(
+                "procore: svc-sync@acme.com must re-authenticate (ConnectorCredential procore-cred: svc-sync@acme.com must re-authenticate: invalid_client)"
+            )
+        );
+        assert_eq!(o.status.account.as_deref(), Some(PROCORE_ACCOUNT));
+        assert_eq!(o.revision.as_deref(), Some("sha256:procore-cred"));
+    }
+
+    #[test]
+    fn a_missing_credential_is_pending_with_credential_not_found() {
+        let o = observe("sharepoint", State::Missing);
+        assert_eq!(o.status.phase, Some(Phase::Pending));
+        assert_eq!(o.reason, reasons::CREDENTIAL_NOT_FOUND);
+        assert_eq!(
+            o.status.message.as_deref(),
+            Some("ConnectorCredential sharepoint-cred not found")
+        );
+    }
+
+    #[test]
+    fn integration_permissions_are_checked_with_the_providers_vocabulary() {
+        // documents:admin satisfies documents:standard in Procore's level order.
+        let ok = observe("procore", State::Connected);
+        assert!(ok.status.missing_permissions.is_empty());
+        let short = observe("procore", State::PermissionMismatch);
+        assert_eq!(short.status.missing_permissions, ["documents:standard"]);
+        let msg = short.status.message.unwrap();
+        assert!(
+            msg.contains("documents:standard") && msg.contains(PROCORE_ACCOUNT),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_credential_not_validated_yet_is_pending() {
+        let c = connector("procore", "procore-cred", &[]);
+        let cred = credential("procore-cred", Phase::Pending, &[]);
+        let o = super::connector(&c, Found::Credential(&cred));
+        assert_eq!(
+            (o.status.phase, o.reason),
+            (Some(Phase::Pending), reasons::PENDING)
+        );
+        assert!(o.status.account.is_none() && o.revision.is_none());
+    }
+
+    #[test]
+    fn transition_times_stay_when_the_aggregate_does_not_flip() {
+        let t1 = Timestamp::from_second(1_700_000_000).unwrap();
+        let t2 = Timestamp::from_second(1_700_000_100).unwrap();
+        let observed = [
+            observe("procore", State::Connected),
+            observe("sharepoint", State::Connected),
+        ];
+        let mut conds = Vec::new();
+        summarize(&observed, &mut conds, Some(1), t1);
+        let before = conds.clone();
+        summarize(&observed, &mut conds, Some(1), t2);
+        assert_eq!(conds, before, "nothing changed, nothing moves");
+    }
+}

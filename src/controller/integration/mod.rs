@@ -1,0 +1,521 @@
+//! The Integration controller: one status for a sync, and restarts after swaps.
+//!
+//! One reconcile is a pipeline: [`read_credentials`] GETs each connector's
+//! ConnectorCredential, [`aggregate`] (pure) turns them into connector statuses, a phase and
+//! conditions, [`restart::plan`] (pure) decides whether the restart targets roll now,
+//! [`touch_targets`] rolls them (or checks they exist), and [`write_status`] applies the
+//! status only when it changed. Credential changes reach the Integrations that use them
+//! through an [`index::Index`] fed by each reconcile.
+
+mod aggregate;
+mod events;
+mod index;
+mod restart;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use self::aggregate::Found;
+use self::index::Index;
+use self::restart::Action as Restart;
+use super::credential::events::publish;
+use super::{Context, Error, FIELD_MANAGER, kube_err};
+use crate::api::conditions::{reasons, types};
+use crate::api::{ConnectorCredential, Integration, IntegrationStatus, RestartKind, RestartTarget};
+
+type Guarded = DeserializeGuard<Integration>;
+
+/// This controller's name in metrics.
+const CONTROLLER: &str = "integration";
+
+/// How often an Integration is looked at without a trigger. Credential changes arrive by
+/// watch; this catches what no watch reports, such as a restart target being created.
+const RESYNC: Duration = Duration::from_secs(5 * 60);
+
+/// Settings of the Integration controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Swaps seen within this window after the first are rolled out together, once.
+    pub restart_debounce: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            restart_debounce: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Per-Integration restart bookkeeping that lives only in this process. A restart loses it,
+/// which at worst re-opens a debounce window; it never causes a second roll for a swap
+/// whose revisions reached status.
+#[derive(Default, Clone)]
+struct Debounce {
+    /// When the oldest swap not yet rolled out was first seen.
+    pending_since: Option<Timestamp>,
+    /// Revisions rolled out whose status write has not succeeded yet, so a failed status
+    /// write does not roll the same swap twice.
+    rolled: BTreeMap<String, String>,
+}
+
+/// What every Integration reconcile gets.
+struct State {
+    ctx: Arc<Context>,
+    settings: Settings,
+    index: Arc<Index>,
+    debounce: Mutex<HashMap<String, Debounce>>,
+}
+
+impl State {
+    fn debounce(&self) -> std::sync::MutexGuard<'_, HashMap<String, Debounce>> {
+        self.debounce.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forget(&self, ns: &str, name: &str, key: &str) {
+        self.index.remove(ns, name);
+        self.debounce().remove(key);
+        self.ctx.forget(key);
+    }
+}
+
+/// Object key for the shared per-object state; prefixed so an Integration and a
+/// ConnectorCredential of the same name never share backoff or locks.
+fn object_key(ns: &str, name: &str) -> String {
+    format!("integration:{ns}/{name}")
+}
+
+/// GETs each connector's ConnectorCredential. A malformed credential is reported on the
+/// connector rather than failing the whole Integration.
+async fn read_credentials(
+    ctx: &Context,
+    integ: &Integration,
+    ns: &str,
+) -> Result<Vec<Option<DeserializeGuard<ConnectorCredential>>>, Error> {
+    let api: Api<DeserializeGuard<ConnectorCredential>> = Api::namespaced(ctx.client.clone(), ns);
+    let mut found = Vec::with_capacity(integ.spec.connectors.len());
+    for connector in &integ.spec.connectors {
+        found.push(
+            api.get_opt(&connector.credential_ref.name)
+                .await
+                .map_err(kube_err("get ConnectorCredential"))?,
+        );
+    }
+    Ok(found)
+}
+
+/// Rolls one workload with `patch`, or only checks that it exists. `Ok(false)`: not found.
+async fn touch<K>(api: Api<K>, name: &str, patch: Option<&serde_json::Value>) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    match patch {
+        Some(patch) => {
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            };
+            match api.patch(name, &params, &Patch::Merge(patch)).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+                Err(source) => Err(Error::Kube {
+                    call: "roll restart target",
+                    source,
+                }),
+            }
+        }
+        None => Ok(api
+            .get_metadata_opt(name)
+            .await
+            .map_err(kube_err("get restart target"))?
+            .is_some()),
+    }
+}
+
+/// Rolls every restart target with `patch` (or checks they exist, without one); returns the
+/// targets that do not exist.
+async fn touch_targets<'a>(
+    ctx: &Context,
+    ns: &str,
+    targets: &'a [RestartTarget],
+    patch: Option<&serde_json::Value>,
+) -> Result<Vec<&'a RestartTarget>, Error> {
+    let mut missing = Vec::new();
+    for target in targets {
+        let client = ctx.client.clone();
+        let exists = match target.kind {
+            RestartKind::Deployment => {
+                touch::<Deployment>(Api::namespaced(client, ns), &target.name, patch).await?
+            }
+            RestartKind::StatefulSet => {
+                touch::<StatefulSet>(Api::namespaced(client, ns), &target.name, patch).await?
+            }
+            RestartKind::DaemonSet => {
+                touch::<DaemonSet>(Api::namespaced(client, ns), &target.name, patch).await?
+            }
+        };
+        if !exists {
+            missing.push(target);
+        }
+    }
+    Ok(missing)
+}
+
+fn target_label(target: &RestartTarget) -> String {
+    format!("{:?}/{}", target.kind, target.name)
+}
+
+/// Applies status with server-side apply, only when it changed.
+async fn write_status(
+    api: &Api<Integration>,
+    name: &str,
+    old: &IntegrationStatus,
+    new: &IntegrationStatus,
+) -> Result<bool, Error> {
+    if old == new {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "reconnect.dev/v1alpha1",
+        "kind": "Integration",
+        "status": new,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err("apply Integration status"))?;
+    Ok(true)
+}
+
+/// Reconciles one Integration.
+#[instrument(skip_all, fields(integration = %guard.meta().namespace.as_deref().unwrap_or_default(), name = %guard.meta().name.as_deref().unwrap_or_default()))]
+async fn reconcile(guard: Arc<Guarded>, state: Arc<State>) -> Result<Action, Error> {
+    let ctx = &state.ctx;
+    let meta = guard.meta();
+    let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
+        return Ok(Action::await_change());
+    };
+    let key = object_key(&ns, &name);
+    if let Err(invalid) = &guard.0 {
+        warn!(error = %invalid, "malformed Integration skipped");
+        let note = format!("the object does not match the Integration schema: {invalid}");
+        publish(
+            ctx,
+            &guard.object_ref(&()),
+            EventType::Warning,
+            reasons::MISCONFIGURED,
+            note,
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let lock = ctx.object_lock(&key);
+    let _held = lock.lock().await;
+
+    let api: Api<Integration> = Api::namespaced(ctx.client.clone(), &ns);
+    // Read afresh: a cached status that missed our own last write could roll a swap twice.
+    let Some(integ) = api
+        .get_opt(&name)
+        .await
+        .map_err(kube_err("get Integration"))?
+    else {
+        state.forget(&ns, &name, &key);
+        return Ok(Action::await_change());
+    };
+    let started = std::time::Instant::now();
+    let result = reconcile_integration(&integ, &api, &state, &ns, &key).await;
+    ctx.metrics.reconciled(
+        CONTROLLER,
+        started.elapsed(),
+        result.as_ref().err().map(Error::reason),
+    );
+    if result.is_ok() {
+        ctx.succeeded(&key);
+    }
+    result
+}
+
+async fn reconcile_integration(
+    integ: &Integration,
+    api: &Api<Integration>,
+    state: &State,
+    ns: &str,
+    key: &str,
+) -> Result<Action, Error> {
+    let ctx = &state.ctx;
+    let now = ctx.clock.now();
+    let name = integ.name_any();
+    let generation = integ.meta().generation;
+    let spec = &integ.spec;
+    let old = integ.status.clone().unwrap_or_default();
+
+    // 1. Index the references, then read the credentials.
+    let refs: BTreeSet<String> = spec
+        .connectors
+        .iter()
+        .map(|c| c.credential_ref.name.clone())
+        .collect();
+    state.index.set(ns, &name, refs);
+    let creds = read_credentials(ctx, integ, ns).await?;
+
+    // 2. Aggregate (pure).
+    let observed: Vec<aggregate::Observed> = spec
+        .connectors
+        .iter()
+        .zip(&creds)
+        .map(|(connector, got)| {
+            let found = match got {
+                None => Found::Missing,
+                Some(DeserializeGuard(Ok(cred))) => Found::Credential(cred),
+                Some(DeserializeGuard(Err(invalid))) => Found::Malformed(&invalid.error),
+            };
+            aggregate::connector(connector, found)
+        })
+        .collect();
+
+    // 3. Decide on restarts (pure).
+    let debounce = state.debounce().get(key).cloned().unwrap_or_default();
+    let mut recorded: BTreeMap<String, String> = old
+        .connectors
+        .iter()
+        .filter_map(|c| Some((c.name.clone(), c.active_revision.clone()?)))
+        .collect();
+    recorded.extend(debounce.rolled.clone());
+    let current: Vec<(String, Option<String>)> = observed
+        .iter()
+        .map(|o| (o.status.name.clone(), o.revision.clone()))
+        .collect();
+    let plan = restart::plan(&restart::Input {
+        current: &current,
+        recorded: &recorded,
+        first_observation: old.connectors.is_empty(),
+        pending_since: debounce.pending_since,
+        now,
+        window: state.settings.restart_debounce,
+        suspended: spec.suspend,
+        has_targets: !spec.restart_targets.is_empty(),
+    });
+
+    // 4. Roll the restart targets, or check they exist.
+    let mut rolled = None;
+    let missing = if spec.suspend {
+        None
+    } else if let Restart::Roll(revisions) = &plan.action {
+        let patch = restart::rollout_patch(now, revisions);
+        let missing = touch_targets(ctx, ns, &spec.restart_targets, Some(&patch)).await?;
+        info!(%revisions, "rolled restart targets after a credential swap");
+        rolled = Some(revisions.clone());
+        Some(missing)
+    } else {
+        Some(touch_targets(ctx, ns, &spec.restart_targets, None).await?)
+    };
+    {
+        let mut all = state.debounce();
+        let entry = all.entry(key.to_owned()).or_default();
+        entry.pending_since = plan.pending_since;
+        if rolled.is_some() {
+            entry.rolled = plan
+                .record
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+                .collect();
+        }
+    }
+
+    // 5. Status.
+    let mut status = IntegrationStatus {
+        observed_generation: generation,
+        conditions: old.conditions.clone(),
+        connectors: observed
+            .iter()
+            .map(|o| {
+                let mut c = o.status.clone();
+                c.active_revision = plan.record.get(&c.name).cloned().flatten();
+                c
+            })
+            .collect(),
+        ..IntegrationStatus::default()
+    };
+    let summary = aggregate::summarize(&observed, &mut status.conditions, generation, now);
+    status.phase = Some(summary.phase);
+    status.ready_connectors = Some(summary.ready_connectors);
+    if let Some(missing) = &missing {
+        let (found, reason, message) = if missing.is_empty() {
+            let n = spec.restart_targets.len();
+            (
+                true,
+                reasons::RESTART_TARGETS_FOUND,
+                format!("all {n} restart targets exist"),
+            )
+        } else {
+            let list: Vec<String> = missing.iter().map(|t| target_label(t)).collect();
+            (
+                false,
+                reasons::RESTART_TARGET_NOT_FOUND,
+                format!(
+                    "{} not found in namespace {ns}; it cannot be restarted after a credential swap",
+                    list.join(", ")
+                ),
+            )
+        };
+        crate::controller::conditions::set(
+            &mut status.conditions,
+            types::RESTART_TARGETS_FOUND,
+            found,
+            reason,
+            message,
+            generation,
+            now,
+        );
+    }
+    write_status(api, &name, &old, &status).await?;
+    if rolled.is_some() {
+        state
+            .debounce()
+            .entry(key.to_owned())
+            .or_default()
+            .rolled
+            .clear();
+    }
+
+    // 6. Events.
+    let reference = integ.object_ref(&());
+    if let Some(revisions) = &rolled {
+        let targets: Vec<String> = spec
+            .restart_targets
+            .iter()
+            .filter(|t| missing.as_ref().is_none_or(|m| !m.contains(t)))
+            .map(target_label)
+            .collect();
+        if !targets.is_empty() {
+            let note = format!("rolled {} for {revisions}", targets.join(", "));
+            publish(ctx, &reference, EventType::Normal, reasons::RESTARTED, note).await;
+        }
+    }
+    for (type_, reason, note) in events::transitions(&old, &status) {
+        publish(ctx, &reference, type_, reason, note).await;
+    }
+
+    Ok(match plan.action {
+        Restart::Wait(remaining) => Action::requeue(remaining.max(Duration::from_millis(100))),
+        Restart::Idle | Restart::Roll(_) => Action::requeue(RESYNC),
+    })
+}
+
+/// Per-object exponential backoff with jitter, as for credentials.
+fn error_policy(guard: Arc<Guarded>, err: &Error, state: Arc<State>) -> Action {
+    let key = object_key(
+        guard.meta().namespace.as_deref().unwrap_or_default(),
+        guard.meta().name.as_deref().unwrap_or_default(),
+    );
+    let delay = state.ctx.failed(&key, err);
+    warn!(integration = %key, reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Maps a ConnectorCredential to the Integrations that reference it, through the index;
+/// Integrations gone from the controller's cache are dropped from the index on the way.
+fn integrations_for_credential(
+    index: &Index,
+    store: &Store<Guarded>,
+    ns: &str,
+    credential: &str,
+) -> Vec<ObjectRef<Guarded>> {
+    index
+        .users(ns, credential)
+        .into_iter()
+        .filter_map(|integration| {
+            let reference = ObjectRef::new(&integration).within(ns);
+            if store.get(&reference).is_some() {
+                Some(reference)
+            } else {
+                index.remove(ns, &integration);
+                None
+            }
+        })
+        .collect()
+}
+
+fn controller(ctx: &Context, namespace: Option<&str>, index: Arc<Index>) -> Controller<Guarded> {
+    let client = ctx.client.clone();
+    let (integrations, creds): (Api<Guarded>, Api<PartialObjectMeta<ConnectorCredential>>) =
+        match namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client)),
+        };
+    let controller = Controller::new(integrations, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    // Credentials are watched as metadata only: any change (status included) bumps the
+    // resourceVersion, which is all the trigger needs.
+    controller.watches(
+        creds,
+        watcher::Config::default().any_semantic(),
+        move |meta: PartialObjectMeta<ConnectorCredential>| {
+            integrations_for_credential(
+                &index,
+                &store,
+                meta.metadata.namespace.as_deref().unwrap_or_default(),
+                meta.metadata.name.as_deref().unwrap_or_default(),
+            )
+        },
+    )
+}
+
+/// Runs the controller with default [`Settings`] until `shutdown` resolves; `reconcile_all`
+/// re-reconciles everything whenever it yields.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    reconcile_all: impl Stream<Item = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    run_with(ctx, Settings::default(), namespace, reconcile_all, shutdown).await;
+}
+
+/// [`run`] with explicit settings.
+pub async fn run_with(
+    ctx: Arc<Context>,
+    settings: Settings,
+    namespace: Option<String>,
+    reconcile_all: impl Stream<Item = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let index = Arc::new(Index::default());
+    let state = Arc::new(State {
+        ctx: ctx.clone(),
+        settings,
+        index: index.clone(),
+        debounce: Mutex::default(),
+    });
+    controller(&ctx, namespace.as_deref(), index)
+        .reconcile_all_on(reconcile_all)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "controller event");
+            }
+        })
+        .await;
+}
