@@ -1,19 +1,22 @@
 //! The end-to-end harness: a cluster (the stand-in, or a real one when
-//! `RECONNECT_TEST_KUBECONFIG` is set), the real controller code on a manual clock, and
-//! helpers that wait for observable states with bounded timeouts instead of sleeping.
+//! `RECONNECT_TEST_KUBECONFIG` is set), the real controllers (ConnectorCredential and
+//! Integration, in one process as the operator runs them) on a manual clock, and helpers
+//! that wait for observable states with bounded timeouts instead of sleeping.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::channel::mpsc;
 use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use reconnect_apiserver::TestCluster;
-use reconnect_operator::api::ConnectorCredential;
+use reconnect_operator::api::{ConnectorCredential, Integration};
 use reconnect_operator::clock::ManualClock;
 use reconnect_operator::controller::Context;
 use reconnect_operator::metrics::Metrics;
@@ -31,19 +34,22 @@ pub struct Env {
     pub clock: ManualClock,
     pub ctx: Arc<Context>,
     tick: mpsc::UnboundedSender<()>,
+    tick_integrations: mpsc::UnboundedSender<()>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
-fn start_controller(
-    cluster: &TestCluster,
-    clock: &ManualClock,
-) -> (
-    Arc<Context>,
-    mpsc::UnboundedSender<()>,
-    oneshot::Sender<()>,
-    JoinHandle<()>,
-) {
+struct Running {
+    ctx: Arc<Context>,
+    tick: mpsc::UnboundedSender<()>,
+    tick_integrations: mpsc::UnboundedSender<()>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Starts both controllers. The Integration controller keeps its default 10-second restart
+/// debounce, measured on the manual clock.
+fn start_controller(cluster: &TestCluster, clock: &ManualClock) -> Running {
     let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context::new(
         cluster.client.clone(),
@@ -55,16 +61,31 @@ fn start_controller(
         Some("e2e".into()),
     ));
     let (tick, ticks) = mpsc::unbounded();
+    let (tick_integrations, integration_ticks) = mpsc::unbounded();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(reconnect_operator::controller::credential::run(
+    let stopped = stopped.shared();
+    let credentials = reconnect_operator::controller::credential::run(
         ctx.clone(),
         Some(cluster.namespace.clone()),
         ticks,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    (ctx, tick, stop, task)
+        stopped.clone().map(|_| ()),
+    );
+    let integrations = reconnect_operator::controller::integration::run(
+        ctx.clone(),
+        Some(cluster.namespace.clone()),
+        integration_ticks,
+        stopped.map(|_| ()),
+    );
+    let task = tokio::spawn(async move {
+        futures::join!(credentials, integrations);
+    });
+    Running {
+        ctx,
+        tick,
+        tick_integrations,
+        stop,
+        task,
+    }
 }
 
 impl Env {
@@ -79,14 +100,15 @@ impl Env {
         }
         let cluster = reconnect_apiserver::test_cluster().await;
         let clock = ManualClock::new(Timestamp::now());
-        let (ctx, tick, stop, task) = start_controller(&cluster, &clock);
+        let run = start_controller(&cluster, &clock);
         Self {
             cluster,
             clock,
-            ctx,
-            tick,
-            stop: Some(stop),
-            task: Some(task),
+            ctx: run.ctx,
+            tick: run.tick,
+            tick_integrations: run.tick_integrations,
+            stop: Some(run.stop),
+            task: Some(run.task),
         }
     }
 
@@ -109,11 +131,12 @@ impl Env {
             task.abort();
             let _ = task.await;
         }
-        let (ctx, tick, stop, task) = start_controller(&self.cluster, &self.clock);
-        self.ctx = ctx;
-        self.tick = tick;
-        self.stop = Some(stop);
-        self.task = Some(task);
+        let run = start_controller(&self.cluster, &self.clock);
+        self.ctx = run.ctx;
+        self.tick = run.tick;
+        self.tick_integrations = run.tick_integrations;
+        self.stop = Some(run.stop);
+        self.task = Some(run.task);
     }
 
     /// Stops the controller without starting another.
@@ -124,31 +147,54 @@ impl Env {
         }
     }
 
-    /// Reconcile runs so far (from the controller's own metrics).
-    pub fn reconciles(&self) -> u64 {
+    /// A counter of the controllers' own metrics, 0 when not recorded yet.
+    pub fn metric(&self, series: &str) -> u64 {
         self.ctx
             .metrics()
             .encode()
             .lines()
-            .find_map(|l| {
-                l.strip_prefix("reconnect_reconcile_total{controller=\"connectorcredential\"} ")
-            })
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
 
-    /// Re-reconciles every object and waits until at least `n` reconciles have finished.
-    pub async fn tick(&self, n: u64) {
-        let before = self.reconciles();
-        self.tick.unbounded_send(()).expect("controller running");
+    /// ConnectorCredential reconcile runs so far (from the controller's own metrics).
+    pub fn reconciles(&self) -> u64 {
+        self.metric("reconnect_reconcile_total{controller=\"connectorcredential\"}")
+    }
+
+    /// Integration reconcile runs so far.
+    pub fn integration_reconciles(&self) -> u64 {
+        self.metric("reconnect_reconcile_total{controller=\"integration\"}")
+    }
+
+    async fn wait_reconciles(&self, counter: impl Fn() -> u64, before: u64, n: u64) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while self.reconciles() < before + n {
+        while counter() < before + n {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "no reconcile after a tick"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Re-reconciles every ConnectorCredential and waits until at least `n` reconciles have
+    /// finished.
+    pub async fn tick(&self, n: u64) {
+        let before = self.reconciles();
+        self.tick.unbounded_send(()).expect("controller running");
+        self.wait_reconciles(|| self.reconciles(), before, n).await;
+    }
+
+    /// Re-reconciles every Integration and waits until at least `n` reconciles have finished.
+    pub async fn tick_integrations(&self, n: u64) {
+        let before = self.integration_reconciles();
+        self.tick_integrations
+            .unbounded_send(())
+            .expect("controller running");
+        self.wait_reconciles(|| self.integration_reconciles(), before, n)
+            .await;
     }
 
     /// Moves the manual clock and re-reconciles.
@@ -235,6 +281,79 @@ impl Env {
                 )
             }
         }
+    }
+
+    pub fn integrations(&self) -> Api<Integration> {
+        Api::namespaced(self.cluster.client.clone(), self.ns())
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.cluster.client.clone(), self.ns())
+    }
+
+    pub async fn apply_integration(&self, name: &str, spec: serde_json::Value) -> Integration {
+        let obj = json!({
+            "apiVersion": "reconnect.dev/v1alpha1",
+            "kind": "Integration",
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        self.integrations()
+            .patch(
+                name,
+                &PatchParams::apply("e2e-test").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the Integration satisfies `pred`.
+    pub async fn wait_integration(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Integration) -> bool,
+    ) -> Integration {
+        let cond = move |obj: Option<&Integration>| obj.is_some_and(&pred);
+        match tokio::time::timeout(WAIT, await_condition(self.integrations(), name, cond)).await {
+            Ok(Ok(Some(obj))) => obj,
+            Ok(other) => panic!("waiting for {name} ({what}): {other:?}"),
+            Err(_) => {
+                let now = self.integrations().get_opt(name).await.ok().flatten();
+                panic!(
+                    "timed out waiting for {name}: {what}; last status: {:#?}",
+                    now.and_then(|i| i.status)
+                )
+            }
+        }
+    }
+
+    pub async fn integration(&self, name: &str) -> Integration {
+        self.integrations().get(name).await.unwrap()
+    }
+
+    /// Creates a one-container Deployment whose pod template carries a user annotation.
+    pub async fn create_deployment(&self, name: &str) -> Deployment {
+        let deployment = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}, "annotations": {"team.example/owner": "sync-team"}},
+                    "spec": {"containers": [{"name": "sync", "image": "example/sync:1.0"}]},
+                },
+            },
+        });
+        self.deployments()
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(deployment).unwrap(),
+            )
+            .await
+            .unwrap()
     }
 
     pub async fn cred(&self, name: &str) -> ConnectorCredential {
@@ -328,4 +447,36 @@ pub fn phase(cred: &ConnectorCredential) -> Option<reconnect_operator::api::Phas
 
 pub fn active_revision(cred: &ConnectorCredential) -> Option<String> {
     cred.status.as_ref().and_then(|s| s.active_revision.clone())
+}
+
+/// The condition of `type_` on an Integration.
+pub fn integration_condition(
+    integration: &Integration,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    integration
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+pub fn integration_phase(integration: &Integration) -> Option<reconnect_operator::api::Phase> {
+    integration.status.as_ref().and_then(|s| s.phase)
+}
+
+/// The status entry of connector `name`.
+pub fn connector_status(
+    integration: &Integration,
+    name: &str,
+) -> Option<reconnect_operator::api::ConnectorStatus> {
+    integration
+        .status
+        .as_ref()?
+        .connectors
+        .iter()
+        .find(|c| c.name == name)
+        .cloned()
 }
