@@ -4,7 +4,8 @@
 //! look), the Procore and Microsoft emulators, applies `examples/procore-sharepoint.yaml`
 //! with its endpoints pointed at the emulators, and runs the real controller code through a
 //! story: connect, rotate to a good credential, rotate to an account that lacks a
-//! permission, lose the active account at the provider, recover. It prints a `kubectl
+//! permission, lose the active account at the provider, recover. The Integration controller
+//! runs beside the credential controller, so the tables show the Integration's phase too. It prints a `kubectl
 //! get`-style table after each step and exits 0 when every step reached the state it
 //! should (non-zero otherwise, so CI can run it as a smoke test).
 //!
@@ -23,7 +24,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use reconnect_apiserver::ApiServer;
 use reconnect_emulators::{Account, MicrosoftEmulator, ProcoreEmulator};
-use reconnect_operator::api::{ConnectorCredential, Phase};
+use reconnect_operator::api::{ConnectorCredential, Integration, Phase};
 use reconnect_operator::clock::ManualClock;
 use reconnect_operator::controller::Context;
 use reconnect_operator::metrics::Metrics;
@@ -105,9 +106,15 @@ async fn run(hold: bool) -> Result<()> {
     ));
     let (tick, ticks) = mpsc::unbounded();
     tokio::spawn(reconnect_operator::controller::credential::run(
-        ctx,
+        ctx.clone(),
         Some(NS.into()),
         ticks,
+        std::future::pending(),
+    ));
+    tokio::spawn(reconnect_operator::controller::integration::run(
+        ctx,
+        Some(NS.into()),
+        futures::stream::pending(),
         std::future::pending(),
     ));
     let sb = Sandbox {
@@ -132,6 +139,7 @@ async fn run(hold: bool) -> Result<()> {
         phase(c) == Some(Phase::Connected)
     })
     .await?;
+    sb.wait_integration(Phase::Connected).await?;
     sb.table().await?;
 
     step("2. Rotate procore-sync to a new service account (good credential)");
@@ -151,6 +159,7 @@ async fn run(hold: bool) -> Result<()> {
         phase(c) == Some(Phase::PermissionMismatch)
     })
     .await?;
+    sb.wait_integration(Phase::PermissionMismatch).await?;
     sb.table().await?;
     sb.show_target("procore-sync-active").await?;
     println!(
@@ -164,6 +173,7 @@ async fn run(hold: bool) -> Result<()> {
         phase(c) == Some(Phase::ConnectionLost)
     })
     .await?;
+    sb.wait_integration(Phase::ConnectionLost).await?;
     sb.table().await?;
 
     step("5. Re-authenticate: rotate procore-sync to svc-sync-3@acme.com");
@@ -172,6 +182,7 @@ async fn run(hold: bool) -> Result<()> {
         phase(c) == Some(Phase::Connected) && account(c) == "svc-sync-3@acme.com"
     })
     .await?;
+    sb.wait_integration(Phase::Connected).await?;
     sb.table().await?;
 
     println!("\nEvery step reached the expected state.");
@@ -306,6 +317,23 @@ impl Sandbox {
         }
     }
 
+    /// Waits until the example's Integration reaches `want`.
+    async fn wait_integration(&self, want: Phase) -> Result<()> {
+        let api: Api<Integration> = Api::namespaced(self.client.clone(), NS);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(i) = api.get_opt("procore-sharepoint").await?
+                && i.status.as_ref().and_then(|s| s.phase) == Some(want)
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("Integration procore-sharepoint did not reach {want}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     async fn table(&self) -> Result<()> {
         let list = self.creds().list(&Default::default()).await?;
         println!(
@@ -327,6 +355,21 @@ impl Sandbox {
                 phase(c).map(|p| p.as_str()).unwrap_or("-"),
                 ready
             );
+        }
+        let integrations = Api::<Integration>::namespaced(self.client.clone(), NS)
+            .list(&Default::default())
+            .await?;
+        for i in &integrations.items {
+            let status = i.status.clone().unwrap_or_default();
+            println!(
+                "   Integration {}: {} ({} connectors connected)",
+                i.metadata.name.clone().unwrap_or_default(),
+                status.phase.map(|p| p.as_str()).unwrap_or("-"),
+                status.ready_connectors.as_deref().unwrap_or("-"),
+            );
+            for c in status.connectors.iter().filter(|c| c.message.is_some()) {
+                println!("     {}", c.message.as_deref().unwrap_or_default());
+            }
         }
         for c in &list.items {
             let Some(status) = &c.status else { continue };
