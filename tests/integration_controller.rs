@@ -419,13 +419,7 @@ async fn two_swaps_inside_the_debounce_window_roll_the_deployment_once() {
     );
 
     // The window passes: one roll, with the latest revisions, then recorded.
-    env.clock.advance(Duration::from_secs(6));
-    env.tick_integrations(1).await;
-    let integ = env
-        .wait_integration("procore-sharepoint", "new revision recorded", |i| {
-            recorded_revision(i, "procore").as_deref() == Some(last.as_str())
-        })
-        .await;
+    let integ = let_the_window_pass(&env, "procore-sharepoint", "procore", &last).await;
     for _ in 0..3 {
         env.tick_integrations(1).await;
     }
@@ -668,13 +662,7 @@ async fn a_suspended_integration_reports_health_but_rolls_nothing_until_resumed(
     // Resumed: the swap it missed rolls out once, after the window.
     spec["suspend"] = json!(false);
     env.apply_integration("procore-sharepoint", spec).await;
-    env.tick_integrations(1).await;
-    env.clock.advance(Duration::from_secs(11));
-    env.tick_integrations(1).await;
-    env.wait_integration("procore-sharepoint", "swap recorded", |i| {
-        recorded_revision(i, "procore").as_deref() == Some(new_rev.as_str())
-    })
-    .await;
+    let_the_window_pass(&env, "procore-sharepoint", "procore", &new_rev).await;
     assert_eq!(
         generation(&env.deployments().get("sync-engine").await.unwrap()),
         gen0 + 1
@@ -725,6 +713,31 @@ async fn an_unchanged_integration_writes_no_status() {
         "the Integration was looked at"
     );
     env.shutdown().await;
+}
+
+/// Moves the controller clock past the debounce window until the Integration records
+/// `revision` for `connector` (which it does right after the roll). A reconcile that started
+/// before a tick may finish after it, so the window may open one tick later than the test
+/// expects; stepping the clock again cannot roll twice, as the roll records the revision.
+async fn let_the_window_pass(
+    env: &Env,
+    integration: &str,
+    connector: &str,
+    revision: &str,
+) -> Integration {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        env.clock.advance(Duration::from_secs(11));
+        env.tick_integrations(1).await;
+        let integ = env.integration(integration).await;
+        if recorded_revision(&integ, connector).as_deref() == Some(revision) {
+            return integ;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{integration} never recorded {revision}"
+        );
+    }
 }
 
 /// Waits until the async `cond` holds; fails the test after [`WAIT`].
