@@ -37,6 +37,8 @@ pub struct Options {
     pub lease_namespace: Option<String>,
     /// This replica's identity (Lease holder, event reportingInstance).
     pub identity: String,
+    /// How long the Lease stays valid without renewal.
+    pub lease_duration: std::time::Duration,
 }
 
 /// Liveness and readiness as the HTTP endpoints report them.
@@ -151,9 +153,19 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let listener = TcpListener::bind(options.metrics_addr).await?;
+    run_on(client, options, listener, shutdown).await
+}
+
+/// Runs the operator with its HTTP endpoints on an already bound `listener`.
+pub async fn run_on(
+    client: Client,
+    options: Options,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let listener = TcpListener::bind(options.metrics_addr).await?;
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
 
     let (stop_tx, stop_rx) = watch::channel(false);
