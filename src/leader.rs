@@ -16,7 +16,6 @@ use tracing::{info, warn};
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::operator::{Health, Options, run_controllers};
 
-
 /// Waits for the Lease, runs the controllers while holding it, and releases it on shutdown.
 pub(crate) async fn lead(
     client: Client,

@@ -65,7 +65,10 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -73,7 +76,9 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 async fn reconciles(r: &Replica) -> u64 {
     let (_, body) = get(r.addr, "/metrics").await;
     body.lines()
-        .find_map(|l| l.strip_prefix("reconnect_reconcile_total{controller=\"connectorcredential\"} "))
+        .find_map(|l| {
+            l.strip_prefix("reconnect_reconcile_total{controller=\"connectorcredential\"} ")
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -119,7 +124,10 @@ async fn wait_connected(cluster: &TestCluster, name: &str) {
         .unwrap();
 }
 
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
@@ -167,15 +175,24 @@ async fn exactly_one_replica_reconciles_and_a_standby_takes_over() {
     let emu = setup(&cluster).await;
     let mut a = replica(&cluster, "replica-a", true).await;
     // Let A take the lease first, so the roles are known.
-    eventually("replica-a leads", || async { get(a.addr, "/readyz").await.0 == 200 }).await;
+    eventually("replica-a leads", || async {
+        get(a.addr, "/readyz").await.0 == 200
+    })
+    .await;
     apply_credential(&cluster, "first", &emu).await;
     wait_connected(&cluster, "first").await;
     let b = replica(&cluster, "replica-b", true).await;
-    eventually("replica-b is a ready standby", || async { get(b.addr, "/readyz").await.0 == 200 }).await;
+    eventually("replica-b is a ready standby", || async {
+        get(b.addr, "/readyz").await.0 == 200
+    })
+    .await;
     apply_credential(&cluster, "second", &emu).await;
     wait_connected(&cluster, "second").await;
     let (ra, rb) = (reconciles(&a).await, reconciles(&b).await);
-    assert!(ra > 0 && rb == 0, "exactly one replica reconciles: a={ra} b={rb}");
+    assert!(
+        ra > 0 && rb == 0,
+        "exactly one replica reconciles: a={ra} b={rb}"
+    );
 
     // A stops gracefully and releases the lease: B takes over and reconciles new work.
     let _ = a.stop.take().map(|s| s.send(()));
@@ -190,7 +207,10 @@ async fn exactly_one_replica_reconciles_and_a_standby_takes_over() {
     let _ = b.task.await;
     apply_credential(&cluster, "fourth", &emu).await;
     wait_connected(&cluster, "fourth").await;
-    assert!(reconciles(&c).await > 0, "a standby took over from a crashed leader");
+    assert!(
+        reconciles(&c).await > 0,
+        "a standby took over from a crashed leader"
+    );
     let _ = c.stop.map(|s| s.send(()));
     tokio::time::timeout(WAIT, c.task).await.unwrap().unwrap();
     cluster.cleanup().await;
