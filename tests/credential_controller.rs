@@ -699,3 +699,54 @@ async fn a_crash_between_the_secret_write_and_the_status_write_converges_without
     );
     env.shutdown().await;
 }
+
+/// What kstatus (Flux, kpt, Config Sync) computes for an object: InProgress until the
+/// generation is observed or while Reconciling, Failed when Stalled, else Current.
+fn kstatus(cred: &reconnect_operator::api::ConnectorCredential) -> &'static str {
+    let observed = cred.status.as_ref().and_then(|s| s.observed_generation);
+    if observed != cred.metadata.generation || is_true(cred, "Reconciling") {
+        "InProgress"
+    } else if is_true(cred, "Stalled") {
+        "Failed"
+    } else {
+        "Current"
+    }
+}
+
+#[tokio::test]
+async fn kstatus_sees_current_when_connected_and_failed_when_the_connection_is_lost() {
+    let env = Env::start().await;
+    let emu = procore().await;
+    let cred = connect(&env, &emu).await;
+    assert_eq!(kstatus(&cred), "Current");
+    assert!(is_true(&cred, "Ready"));
+
+    // A spec change is InProgress until observed, then Current again.
+    let mut spec = procore_spec(&emu);
+    spec["validation"] = json!({"interval": "20m"});
+    let changed = env.apply_credential("procore-sync", spec).await;
+    let generation = changed.metadata.generation;
+    let cred = env
+        .wait_cred("procore-sync", "new generation observed", |c| {
+            c.status.as_ref().and_then(|s| s.observed_generation) == generation
+        })
+        .await;
+    assert_eq!(kstatus(&cred), "Current");
+    for c in &cred.status.clone().unwrap().conditions {
+        assert_eq!(c.observed_generation, generation, "{}", c.type_);
+    }
+
+    emu.disconnect_app();
+    env.advance(Duration::from_secs(21 * 60)).await;
+    let cred = env
+        .wait_cred("procore-sync", "ConnectionLost", |c| {
+            phase(c) == Some(Phase::ConnectionLost)
+        })
+        .await;
+    assert_eq!(kstatus(&cred), "Failed");
+    assert_eq!(
+        condition(&cred, "Stalled").unwrap().reason,
+        "ConnectionLost"
+    );
+    env.shutdown().await;
+}

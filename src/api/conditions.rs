@@ -18,6 +18,12 @@ pub mod types {
     pub const ROTATING: &str = "Rotating";
     /// The credential itself expires inside the `expiryWarning` window.
     pub const EXPIRING_SOON: &str = "ExpiringSoon";
+    /// kstatus: the operator is still working towards the desired state (validating, or not
+    /// validated yet). Flux and other kstatus readers report InProgress.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: the operator cannot make progress without a person (a lost connection, a
+    /// permission shortfall, a spec or Secret to fix). kstatus readers report Failed.
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Condition `reason` values (also used as Event reasons).
