@@ -10,6 +10,7 @@
 mod errors;
 mod faults;
 mod harness;
+mod ownership;
 mod patch;
 mod resources;
 mod routes;

@@ -69,8 +69,27 @@ pub(crate) fn patch(
     Ok(doc)
 }
 
+/// The schema of field `key` of an object with schema `schema`.
+pub(crate) fn field_schema<'a>(schema: Option<&'a Value>, key: &str) -> Option<&'a Value> {
+    schema.and_then(|s| {
+        s.get("properties")
+            .and_then(|p| p.get(key))
+            .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+    })
+}
+
+/// How the list in field `key` merges: from its schema for custom resources (`custom`),
+/// from the built-in table otherwise.
+pub(crate) fn list_merge(custom: bool, list_schema: Option<&Value>, key: &str) -> ListMerge {
+    match (custom, list_schema) {
+        (true, Some(s)) => schema_list(s),
+        (true, None) => ListMerge::Replace,
+        (false, _) => builtin_list(key),
+    }
+}
+
 /// How a list is merged when a patch or apply configuration carries one.
-enum ListMerge {
+pub(crate) enum ListMerge {
     /// The list is replaced whole (`atomic`, and every list without merge semantics).
     Replace,
     /// Primitive items, unioned (`x-kubernetes-list-type: set`, `finalizers`).
@@ -228,21 +247,13 @@ fn apply(live: &mut Value, applied: &Value, schema: Option<&Value>) {
     }
     let live_map = live.as_object_mut().expect("made an object above");
     for (key, value) in applied_map {
-        let child_schema = schema.and_then(|s| {
-            s.get("properties")
-                .and_then(|p| p.get(key))
-                .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
-        });
+        let child_schema = field_schema(schema, key);
         match value {
             Value::Null => {
                 live_map.remove(key);
             }
             Value::Array(items) => {
-                let how = match (schema, child_schema) {
-                    (Some(_), Some(s)) => schema_list(s),
-                    (Some(_), None) => ListMerge::Replace,
-                    (None, _) => builtin_list(key),
-                };
+                let how = list_merge(schema.is_some(), child_schema, key);
                 let item_schema = child_schema.and_then(|s| s.get("items"));
                 let existing = live_map
                     .entry(key.clone())

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::errors::{ApiError, Cause, deleted_status};
+use crate::ownership::{self, FieldSet};
 use crate::patch::{self, PatchType};
 use crate::resources::{CRD_GROUP, CRD_PLURAL, Registry, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -135,6 +136,8 @@ pub(crate) struct State {
     next_watch: u64,
     validator: Validator,
     rng: u64,
+    /// Server-side apply ownership: by object uid, by (field manager, status subresource).
+    managed: HashMap<String, BTreeMap<(String, bool), FieldSet>>,
 }
 
 fn meta(object: &Value, field: &str) -> Option<String> {
@@ -211,6 +214,7 @@ impl State {
             next_watch: 0,
             validator: Validator::new(),
             rng: seed | 1,
+            managed: HashMap::new(),
         };
         let namespaces = state
             .registry
@@ -861,15 +865,49 @@ impl State {
                 }
                 let mut object = patch::patch(kind, &json!({}), &patch_doc, schema)?;
                 meta_mut(&mut object).insert("name".into(), json!(name));
+                let created = self.create(rt, namespace, object)?;
+                if let (Some(manager), Some(uid)) = (field_manager, meta(&created, "uid")) {
+                    let owned =
+                        ownership::applied_fields(&patch_doc, schema, false, rt.status_subresource);
+                    self.managed
+                        .entry(uid)
+                        .or_default()
+                        .insert((manager.to_string(), false), owned);
+                }
                 Ok(Written {
-                    body: self.create(rt, namespace, object)?,
+                    body: created,
                     created: true,
                 })
             }
             Ok(current) => {
-                let patched = patch::patch(kind, &current, &patch_doc, schema)?;
+                let mut patched = patch::patch(kind, &current, &patch_doc, schema)?;
+                let (Some(manager), PatchType::Apply) = (field_manager, kind) else {
+                    let body = self.update(rt, namespace, name, patched, status_only)?;
+                    return Ok(Written {
+                        body,
+                        created: false,
+                    });
+                };
+                let uid = meta(&current, "uid").unwrap_or_default();
+                let owner = (manager.to_string(), status_only);
+                let owned = ownership::applied_fields(
+                    &patch_doc,
+                    schema,
+                    status_only,
+                    rt.status_subresource,
+                );
+                let managers = self.managed.get(&uid).cloned().unwrap_or_default();
+                let previous = managers.get(&owner).cloned().unwrap_or_default();
+                let others: FieldSet = managers
+                    .iter()
+                    .filter(|(k, _)| **k != owner)
+                    .flat_map(|(_, set)| set.iter().cloned())
+                    .collect();
+                ownership::remove_dropped(&mut patched, &previous, &owned, &others);
+                let body = self.update(rt, namespace, name, patched, status_only)?;
+                self.managed.entry(uid).or_default().insert(owner, owned);
                 Ok(Written {
-                    body: self.update(rt, namespace, name, patched, status_only)?,
+                    body,
                     created: false,
                 })
             }
