@@ -318,6 +318,12 @@ impl Registry {
         Ok(rt)
     }
 
+    /// Stops serving a resource (its CRD was deleted).
+    pub(crate) fn unregister(&mut self, group: &str, plural: &str) {
+        self.types
+            .retain(|t| !(t.group == group && t.plural == plural));
+    }
+
     fn groups(&self) -> Vec<(String, Vec<String>)> {
         let mut groups: Vec<(String, Vec<String>)> = Vec::new();
         for t in self.types.iter().filter(|t| !t.group.is_empty()) {

@@ -820,7 +820,7 @@ impl State {
         }
         let stored = self.commit(key.clone(), Some(new));
         if deleting && finalizers(&stored).is_empty() {
-            self.commit(key, None);
+            self.remove(key);
             self.collect_garbage();
         }
         Ok(stored)
@@ -976,7 +976,7 @@ impl State {
         let object = self.objects.get(&key)?.clone();
         let is_namespace = key.0 == "/namespaces";
         if finalizers(&object).is_empty() && !is_namespace {
-            self.commit(key, None);
+            self.remove(key);
             return None;
         }
         if meta(&object, "deletionTimestamp").is_some() {
@@ -990,6 +990,34 @@ impl State {
             marked["status"] = json!({"phase": "Terminating"});
         }
         Some(self.commit(key, Some(marked)))
+    }
+
+    /// Removes an object for good. A CustomResourceDefinition takes its type and every
+    /// object of it along.
+    fn remove(&mut self, key: Key) {
+        let removed = self.commit(key.clone(), None);
+        if key.0 != format!("{CRD_GROUP}/{CRD_PLURAL}") {
+            return;
+        }
+        let text = |pointer: &str| {
+            removed
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (group, plural) = (text("/spec/group"), text("/spec/names/plural"));
+        let resource = format!("{group}/{plural}");
+        let instances: Vec<Key> = self
+            .objects
+            .keys()
+            .filter(|k| k.0 == resource)
+            .cloned()
+            .collect();
+        for instance in instances {
+            self.commit(instance, None);
+        }
+        self.registry.unregister(&group, &plural);
     }
 
     fn orphan_dependents(&mut self, owner_uid: &str) {

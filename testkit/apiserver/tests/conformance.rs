@@ -17,6 +17,7 @@ use kube::api::{
 };
 use kube::core::Status;
 use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::watcher;
 use reconnect_apiserver::{RequestMatch, TestCluster, Verb, test_cluster};
 use reconnect_operator::api::ConnectorCredential;
 use serde_json::{Value, json};
@@ -1207,7 +1208,13 @@ async fn custom_resource_definitions_can_be_created_through_the_api() {
     }))
     .unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
-    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let crd_uid = crds
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
     tokio::time::timeout(
         WAIT,
         await_condition(crds.clone(), &name, conditions::is_crd_established()),
@@ -1229,7 +1236,9 @@ async fn custom_resource_definitions_can_be_created_through_the_api() {
     let created = tokio::time::timeout(WAIT, async {
         loop {
             match widgets.create(&PostParams::default(), &widget).await {
-                Err(kube::Error::Api(s)) if s.code == 404 => tokio::task::yield_now().await,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
                 other => break other,
             }
         }
@@ -1245,7 +1254,28 @@ async fn custom_resource_definitions_can_be_created_through_the_api() {
         status(widgets.create(&PostParams::default(), &too_big).await).code,
         422
     );
+    // Deleting the CRD takes its objects and its endpoint away.
     crds.delete(&name, &DeleteParams::default()).await.unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds.clone(), &name, conditions::is_deleted(&crd_uid)),
+    )
+    .await
+    .expect("CRD gone")
+    .unwrap();
+    let gone = tokio::time::timeout(WAIT, async {
+        loop {
+            match widgets.get("w").await {
+                Err(kube::Error::Api(s)) if s.code == 404 => break,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "widgets still served after the CRD was deleted"
+    );
     cluster.cleanup().await;
 }
 
@@ -1423,5 +1453,90 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
         kubectl_request.is_some(),
         "the request log records kubectl's user agent"
     );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_its_contents() {
+    let cluster = test_cluster().await;
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    secrets(&cluster)
+        .create(&PostParams::default(), &secret("inside", json!({})))
+        .await
+        .unwrap();
+    let uid = namespaces
+        .get(&cluster.namespace)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    namespaces
+        .delete(&cluster.namespace, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(
+            namespaces.clone(),
+            &cluster.namespace,
+            conditions::is_deleted(&uid),
+        ),
+    )
+    .await
+    .expect("namespace removed")
+    .unwrap();
+    assert!(status(secrets(&cluster).get("inside").await).is_not_found());
+}
+
+/// Streaming lists need a server with the WatchList feature (the stand-in has it).
+#[tokio::test]
+async fn streaming_lists_send_initial_events_then_a_bookmark() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    for name in ["s1", "s2"] {
+        api.create(&PostParams::default(), &secret(name, json!({})))
+            .await
+            .unwrap();
+    }
+    let stream = watcher(api.clone(), watcher::Config::default().streaming_lists());
+    let mut stream = std::pin::pin!(stream);
+    let mut initial = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match stream
+                .next()
+                .await
+                .expect("watcher runs")
+                .expect("no watcher error")
+            {
+                watcher::Event::InitApply(s) => initial.push(s.metadata.name.unwrap()),
+                watcher::Event::InitDone => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("initial events end");
+    initial.sort();
+    assert_eq!(initial, vec!["s1", "s2"]);
+    api.create(&PostParams::default(), &secret("s3", json!({})))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(WAIT, async {
+        loop {
+            if let watcher::Event::Apply(s) = stream
+                .next()
+                .await
+                .expect("watcher runs")
+                .expect("no watcher error")
+            {
+                break s.metadata.name.unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a later event");
+    assert_eq!(next, "s3");
     cluster.cleanup().await;
 }
