@@ -175,9 +175,9 @@ fn remove_at(value: &mut Value, path: &[Segment]) -> bool {
     };
     match (value, first) {
         (Value::Object(map), Segment::Field(f)) => {
-            if rest.is_empty() {
-                map.remove(f);
-            } else if map.get_mut(f).is_some_and(|child| remove_at(child, rest)) {
+            let emptied =
+                rest.is_empty() || map.get_mut(f).is_some_and(|child| remove_at(child, rest));
+            if emptied {
                 map.remove(f);
             }
             map.is_empty()
