@@ -89,6 +89,17 @@ async fn raw(cluster: &TestCluster, request: http::Request<Vec<u8>>) -> Result<V
 /// Collects watch events until `done` holds, failing after `WAIT`.
 async fn watch_until<K, S>(
     stream: S,
+    done: impl FnMut(&[WatchEvent<K>]) -> bool,
+) -> Vec<WatchEvent<K>>
+where
+    S: futures::Stream<Item = Result<WatchEvent<K>, kube::Error>>,
+{
+    watch_until_within(WAIT, stream, done).await
+}
+
+async fn watch_until_within<K, S>(
+    wait: Duration,
+    stream: S,
     mut done: impl FnMut(&[WatchEvent<K>]) -> bool,
 ) -> Vec<WatchEvent<K>>
 where
@@ -96,7 +107,7 @@ where
 {
     let mut stream = std::pin::pin!(stream);
     let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, async {
+    tokio::time::timeout(wait, async {
         while !done(&seen) {
             match stream.next().await {
                 Some(event) => seen.push(event.expect("watch stream item")),
@@ -230,7 +241,10 @@ async fn objects_in_a_missing_namespace_are_not_found() {
 async fn cluster_wide_lists_span_namespaces() {
     let cluster = test_cluster().await;
     let other = format!("{}-b", cluster.namespace);
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": other}})).unwrap();
+    let ns: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": other, "labels": {"reconnect.dev/test-namespace": "true"}}}),
+    )
+    .unwrap();
     Api::<Namespace>::all(cluster.client.clone())
         .create(&PostParams::default(), &ns)
         .await
@@ -523,7 +537,7 @@ async fn watches_send_bookmarks_when_allowed() {
         .watch(&WatchParams::default().timeout(120), &start)
         .await
         .unwrap();
-    let events = watch_until(stream, |seen| {
+    let events = watch_until_within(Duration::from_secs(150), stream, |seen| {
         seen.iter().any(|e| matches!(e, WatchEvent::Bookmark(_)))
     })
     .await;
@@ -1156,7 +1170,7 @@ async fn events_leases_and_workloads_are_served() {
     let leases: Api<Lease> = Api::default_namespaced(cluster.client.clone());
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}})).unwrap();
     leases.create(&PostParams::default(), &lease).await.unwrap();
-    let renewed = leases.patch("leader", &PatchParams::apply("a"), &Patch::Apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {"holderIdentity": "b"}}))).await.unwrap();
+    let renewed = leases.patch("leader", &PatchParams::apply("a"), &Patch::Apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "leader"}, "spec": {"holderIdentity": "b"}}))).await.unwrap();
     assert_eq!(renewed.spec.unwrap().holder_identity.as_deref(), Some("b"));
     for path in [
         "/apis/apps/v1",
@@ -1196,13 +1210,15 @@ async fn events_leases_and_workloads_are_served() {
 async fn custom_resource_definitions_can_be_created_through_the_api() {
     let cluster = test_cluster().await;
     // Unique per test run so parallel runs against one real cluster do not collide.
-    let plural = format!("widgets{}", cluster.namespace.replace('-', ""));
+    let suffix = cluster.namespace.replace('-', "");
+    let plural = format!("widgets{suffix}");
+    let kind = format!("Widget{suffix}");
     let group = "test.reconnect.dev";
     let name = format!("{plural}.{group}");
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {"group": group, "scope": "Namespaced",
-            "names": {"plural": plural, "singular": plural.trim_end_matches('s'), "kind": "Widget", "listKind": "WidgetList"},
+            "names": {"plural": plural, "singular": format!("widget{suffix}"), "kind": kind, "listKind": format!("{kind}List")},
             "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
                 "type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer", "maximum": 10}}}}}}}]},
     }))
@@ -1226,12 +1242,12 @@ async fn custom_resource_definitions_can_be_created_through_the_api() {
         group: group.into(),
         version: "v1".into(),
         api_version: format!("{group}/v1"),
-        kind: "Widget".into(),
+        kind: kind.clone(),
         plural: plural.clone(),
     };
     let widgets: Api<DynamicObject> =
         Api::default_namespaced_with(cluster.client.clone(), &resource);
-    let widget: DynamicObject = serde_json::from_value(json!({"apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}})).unwrap();
+    let widget: DynamicObject = serde_json::from_value(json!({"apiVersion": format!("{group}/v1"), "kind": kind, "metadata": {"name": "w"}, "spec": {"size": 3}})).unwrap();
     // A freshly established CRD can take a moment to be served on a real cluster.
     let created = tokio::time::timeout(WAIT, async {
         loop {
@@ -1294,7 +1310,7 @@ async fn request_log_shows_no_writes_while_only_reading() {
         "log",
         &PatchParams::apply("logger"),
         &Patch::Apply(
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": {"a": "b"}}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "log", "labels": {"a": "b"}}}),
         ),
     )
     .await
