@@ -12,6 +12,7 @@ mod faults;
 mod harness;
 mod ownership;
 mod patch;
+mod render;
 mod resources;
 mod routes;
 mod selectors;

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::errors::ApiError;
 use crate::faults::RequestRecord;
 use crate::patch::PatchType;
-use crate::resources::ResourceType;
+use crate::render::Presentation;
 use crate::routes::{self, Query, ResourcePath, Route};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{DeleteOptions, Filter, ListQuery, WatchStart};
@@ -159,22 +159,6 @@ fn dispatch(
     }
 }
 
-/// How the client asked to see objects.
-struct Presentation {
-    api_version: String,
-    metadata_only: bool,
-}
-
-impl Presentation {
-    fn object(&self, mut object: Value) -> Value {
-        if self.metadata_only {
-            return json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"].take()});
-        }
-        object["apiVersion"] = json!(self.api_version);
-        object
-    }
-}
-
 fn resource(
     inner: &Arc<Inner>,
     parts: &http::request::Parts,
@@ -203,10 +187,7 @@ fn resource(
         ));
     }
     let accept = header_str(parts, header::ACCEPT).unwrap_or_default();
-    let view = Presentation {
-        api_version: rt.api_version(&path.version),
-        metadata_only: accept.contains("as=PartialObjectMetadata"),
-    };
+    let view = Presentation::new(rt.clone(), &path.version, &accept);
     let ns = path.namespace.as_deref();
     let name = path.name.as_deref();
     let parse_body = || -> Result<Value, ApiError> {
@@ -229,8 +210,8 @@ fn resource(
             let object = inner.state().get(&rt, ns, name)?;
             Ok(json_response(200, &view.object(object)))
         }
-        (Verb::List, None) => list(inner, &rt, &view, filter()?, query),
-        (Verb::Watch, None) => start_watch(inner, &rt, view, filter()?, query),
+        (Verb::List, None) => list(inner, &view, filter()?, query),
+        (Verb::Watch, None) => start_watch(inner, view, filter()?, query),
         (Verb::Create, None) => {
             let object = inner.state().create(&rt, ns, parse_body()?)?;
             Ok(json_response(201, &view.object(object)))
@@ -311,7 +292,6 @@ fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError
 
 fn list(
     inner: &Arc<Inner>,
-    rt: &ResourceType,
     view: &Presentation,
     filter: Filter,
     query: &Query,
@@ -334,24 +314,11 @@ fn list(
         metadata["continue"] = json!(token);
         metadata["remainingItemCount"] = json!(remaining);
     }
-    let (api_version, kind) = if view.metadata_only {
-        (
-            "meta.k8s.io/v1".to_string(),
-            "PartialObjectMetadataList".to_string(),
-        )
-    } else {
-        (view.api_version.clone(), format!("{}List", rt.kind))
-    };
-    let items: Vec<Value> = items.into_iter().map(|o| view.object(o)).collect();
-    Ok(json_response(
-        200,
-        &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items}),
-    ))
+    Ok(json_response(200, &view.list(items, metadata)))
 }
 
 fn start_watch(
     inner: &Arc<Inner>,
-    rt: &ResourceType,
     view: Presentation,
     filter: Filter,
     query: &Query,
@@ -383,9 +350,7 @@ fn start_watch(
     };
     let (id, rx) = inner.state().watch(filter, start);
     let options = WatchOptions {
-        api_version: view.api_version,
-        kind: rt.kind.clone(),
-        metadata_only: view.metadata_only,
+        view,
         bookmarks,
         timeout: query
             .get("timeoutSeconds")

@@ -1456,8 +1456,25 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
     .await
     .unwrap();
     assert_eq!(out.trim(), "connectorcredential.reconnect.dev/via-http");
+    // The CRD's printer columns, through a server-side Table.
     let out = kubectl(args(&["get", "ccred", "-n", ns])).await.unwrap();
-    assert!(out.contains("via-http"), "{out}");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        vec!["NAME", "PROVIDER", "ACCOUNT", "STATUS", "EXPIRES", "AGE"],
+        "{out}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..2], ["via-http", "procore"], "{out}");
     let out = kubectl(args(&["get", "--raw", "/apis"])).await.unwrap();
     assert!(out.contains("reconnect.dev"));
     let kubectl_request = standin.requests().into_iter().find(|r| {
