@@ -956,6 +956,22 @@ async fn custom_resources_are_validated_against_the_schema() {
             "spec.endpoint",
             "endpoint must be an https:// URL",
         ),
+        (
+            invalid(
+                "type",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": "s"}, "validation": {"failureThreshold": "three"}}),
+            ),
+            "spec.validation.failureThreshold",
+            "must be of type integer",
+        ),
+        (
+            invalid(
+                "min-length",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": ""}}),
+            ),
+            "spec.secretRef.name",
+            "should be at least 1 chars long",
+        ),
     ];
     for (object, field, message) in cases {
         let name = object.metadata.name.clone().unwrap();
@@ -1571,5 +1587,65 @@ async fn streaming_lists_send_initial_events_then_a_bookmark() {
     .await
     .expect("a later event");
     assert_eq!(next, "s3");
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn workloads_keep_generation_across_status_writes() {
+    let cluster = test_cluster().await;
+    let template = |name: &str| {
+        json!({"selector": {"matchLabels": {"app": name}}, "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.9"}]}}})
+    };
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::default_namespaced(cluster.client.clone());
+    let ds = serde_json::from_value(json!({"metadata": {"name": "ds"}, "spec": template("ds")}))
+        .unwrap();
+    assert_eq!(
+        daemonsets
+            .create(&PostParams::default(), &ds)
+            .await
+            .unwrap()
+            .metadata
+            .generation,
+        Some(1)
+    );
+    let status = json!({"status": {"currentNumberScheduled": 0, "desiredNumberScheduled": 0, "numberMisscheduled": 0, "numberReady": 0}});
+    let after_status = daemonsets
+        .patch_status("ds", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+    assert_eq!(after_status.metadata.generation, Some(1));
+    let spec_change = json!({"spec": {"template": {"metadata": {"annotations": {"rolled": "1"}}}}});
+    let rolled = daemonsets
+        .patch("ds", &PatchParams::default(), &Patch::Merge(spec_change))
+        .await
+        .unwrap();
+    assert_eq!(rolled.metadata.generation, Some(2));
+
+    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::default_namespaced(cluster.client.clone());
+    let mut spec = template("sts");
+    spec["serviceName"] = json!("sts");
+    spec["replicas"] = json!(0);
+    let sts = serde_json::from_value(json!({"metadata": {"name": "sts"}, "spec": spec})).unwrap();
+    statefulsets
+        .create(&PostParams::default(), &sts)
+        .await
+        .unwrap();
+    let labelled = statefulsets
+        .patch(
+            "sts",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"l": "1"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        labelled.metadata.generation,
+        Some(1),
+        "metadata changes keep the generation"
+    );
     cluster.cleanup().await;
 }
