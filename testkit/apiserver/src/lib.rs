@@ -105,15 +105,14 @@ impl ApiServer {
         }
     }
 
-    /// Serves the type a CRD defines, at its group, served versions and plural.
+    /// Serves the type a CRD defines, at its group, served versions and plural, and stores
+    /// the CRD itself (established) like `kubectl apply` would.
     pub fn register_crd(&self, crd: &CustomResourceDefinition) -> Result<(), CrdError> {
         let value = serde_json::to_value(crd).map_err(|e| CrdError(e.to_string()))?;
         self.inner
             .state()
-            .registry
-            .register_crd(&value)
-            .map(|_| ())
-            .map_err(CrdError)
+            .put_crd(value)
+            .map_err(|e| CrdError(e.message))
     }
 
     /// Registers every CustomResourceDefinition in the `*.yaml`/`*.yml`/`*.json` files of

@@ -694,24 +694,51 @@ impl State {
         }
         let mut object = self.admit(rt, object, None)?;
         if rt.group == CRD_GROUP && rt.plural == CRD_PLURAL {
-            self.registry.register_crd(&object).map_err(|e| {
-                ApiError::invalid(
-                    rt,
-                    &name,
-                    vec![Cause {
-                        reason: "FieldValueInvalid",
-                        field: "spec".into(),
-                        message: e,
-                    }],
-                )
-            })?;
-            let now = now_rfc3339();
-            object["status"] = json!({"conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
-            ], "acceptedNames": object["spec"]["names"].clone(), "storedVersions": []});
+            self.establish_crd(rt, &name, &mut object)?;
         }
         Ok(self.commit(key, Some(object)))
+    }
+
+    /// Serves the type a CRD object describes and records that in its status, as the
+    /// apiextensions controllers would (at once: names are always accepted).
+    fn establish_crd(
+        &mut self,
+        rt: &ResourceType,
+        name: &str,
+        crd: &mut Value,
+    ) -> Result<(), ApiError> {
+        self.registry.register_crd(crd).map_err(|e| {
+            ApiError::invalid(
+                rt,
+                name,
+                vec![Cause {
+                    reason: "FieldValueInvalid",
+                    field: "spec".into(),
+                    message: e,
+                }],
+            )
+        })?;
+        let now = now_rfc3339();
+        crd["status"] = json!({"conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+        ], "acceptedNames": crd["spec"]["names"].clone(), "storedVersions": []});
+        Ok(())
+    }
+
+    /// Registers a CRD as if it had been applied: created, or replaced when it exists.
+    pub(crate) fn put_crd(&mut self, crd: Value) -> Result<(), ApiError> {
+        let rt = self
+            .registry
+            .find(CRD_GROUP, "v1", CRD_PLURAL)
+            .expect("built in");
+        let name = meta(&crd, "name").unwrap_or_default();
+        match self.create(&rt, None, crd.clone()) {
+            Err(e) if e.reason == "AlreadyExists" => {
+                self.update(&rt, None, &name, crd, false).map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// PUT: replaces the object (or with `status_only`, only its status).
@@ -792,6 +819,13 @@ impl State {
             old["metadata"]["resourceVersion"].clone(),
         );
         let mut new = self.admit(rt, new, Some(&old))?;
+        if rt.group == CRD_GROUP && rt.plural == CRD_PLURAL && !status_only {
+            // Keep the establishment time; only a changed spec re-registers the type.
+            new["status"] = old.get("status").cloned().unwrap_or(Value::Null);
+            if new.get("spec") != old.get("spec") {
+                self.establish_crd(rt, name, &mut new)?;
+            }
+        }
         let deleting = meta(&old, "deletionTimestamp").is_some();
         if deleting {
             let before = finalizers(&old);

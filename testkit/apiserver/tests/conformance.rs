@@ -16,7 +16,7 @@ use kube::api::{
     Preconditions, PropagationPolicy, VersionMatch, WatchEvent, WatchParams,
 };
 use kube::core::Status;
-use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::runtime::watcher;
 use reconnect_apiserver::{RequestMatch, TestCluster, Verb, test_cluster};
 use reconnect_operator::api::ConnectorCredential;
@@ -1240,6 +1240,12 @@ async fn custom_resource_definitions_can_be_created_through_the_api() {
     }))
     .unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    // The repo's CRDs are installed as objects too.
+    let ours = crds
+        .get("connectorcredentials.reconnect.dev")
+        .await
+        .unwrap();
+    assert!(conditions::is_crd_established().matches_object(Some(&ours)));
     let crd_uid = crds
         .create(&PostParams::default(), &crd)
         .await
