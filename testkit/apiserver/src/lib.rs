@@ -7,6 +7,8 @@
 //! end-to-end test starts from: a real cluster when `RECONNECT_TEST_KUBECONFIG` is set, this
 //! stand-in otherwise.
 
+#![warn(missing_docs)]
+
 mod errors;
 mod faults;
 mod harness;
@@ -29,7 +31,7 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 pub use faults::{RequestMatch, RequestRecord, Verb};
-pub use harness::{TestCluster, test_cluster};
+pub use harness::{KUBECONFIG_ENV, TEST_NAMESPACE_LABEL, TestCluster, crds_dir, test_cluster};
 pub use server::ServedApiServer;
 pub use service::ResponseBody;
 
