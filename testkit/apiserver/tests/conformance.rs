@@ -1497,6 +1497,27 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
         .split_whitespace()
         .collect();
     assert_eq!(row[..2], ["via-http", "procore"], "{out}");
+    let out = kubectl(args(&[
+        "get",
+        "namespace",
+        ns,
+        "-o",
+        "jsonpath={.status.phase}",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out, "Active");
+    let out = kubectl(args(&[
+        "get",
+        "secrets,leases,deployments",
+        "-n",
+        ns,
+        "-o",
+        "name",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out, "", "nothing of these kinds exists in the namespace");
     let out = kubectl(args(&["get", "--raw", "/apis"])).await.unwrap();
     assert!(out.contains("reconnect.dev"));
     let kubectl_request = standin.requests().into_iter().find(|r| {
