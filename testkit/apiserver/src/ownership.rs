@@ -134,6 +134,52 @@ fn collect(
     }
 }
 
+/// The value at `path`, if present.
+fn value_at<'a>(value: &'a Value, path: &[Segment]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(value, |v, segment| match (v, segment) {
+            (Value::Object(map), Segment::Field(f)) => map.get(f),
+            (Value::Array(items), segment) => position(items, segment).map(|i| &items[i]),
+            _ => None,
+        })
+}
+
+/// Leaf fields of `applying` (a manager's new field set, values from `applied`) that
+/// `owned_by_other` owns with a different value in `live`: server-side apply conflicts.
+pub(crate) fn conflicts(
+    live: &Value,
+    applied: &Value,
+    applying: &FieldSet,
+    owned_by_other: &FieldSet,
+) -> Vec<FieldPath> {
+    applying
+        .iter()
+        .filter(|p| matches!(p.last(), Some(Segment::Field(_))) && owned_by_other.contains(*p))
+        .filter(|p| value_at(live, p) != value_at(applied, p))
+        .cloned()
+        .collect()
+}
+
+/// A field path as kube-apiserver prints it in conflict messages: `.status.conditions[type="Ready"].status`.
+pub(crate) fn display(path: &FieldPath) -> String {
+    path.iter()
+        .map(|segment| match segment {
+            Segment::Field(f) => format!(".{f}"),
+            Segment::Keyed(id) => {
+                let keys: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+                let parts: Vec<String> = keys
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!("[{}]", parts.join(","))
+            }
+            Segment::Member(v) => format!("[{v}]"),
+        })
+        .collect()
+}
+
 /// Removes the fields `previous` owned that `current` no longer sets, unless `others` own
 /// them or anything beneath them. Maps emptied by a removal go too.
 pub(crate) fn remove_dropped(

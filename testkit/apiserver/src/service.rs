@@ -20,7 +20,7 @@ use crate::patch::PatchType;
 use crate::render::Presentation;
 use crate::routes::{self, Query, ResourcePath, Route};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{DeleteOptions, Filter, ListQuery, WatchStart};
+use crate::store::{DeleteOptions, Filter, ListQuery, PatchOptions, WatchStart};
 use crate::watch::{self, WatchOptions};
 use crate::{ApiServer, Inner, Verb, lock};
 
@@ -226,16 +226,13 @@ fn resource(
             let content_type = header_str(parts, header::CONTENT_TYPE).unwrap_or_default();
             let kind = PatchType::from_content_type(&content_type)
                 .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
-            // `force` is accepted: without field-ownership conflicts it changes nothing.
-            let written = inner.state().patch(
-                &rt,
-                ns,
-                name,
-                kind,
-                body,
-                query.get("fieldManager"),
-                status_only,
-            )?;
+            let options = PatchOptions {
+                field_manager: query.get("fieldManager").map(str::to_string),
+                force: query.flag("force"),
+            };
+            let written = inner
+                .state()
+                .patch(&rt, ns, name, kind, body, &options, status_only)?;
             Ok(json_response(
                 if written.created { 201 } else { 200 },
                 &view.object(written.body),

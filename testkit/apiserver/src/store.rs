@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::errors::{ApiError, Cause, deleted_status};
-use crate::ownership::{self, FieldSet};
+use crate::ownership::{self, FieldPath, FieldSet};
 use crate::patch::{self, PatchType};
 use crate::resources::{CRD_GROUP, CRD_PLURAL, Registry, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -115,6 +115,13 @@ pub(crate) struct DeleteOptions {
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
     pub orphan: bool,
+}
+
+/// Server-side apply parameters from the query string.
+#[derive(Debug, Default)]
+pub(crate) struct PatchOptions {
+    pub field_manager: Option<String>,
+    pub force: bool,
 }
 
 /// What a write produced: the object (or Status) to return and whether it was created.
@@ -869,9 +876,10 @@ impl State {
         name: &str,
         kind: PatchType,
         body: &[u8],
-        field_manager: Option<&str>,
+        options: &PatchOptions,
         status_only: bool,
     ) -> Result<Written, ApiError> {
+        let field_manager = options.field_manager.as_deref();
         if kind == PatchType::Strategic && rt.is_custom() {
             let mut err =
                 ApiError::unsupported_media_type("application/strategic-merge-patch+json");
@@ -932,6 +940,36 @@ impl State {
                 );
                 let managers = self.managed.get(&uid).cloned().unwrap_or_default();
                 let previous = managers.get(&owner).cloned().unwrap_or_default();
+                let conflicts: Vec<((String, bool), FieldPath)> = managers
+                    .iter()
+                    .filter(|(k, _)| **k != owner)
+                    .flat_map(|(k, set)| {
+                        ownership::conflicts(&current, &patch_doc, &owned, set)
+                            .into_iter()
+                            .map(move |p| (k.clone(), p))
+                    })
+                    .collect();
+                if !conflicts.is_empty() && !options.force {
+                    let listed: Vec<String> = conflicts
+                        .iter()
+                        .map(|((m, _), p)| {
+                            format!("conflict with \"{m}\": {}", ownership::display(p))
+                        })
+                        .collect();
+                    return Err(ApiError::conflict_message(format!(
+                        "Apply failed with {} conflict{}: {}",
+                        conflicts.len(),
+                        if conflicts.len() == 1 { "" } else { "s" },
+                        listed.join(", ")
+                    )));
+                }
+                // Forcing takes the conflicting fields away from their previous managers.
+                let mut managers = managers;
+                for ((m, sub), path) in &conflicts {
+                    if let Some(set) = managers.get_mut(&(m.clone(), *sub)) {
+                        set.remove(path);
+                    }
+                }
                 let others: FieldSet = managers
                     .iter()
                     .filter(|(k, _)| **k != owner)
@@ -939,7 +977,8 @@ impl State {
                     .collect();
                 ownership::remove_dropped(&mut patched, &previous, &owned, &others);
                 let body = self.update(rt, namespace, name, patched, status_only)?;
-                self.managed.entry(uid).or_default().insert(owner, owned);
+                managers.insert(owner, owned);
+                self.managed.insert(uid, managers);
                 Ok(Written {
                     body,
                     created: false,

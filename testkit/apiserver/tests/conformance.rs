@@ -865,6 +865,100 @@ async fn server_side_apply_creates_merges_and_merges_conditions_by_type() {
             && conditions.contains(&("Connected".into(), "False".into()))
     );
 
+    // A manager's next apply removes what it stopped applying, but not what others own.
+    let mut with_endpoint = credential("ssa");
+    with_endpoint.data["spec"]["endpoint"] = json!("https://sandbox.procore.com");
+    let set = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(&with_endpoint),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.data["spec"]["endpoint"], "https://sandbox.procore.com");
+    let dropped = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(credential("ssa")),
+        )
+        .await
+        .unwrap();
+    assert!(
+        dropped.data["spec"].get("endpoint").is_none(),
+        "{}",
+        dropped.data["spec"]
+    );
+    let after_drop = api
+        .patch_status(
+            "ssa",
+            &PatchParams::apply("a").force(),
+            &Patch::Apply(status_doc(vec![condition("Connected", "False")])),
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = after_drop.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert_eq!(
+        types.len(),
+        2,
+        "Ready is still owned by manager b: {types:?}"
+    );
+    let after_drop = api
+        .patch_status(
+            "ssa",
+            &PatchParams::apply("b").force(),
+            &Patch::Apply(status_doc(vec![])),
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = after_drop.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert_eq!(types, vec!["Connected"]);
+
+    // Applying a different value to a field another manager owns conflicts unless forced.
+    api.patch(
+        "ssa",
+        &PatchParams::apply("tests"),
+        &Patch::Apply(&with_endpoint),
+    )
+    .await
+    .unwrap();
+    let takeover = json!({"apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
+        "metadata": {"name": "ssa"}, "spec": {"endpoint": "https://other.example.com"}});
+    let err = status(
+        api.patch(
+            "ssa",
+            &PatchParams::apply("other"),
+            &Patch::Apply(&takeover),
+        )
+        .await,
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert!(
+        err.message.contains("tests") && err.message.contains(".spec.endpoint"),
+        "{}",
+        err.message
+    );
+    let forced = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("other").force(),
+            &Patch::Apply(&takeover),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data["spec"]["endpoint"], "https://other.example.com");
+
     // Apply without a field manager is refused.
     let request = http::Request::patch(format!(
         "/apis/reconnect.dev/v1alpha1/namespaces/{}/connectorcredentials/ssa",
