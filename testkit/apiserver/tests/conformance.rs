@@ -1454,10 +1454,10 @@ async fn request_log_shows_no_writes_while_only_reading() {
 }
 
 #[tokio::test]
-async fn injected_failures_answer_with_status_and_then_clear() {
+async fn injected_failures_and_latency_apply_to_matching_requests() {
     let cluster = test_cluster().await;
     let Some(standin) =
-        cluster.standin_or_skip("injected_failures_answer_with_status_and_then_clear")
+        cluster.standin_or_skip("injected_failures_and_latency_apply_to_matching_requests")
     else {
         return;
     };
