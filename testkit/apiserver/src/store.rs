@@ -895,6 +895,9 @@ impl State {
             return Err(err);
         }
         let patch_doc = patch::parse_body(kind, body)?;
+        if kind != PatchType::Json && !patch_doc.is_object() {
+            return Err(ApiError::bad_request("the patch must be a JSON object"));
+        }
         let schema = rt.schema.as_ref().map(|s| &s.raw);
         let current = self.lookup(rt, namespace, name).map(|(_, v)| v.clone());
         match current {
