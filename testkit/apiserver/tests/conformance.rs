@@ -1770,3 +1770,51 @@ async fn workloads_keep_generation_across_status_writes() {
     );
     cluster.cleanup().await;
 }
+
+#[tokio::test]
+async fn kube_event_recorder_creates_then_patches_a_series() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let cluster = test_cluster().await;
+    let cc = credentials(&cluster)
+        .create(&PostParams::default(), &credential("evented"))
+        .await
+        .unwrap();
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("reconnect.dev/v1alpha1".into()),
+        kind: Some("ConnectorCredential".into()),
+        name: cc.metadata.name.clone(),
+        namespace: Some(cluster.namespace.clone()),
+        uid: cc.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(
+        cluster.client.clone(),
+        Reporter {
+            controller: "reconnect-tests".into(),
+            instance: None,
+        },
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "RotationRejected".into(),
+        note: Some("new account lacks documents.write".into()),
+        action: "Rotate".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &reference).await.unwrap();
+    recorder.publish(&event, &reference).await.unwrap();
+    let events: Api<K8sEvent> = Api::default_namespaced(cluster.client.clone());
+    let listed = events.list(&ListParams::default()).await.unwrap().items;
+    let ours: Vec<&K8sEvent> = listed
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_ref()) == cc.metadata.uid.as_ref())
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "a repeated event becomes a series, not a second object"
+    );
+    assert_eq!(ours[0].series.as_ref().map(|s| s.count), Some(2));
+    assert_eq!(ours[0].reason.as_deref(), Some("RotationRejected"));
+    cluster.cleanup().await;
+}
