@@ -191,6 +191,73 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
+/// A label value, or the name part of a label or annotation key: at most 63 characters,
+/// alphanumerics with `-`, `_` or `.` inside.
+fn is_label_value(s: &str) -> bool {
+    let inner_ok = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let ends_ok = |b: Option<u8>| b.is_none_or(|b| b.is_ascii_alphanumeric());
+    s.len() <= 63 && inner_ok && ends_ok(s.bytes().next()) && ends_ok(s.bytes().last())
+}
+
+/// A qualified name: `[prefix/]name`, prefix a DNS subdomain.
+fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    !name.is_empty()
+        && is_label_value(name)
+        && prefix.is_none_or(|p| !p.is_empty() && is_dns_subdomain(p))
+}
+
+/// kube-apiserver's checks on `metadata.labels` and `metadata.annotations` keys and values.
+fn label_and_annotation_causes(object: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let entries = |field: &str| {
+        object
+            .pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for (key, value) in entries("labels") {
+        let text = value.as_str().unwrap_or_default();
+        if !is_qualified_name(&key) {
+            causes.push(Cause { reason: "FieldValueInvalid", field: "metadata.labels".into(), message: format!("Invalid value: {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character") });
+        }
+        if !value.is_string() || !is_label_value(text) {
+            causes.push(Cause { reason: "FieldValueInvalid", field: format!("metadata.labels.{key}"), message: format!("Invalid value: {value}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character") });
+        }
+    }
+    let annotations = entries("annotations");
+    for (key, value) in &annotations {
+        if !is_qualified_name(key) {
+            causes.push(Cause { reason: "FieldValueInvalid", field: "metadata.annotations".into(), message: format!("Invalid value: {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character") });
+        }
+        if !value.is_string() {
+            causes.push(Cause {
+                reason: "FieldValueInvalid",
+                field: format!("metadata.annotations.{key}"),
+                message: "Invalid value: annotation values must be strings".into(),
+            });
+        }
+    }
+    let size: usize = annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    if size > 256 * 1024 {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: "metadata.annotations".into(),
+            message: "Too long: must have at most 262144 bytes".into(),
+        });
+    }
+    causes
+}
+
 /// The object without the parts whose change does not bump `metadata.generation`.
 fn generation_relevant(object: &Value, status_subresource: bool) -> Value {
     let mut v = object.clone();
@@ -551,6 +618,10 @@ impl State {
                     ),
                 }],
             ));
+        }
+        let metadata_causes = label_and_annotation_causes(&object);
+        if !metadata_causes.is_empty() {
+            return Err(ApiError::invalid(rt, &name, metadata_causes));
         }
         if let Some(schema) = &rt.schema {
             return schema

@@ -1088,6 +1088,19 @@ async fn custom_resources_are_validated_against_the_schema() {
             "{name}: no cause at {field} containing {message:?}: {causes:?}"
         );
     }
+    // Object metadata is validated too.
+    let mut bad_label = credential("bad-label");
+    bad_label.metadata.labels =
+        Some([("team".to_string(), "not a valid value!".to_string())].into());
+    let err = status(api.create(&PostParams::default(), &bad_label).await);
+    assert_eq!(err.code, 422);
+    assert!(
+        err.details
+            .unwrap()
+            .causes
+            .iter()
+            .any(|c| c.field.starts_with("metadata.labels"))
+    );
     // Unknown fields are pruned and defaults applied.
     let mut ok = credential("ok");
     ok.data["spec"]["unknownField"] = json!(true);
