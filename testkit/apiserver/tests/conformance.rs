@@ -1627,6 +1627,31 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
     assert_eq!(out, "", "nothing of these kinds exists in the namespace");
     let out = kubectl(args(&["get", "--raw", "/apis"])).await.unwrap();
     assert!(out.contains("reconnect.dev"));
+    // kubectl apply needs --validate=false: the stand-in serves no OpenAPI documents.
+    let manifest = std::env::temp_dir().join(format!("{ns}-secret.yaml"));
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: applied\nstringData:\n  k: v\n",
+    )
+    .unwrap();
+    let path = manifest.to_string_lossy().to_string();
+    kubectl(args(&[
+        "apply",
+        "--validate=false",
+        "--server-side",
+        "-n",
+        ns,
+        "-f",
+        &path,
+    ]))
+    .await
+    .unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    let applied = Api::<Secret>::namespaced(cluster.client.clone(), ns)
+        .get("applied")
+        .await
+        .unwrap();
+    assert_eq!(applied.data.unwrap()["k"].0, b"v");
     let kubectl_request = standin.requests().into_iter().find(|r| {
         r.user_agent
             .as_deref()
