@@ -305,13 +305,13 @@ fn list(
             .filter(|m| !m.is_empty())
             .map(str::to_string),
     };
-    let (rv, items, token, remaining) = inner.state().list(&filter, &list_query)?;
-    let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if let Some(token) = token {
+    let page = inner.state().list(&filter, &list_query)?;
+    let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
+    if let Some(token) = page.continue_token {
         metadata["continue"] = json!(token);
-        metadata["remainingItemCount"] = json!(remaining);
+        metadata["remainingItemCount"] = json!(page.remaining);
     }
-    Ok(json_response(200, &view.list(items, metadata)))
+    Ok(json_response(200, &view.list(page.items, metadata)))
 }
 
 fn start_watch(

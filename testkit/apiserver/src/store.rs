@@ -109,6 +109,17 @@ pub(crate) struct ListQuery {
     pub resource_version_match: Option<String>,
 }
 
+/// One page of a list.
+pub(crate) struct ListPage {
+    /// The resourceVersion the page shows the state at.
+    pub resource_version: u64,
+    pub items: Vec<Value>,
+    /// Present when more items follow.
+    pub continue_token: Option<String>,
+    /// How many items follow.
+    pub remaining: usize,
+}
+
 /// Delete parameters after parsing.
 #[derive(Debug, Default)]
 pub(crate) struct DeleteOptions {
@@ -442,11 +453,7 @@ impl State {
         Ok(snapshot)
     }
 
-    pub(crate) fn list(
-        &self,
-        filter: &Filter,
-        query: &ListQuery,
-    ) -> Result<(u64, Vec<Value>, Option<String>, usize), ApiError> {
+    pub(crate) fn list(&self, filter: &Filter, query: &ListQuery) -> Result<ListPage, ApiError> {
         let parse_rv = |s: &str| {
             s.parse::<u64>()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version {s:?}")))
@@ -503,12 +510,12 @@ impl State {
         };
         let token = (!rest.is_empty())
             .then(|| encode_continue(snapshot_rv, page.last().expect("limit > 0").0));
-        Ok((
-            snapshot_rv,
-            page.iter().map(|(_, v)| (*v).clone()).collect(),
-            token,
-            rest.len(),
-        ))
+        Ok(ListPage {
+            resource_version: snapshot_rv,
+            items: page.iter().map(|(_, v)| (*v).clone()).collect(),
+            continue_token: token,
+            remaining: rest.len(),
+        })
     }
 
     /// Registers a watch; the receiver yields its frames. `None` id: the watch already ended
