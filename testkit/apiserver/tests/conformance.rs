@@ -1553,6 +1553,17 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
         vec![("ADDED".into(), "via-http".into())]
     );
 
+    if std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_err()
+    {
+        println!(
+            "skipping the kubectl part of served_over_http_for_kubeconfig_clients_and_kubectl: kubectl is not installed"
+        );
+        cluster.cleanup().await;
+        return;
+    }
     let kubeconfig = served.kubeconfig().to_path_buf();
     let kubectl = |args: Vec<String>| {
         let kubeconfig = kubeconfig.clone();
