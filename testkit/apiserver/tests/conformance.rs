@@ -280,6 +280,35 @@ async fn cluster_wide_lists_span_namespaces() {
             (other.clone(), "there".to_string())
         ]
     );
+    // A cluster-wide watch sees changes in every namespace.
+    let selector = format!("test={}", cluster.namespace);
+    let stream = Api::<Secret>::all(cluster.client.clone())
+        .watch(
+            &WatchParams::default().labels(&selector),
+            &all.metadata.resource_version.unwrap(),
+        )
+        .await
+        .unwrap();
+    for (ns, name) in [
+        (cluster.namespace.as_str(), "here2"),
+        (other.as_str(), "there2"),
+    ] {
+        Api::<Secret>::namespaced(cluster.client.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &secret(name, json!({"test": cluster.namespace})),
+            )
+            .await
+            .unwrap();
+    }
+    let events = watch_until(stream, |seen| seen.len() >= 2).await;
+    assert_eq!(
+        event_names(&events),
+        vec![
+            ("ADDED".into(), "here2".into()),
+            ("ADDED".into(), "there2".into())
+        ]
+    );
     Api::<Namespace>::all(cluster.client.clone())
         .delete(&other, &DeleteParams::default())
         .await
