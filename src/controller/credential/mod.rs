@@ -566,7 +566,13 @@ pub async fn run(
     reconcile_all: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    controller(ctx.client.clone(), namespace.as_deref())
+    let controller = controller(ctx.client.clone(), namespace.as_deref());
+    let cache = ctx.caches.track();
+    let store = controller.store();
+    cache.synced_when(async move {
+        let _ = store.wait_until_ready().await;
+    });
+    controller
         .reconcile_all_on(reconcile_all)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -576,6 +582,7 @@ pub async fn run(
             }
         })
         .await;
+    drop(cache);
 }
 
 impl Timing {
