@@ -215,3 +215,71 @@ async fn exactly_one_replica_reconciles_and_a_standby_takes_over() {
     tokio::time::timeout(WAIT, c.task).await.unwrap().unwrap();
     cluster.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_binary_runs_against_a_kubeconfig_and_stops_cleanly_on_sigterm() {
+    // A real process, configured like a user would: a kubeconfig, flags, a signal to stop.
+    let cluster = test_cluster().await;
+    let served;
+    let kubeconfig = match (
+        &cluster.standin,
+        std::env::var_os(reconnect_apiserver::KUBECONFIG_ENV),
+    ) {
+        (_, Some(path)) => std::path::PathBuf::from(path),
+        (Some(standin), None) => {
+            served = standin.serve().await.unwrap();
+            served.kubeconfig().to_path_buf()
+        }
+        (None, None) => unreachable!("no stand-in without a kubeconfig"),
+    };
+    let emu = setup(&cluster).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reconnect-operator"))
+        .args([
+            "run",
+            "--watch-namespaces",
+            &cluster.namespace,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    apply_credential(&cluster, "procore-sync", &emu).await;
+    wait_connected(&cluster, "procore-sync").await;
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the operator did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(status.success(), "exit {status:?}; logs:\n{logs}");
+    // JSON logs, one object per line, and no credential material in them.
+    let first = logs.lines().next().unwrap_or_default();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "{first}"
+    );
+    assert!(logs.contains("shutting down"));
+    for canary in ["secret-1"] {
+        assert!(!logs.contains(canary), "{canary} leaked into the logs");
+    }
+    cluster.cleanup().await;
+}
