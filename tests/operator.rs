@@ -278,8 +278,6 @@ async fn the_binary_runs_against_a_kubeconfig_and_stops_cleanly_on_sigterm() {
         "{first}"
     );
     assert!(logs.contains("shutting down"));
-    for canary in ["secret-1"] {
-        assert!(!logs.contains(canary), "{canary} leaked into the logs");
-    }
+    assert!(!logs.contains("secret-1"), "the client secret leaked into the logs");
     cluster.cleanup().await;
 }
