@@ -51,7 +51,7 @@ WORKLOAD_RULES = [
     (("reconnect.dev",), ("connectorcredentials", "integrations"), {"get", "list", "watch", "patch", "update"}),
     (("reconnect.dev",), ("connectorcredentials/status", "integrations/status"), {"get", "patch", "update"}),
     (("reconnect.dev",), ("connectorcredentials/finalizers", "integrations/finalizers"), {"update"}),
-    (("",), ("secrets",), {"get", "list", "watch", "create", "patch", "update"}),
+    (("",), ("secrets",), {"get", "list", "watch", "create", "update"}),
     (("events.k8s.io",), ("events",), {"create", "patch"}),
     (("apps",), ("deployments", "statefulsets", "daemonsets"), {"get", "patch"}),
 ]
@@ -123,7 +123,7 @@ def check_rbac(docs, expect, f):
     )
     if lease_roles:
         have = granted(lease_roles[0]["rules"], "coordination.k8s.io", "leases")
-        f.check(have == {"get", "create", "update"}, f"lease verbs are {sorted(have)}")
+        f.check(have == {"get", "create", "update", "patch"}, f"lease verbs are {sorted(have)}")
 
     # Every Role/ClusterRole the operator holds must be bound to its ServiceAccount.
     sa = [d for d in docs if d["kind"] == "ServiceAccount"]

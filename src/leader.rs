@@ -16,11 +16,6 @@ use tracing::{info, warn};
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::operator::{Health, Options, run_controllers};
 
-/// How long a Lease stays valid without renewal, in seconds.
-const LEASE_DURATION: u64 = 15;
-/// How long before expiry the holder renews, in seconds.
-const LEASE_GRACE: u64 = 5;
-
 /// Waits for the Lease, runs the controllers while holding it, and releases it on shutdown.
 pub(crate) async fn lead(
     client: Client,
@@ -33,11 +28,14 @@ pub(crate) async fn lead(
         .lease_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
+    // The holder renews a third of the duration before expiry (at least a second).
+    let duration = options.lease_duration.as_secs().max(2);
+    let grace = (duration / 3).max(1);
     let manager = LeaseManagerBuilder::new(client, &options.lease_name)
         .with_namespace(&namespace)
         .with_identity(&options.identity)
-        .with_duration(LEASE_DURATION)
-        .with_grace(LEASE_GRACE)
+        .with_duration(duration)
+        .with_grace(grace)
         .with_field_manager(format!("{FIELD_MANAGER}-lease"))
         .build()
         .await?;
@@ -45,9 +43,10 @@ pub(crate) async fn lead(
     info!(lease = %options.lease_name, %namespace, identity = %options.identity, "waiting for the lease");
     health.set_standby(true);
     loop {
+        // (The watch guards are dropped inside each branch's future: they are not Send.)
         tokio::select! {
-            acquired = leading.wait_for(|l| *l) => if acquired.is_err() { break },
-            _ = stop.wait_for(|s| *s) => break,
+            acquired = async { leading.wait_for(|l| *l).await.is_ok() } => if !acquired { break },
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
         }
         info!("acquired the lease; starting controllers");
         health.set_standby(false);
@@ -57,12 +56,12 @@ pub(crate) async fn lead(
         tokio::pin!(controllers);
         tokio::select! {
             () = &mut controllers => {}
-            _ = leading.wait_for(|l| !*l) => {
+            () = async { let _ = leading.wait_for(|l| !*l).await; } => {
                 warn!("lost the lease; stopping controllers");
                 let _ = ctl_stop.send(true);
                 controllers.await;
             }
-            _ = stop.wait_for(|s| *s) => {
+            () = async { let _ = stop.wait_for(|s| *s).await; } => {
                 let _ = ctl_stop.send(true);
                 controllers.await;
             }

@@ -77,6 +77,13 @@ struct RunArgs {
     /// This replica's identity; the pod name by default.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// How long the leader-election Lease stays valid without renewal (Go duration).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    reconnect_operator::api::duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn run(args: RunArgs) -> ExitCode {
@@ -108,6 +115,7 @@ fn run(args: RunArgs) -> ExitCode {
             lease_name: args.lease_name,
             lease_namespace: args.lease_namespace,
             identity,
+            lease_duration: args.lease_duration,
         };
         reconnect_operator::operator::run(client, options, shutdown_signal()).await
     });

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::clock::SystemClock;
-use crate::controller::{self, Context};
+use crate::controller::{self, CacheSync, Context};
 use crate::metrics::Metrics;
 use crate::providers::Providers;
 
@@ -37,6 +37,8 @@ pub struct Options {
     pub lease_namespace: Option<String>,
     /// This replica's identity (Lease holder, event reportingInstance).
     pub identity: String,
+    /// How long the Lease stays valid without renewal.
+    pub lease_duration: std::time::Duration,
 }
 
 /// Liveness and readiness as the HTTP endpoints report them.
@@ -46,13 +48,24 @@ pub struct Health {
     controllers_running: AtomicBool,
     /// This replica waits as a standby for the Lease.
     standby: AtomicBool,
+    /// The running controllers' caches.
+    caches: Arc<CacheSync>,
 }
 
 impl Health {
-    /// Ready: the controllers run, or this replica is a healthy standby. A standby must be
-    /// ready, or a two-replica rollout would never finish.
+    /// Health for controllers whose caches `caches` tracks.
+    pub fn new(caches: Arc<CacheSync>) -> Self {
+        Self {
+            caches,
+            ..Self::default()
+        }
+    }
+
+    /// Ready: the controllers run and have synced their caches, or this replica is a
+    /// healthy standby. A standby must be ready, or a two-replica rollout would never finish.
     pub fn ready(&self) -> bool {
-        self.controllers_running.load(Ordering::SeqCst) || self.standby.load(Ordering::SeqCst)
+        (self.controllers_running.load(Ordering::SeqCst) && self.caches.all_synced())
+            || self.standby.load(Ordering::SeqCst)
     }
 
     /// Whether the controllers are running in this process.
@@ -163,13 +176,30 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
     let listener = TcpListener::bind(options.metrics_addr).await?;
+    run_on(client, options, listener, shutdown).await
+}
+
+/// Runs the operator with its HTTP endpoints on an already bound `listener`.
+pub async fn run_on(
+    client: Client,
+    options: Options,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let metrics = Arc::new(Metrics::new());
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
 
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Providers::new().with_metrics(metrics.clone()),
+        Arc::new(SystemClock),
+        metrics.clone(),
+        Some(options.identity.clone()),
+    ));
+    let health = Arc::new(Health::new(ctx.caches().clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let http = tokio::spawn(serve_http(listener, metrics.clone(), health.clone(), {
+    let http = tokio::spawn(serve_http(listener, metrics, health.clone(), {
         let mut stop = stop_rx.clone();
         async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -180,14 +210,6 @@ pub async fn run(
         info!("shutting down");
         let _ = stop_tx.send(true);
     });
-
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Providers::new().with_metrics(metrics.clone()),
-        Arc::new(SystemClock),
-        metrics,
-        Some(options.identity.clone()),
-    ));
 
     if options.leader_election {
         crate::leader::lead(client, &options, ctx, health, stop_rx).await?;

@@ -699,3 +699,193 @@ async fn a_crash_between_the_secret_write_and_the_status_write_converges_without
     );
     env.shutdown().await;
 }
+
+/// What kstatus (Flux, kpt, Config Sync) computes for an object: InProgress until the
+/// generation is observed or while Reconciling, Failed when Stalled, else Current.
+fn kstatus(cred: &reconnect_operator::api::ConnectorCredential) -> &'static str {
+    let observed = cred.status.as_ref().and_then(|s| s.observed_generation);
+    if observed != cred.metadata.generation || is_true(cred, "Reconciling") {
+        "InProgress"
+    } else if is_true(cred, "Stalled") {
+        "Failed"
+    } else {
+        "Current"
+    }
+}
+
+#[tokio::test]
+async fn kstatus_sees_current_when_connected_and_failed_when_the_connection_is_lost() {
+    let env = Env::start().await;
+    let emu = procore().await;
+    let cred = connect(&env, &emu).await;
+    assert_eq!(kstatus(&cred), "Current");
+    assert!(is_true(&cred, "Ready"));
+
+    // A spec change is InProgress until observed, then Current again.
+    let mut spec = procore_spec(&emu);
+    spec["validation"] = json!({"interval": "20m"});
+    let changed = env.apply_credential("procore-sync", spec).await;
+    let generation = changed.metadata.generation;
+    let cred = env
+        .wait_cred("procore-sync", "new generation observed", |c| {
+            c.status.as_ref().and_then(|s| s.observed_generation) == generation
+        })
+        .await;
+    assert_eq!(kstatus(&cred), "Current");
+    for c in &cred.status.clone().unwrap().conditions {
+        assert_eq!(c.observed_generation, generation, "{}", c.type_);
+    }
+
+    emu.disconnect_app();
+    env.advance(Duration::from_secs(21 * 60)).await;
+    let cred = env
+        .wait_cred("procore-sync", "ConnectionLost", |c| {
+            phase(c) == Some(Phase::ConnectionLost)
+        })
+        .await;
+    assert_eq!(kstatus(&cred), "Failed");
+    assert_eq!(
+        condition(&cred, "Stalled").unwrap().reason,
+        "ConnectionLost"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_credential_never_blocks_the_others() {
+    let env = Env::start().await;
+    let Some(standin) = env
+        .cluster
+        .standin_or_skip("a_malformed_credential_never_blocks_the_others")
+    else {
+        return;
+    };
+    let standin = standin.clone();
+    // An object stored under an older, looser schema (the way a malformed object reaches a
+    // real cluster): register a permissive schema, store the object, restore the real one.
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        CustomResourceValidation, JSONSchemaProps,
+    };
+    use kube::CustomResourceExt;
+    let real = reconnect_operator::api::ConnectorCredential::crd();
+    let mut loose = real.clone();
+    loose.spec.versions[0].schema = Some(CustomResourceValidation {
+        open_api_v3_schema: Some(JSONSchemaProps {
+            type_: Some("object".into()),
+            x_kubernetes_preserve_unknown_fields: Some(true),
+            ..Default::default()
+        }),
+    });
+    standin.register_crd(&loose).unwrap();
+    let broken: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
+        "metadata": {"name": "broken"},
+        "spec": {"provider": "box", "auth": 42},
+    }))
+    .unwrap();
+    let resource =
+        kube::api::ApiResource::erase::<reconnect_operator::api::ConnectorCredential>(&());
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        env.cluster.client.clone(),
+        env.ns(),
+        &resource,
+    )
+    .create(&Default::default(), &broken)
+    .await
+    .unwrap();
+    standin.register_crd(&real).unwrap();
+
+    let emu = procore().await;
+    connect(&env, &emu).await;
+    let ev = env.wait_event("broken", "Misconfigured").await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert!(ev.note.unwrap_or_default().contains("schema"));
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_referenced_secrets_are_read_and_the_rest_are_watched_as_metadata() {
+    let env = Env::start().await;
+    let Some(standin) = env
+        .cluster
+        .standin_or_skip("only_referenced_secrets_are_read_and_the_rest_are_watched_as_metadata")
+    else {
+        return;
+    };
+    let standin = standin.clone();
+    for i in 0..20 {
+        env.apply_secret(&format!("unrelated-{i}"), &[("password", "not-ours")])
+            .await;
+    }
+    let emu = procore().await;
+    let before = connect(&env, &emu).await;
+
+    // From here on every read is the operator's: the test only writes (patches) and waits
+    // on the ConnectorCredential.
+    standin.clear_requests();
+    standin.close_watches();
+    let change =
+        |id: &str, secret: &str| json!({"stringData": {"client_id": id, "client_secret": secret}});
+    let merge = kube::api::PatchParams::default();
+    env.secrets()
+        .patch(
+            "unrelated-3",
+            &merge,
+            &kube::api::Patch::Merge(json!({"stringData": {"password": "changed"}})),
+        )
+        .await
+        .unwrap();
+    env.secrets()
+        .patch(
+            "procore-src",
+            &merge,
+            &kube::api::Patch::Merge(change("dmsa-2", "secret-2")),
+        )
+        .await
+        .unwrap();
+    let old = active_revision(&before);
+    env.wait_cred("procore-sync", "rotated", |c| active_revision(c) != old)
+        .await;
+
+    let reads: Vec<_> = standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/secrets") && !r.verb.is_write())
+        .collect();
+    let mut saw_watch = false;
+    for r in &reads {
+        match r.verb {
+            reconnect_apiserver::Verb::List | reconnect_apiserver::Verb::Watch => {
+                saw_watch |= r.verb == reconnect_apiserver::Verb::Watch;
+                let accept = r.accept.clone().unwrap_or_default();
+                assert!(
+                    accept.contains("as=PartialObjectMetadata"),
+                    "{} {} accept={accept}",
+                    r.method,
+                    r.path
+                );
+            }
+            reconnect_apiserver::Verb::Get => {
+                let name = r
+                    .path
+                    .split('?')
+                    .next()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap();
+                assert!(
+                    name == "procore-src" || name == "procore-sync-active",
+                    "an unreferenced Secret was read: {}",
+                    r.path
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        saw_watch,
+        "the Secret watch was re-established after close_watches: {reads:?}"
+    );
+    env.shutdown().await;
+}

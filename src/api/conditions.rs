@@ -22,6 +22,12 @@ pub mod types {
     pub const RESTART_TARGETS_FOUND: &str = "RestartTargetsFound";
     /// A ConnectorCredential's deletion waits until no Integration uses it.
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    /// kstatus: the operator is still working towards the desired state (validating, or not
+    /// validated yet). Flux and other kstatus readers report InProgress.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: the operator cannot make progress without a person (a lost connection, a
+    /// permission shortfall, a spec or Secret to fix). kstatus readers report Failed.
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Condition `reason` values (also used as Event reasons).

@@ -65,6 +65,68 @@ pub struct Options {
     pub instance: Option<String>,
 }
 
+/// Whether every running controller has listed its objects once (its cache is synced):
+/// what `/readyz` reports on a leader.
+#[derive(Debug, Default)]
+pub struct CacheSync {
+    running: std::sync::atomic::AtomicUsize,
+    synced: std::sync::atomic::AtomicUsize,
+}
+
+impl CacheSync {
+    /// True when at least one controller runs and all running controllers have synced.
+    pub fn all_synced(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let running = self.running.load(SeqCst);
+        running > 0 && self.synced.load(SeqCst) >= running
+    }
+
+    /// Tracks one controller from start to end; `synced` is called once its cache is ready.
+    pub(crate) fn track(self: &Arc<Self>) -> CacheGuard {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CacheGuard {
+            sync: self.clone(),
+            synced: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+}
+
+/// One running controller's share of [`CacheSync`]; released when the controller ends.
+pub(crate) struct CacheGuard {
+    sync: Arc<CacheSync>,
+    synced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CacheGuard {
+    /// Marks this controller's cache as synced once `ready` resolves.
+    pub(crate) fn synced_when(
+        &self,
+        ready: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let sync = self.sync.clone();
+        let flag = self.synced.clone();
+        tokio::spawn(async move {
+            ready.await;
+            if !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                sync.synced
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+}
+
+impl Drop for CacheGuard {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Claim the flag so a sync that completes after the end is not counted.
+        if self.synced.swap(true, SeqCst) {
+            self.sync.synced.fetch_sub(1, SeqCst);
+        }
+        self.sync.running.fetch_sub(1, SeqCst);
+    }
+}
+
 /// Per-object bookkeeping that must outlive one reconcile but not the process.
 #[derive(Default)]
 struct ObjectState {
@@ -84,6 +146,7 @@ pub struct Context {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) caches: Arc<CacheSync>,
     objects: Mutex<HashMap<String, ObjectState>>,
 }
 
@@ -106,8 +169,14 @@ impl Context {
             providers,
             clock,
             metrics,
+            caches: Arc::default(),
             objects: Mutex::default(),
         }
+    }
+
+    /// Whether the controllers running on this context have synced their caches.
+    pub fn caches(&self) -> &Arc<CacheSync> {
+        &self.caches
     }
 
     /// The metrics this context records into.
@@ -223,6 +292,40 @@ mod tests {
     fn backoff_honours_retry_after() {
         let err = transient(Some(Duration::from_secs(120)));
         assert!(backoff(1, &err, 0) >= Duration::from_secs(120));
+    }
+
+    #[tokio::test]
+    async fn caches_are_synced_only_when_every_running_controller_synced() {
+        let sync = Arc::new(CacheSync::default());
+        assert!(!sync.all_synced(), "nothing running is not ready");
+        let a = sync.track();
+        let b = sync.track();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        a.synced_when(async {});
+        b.synced_when(async move {
+            let _ = rx.await;
+        });
+        tokio::task::yield_now().await;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while sync.synced.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(!sync.all_synced(), "one of two synced");
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !sync.all_synced() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        drop(b);
+        assert!(sync.all_synced(), "the remaining controller is synced");
+        drop(a);
+        assert!(!sync.all_synced(), "no controller running");
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl fmt::Display for DeadCause {
                 "the client id or secret is wrong or expired, or the app is disabled; issue a new client secret and update the Secret"
             }
             DeadCause::InvalidGrant => {
-                "the refresh token is expired, revoked or already used; the account owner must authorize the app again"
+                "the grant was refused (a refresh token that is expired, revoked or already used, or a service account that was deactivated); the account owner must authorize the app again"
             }
             DeadCause::TokenRejected => {
                 "the provider does not accept the token it issued (revoked, or the account lost access); re-authenticate the account"

@@ -36,7 +36,7 @@ use self::status::Update;
 use super::{Context, Error, FIELD_MANAGER, kube_err};
 use crate::api::conditions::reasons;
 use crate::api::{ConnectorCredential, ConnectorCredentialStatus, Integration, PermissionPolicy};
-use crate::providers::{CredentialMaterial, VerifyRequest};
+use crate::providers::{CredentialMaterial, VerifyError, VerifyRequest};
 
 type Guarded = DeserializeGuard<ConnectorCredential>;
 
@@ -232,169 +232,55 @@ async fn reconcile_credential(
 
     // 3-4. Verify with the provider and swap.
     let provider = cred.spec.provider;
-    let mut outcome: Result<(), Error> = Ok(());
-    let mut direct_events: Vec<(EventType, &'static str, String)> = Vec::new();
-    match &plan.step {
-        Step::Idle => {}
+    let mut pass = Pass {
+        ctx,
+        cred,
+        key,
+        now,
+        timing,
+        secrets: &secrets,
+        target: &target,
+        update,
+        events: Vec::new(),
+    };
+    let outcome = match &plan.step {
+        Step::Idle => Ok(()),
         Step::TargetNotOwned => {
-            update.misconfigured(&format!(
+            pass.update.misconfigured(&format!(
                 "target Secret {target_name} exists but is not owned by this ConnectorCredential: \
                  set spec.target.name to another name or delete that Secret"
             ));
+            Ok(())
         }
         Step::FinishSwap { revision } => {
-            if let Some(active) = &target.active {
-                info!(revision = %status::short(revision), "finishing a swap interrupted before its status write");
-                update.swap_finished(revision, &active.record);
-                direct_events.push((
-                    EventType::Normal,
-                    reasons::ROTATED,
-                    format!("revision {} is active", status::short(revision)),
-                ));
-            }
+            pass.finish_swap(revision);
+            Ok(())
         }
         Step::Rotate { revision } => {
             let material = material
                 .as_ref()
-                .expect("a Rotate plan has source material");
+                .expect("decide plans a rotation only for a complete source Secret");
             // Tell users a validation is under way before the provider call, which may take
             // up to the timeout.
-            update.validating(revision, provider.as_str());
-            let rotating = update.status.clone();
-            let mut shown = Update::new(Some(&rotating), generation, now);
+            pass.update.validating(revision, provider.as_str());
+            let mut shown = Update::new(Some(&pass.update.status), generation, now);
             shown.summarize(&timing, plan.source_problem.as_ref());
             write_status(api, &cred.name_any(), cred.status.as_ref(), &shown.status).await?;
-
-            let required = required_for_rotation(cred);
-            let req = VerifyRequest {
-                key,
-                spec: &cred.spec,
-                material,
-                required: &required,
-                timeout: timing.timeout,
-            };
-            let first = cred
-                .status
-                .as_ref()
-                .and_then(|s| s.active_revision.as_ref())
-                .is_none();
-            match target::validate(&ctx.providers, &req, revision, now).await {
-                Ok((validated, verified)) => {
-                    target::write(&secrets, cred, target.secret.as_ref(), &validated)
-                        .await
-                        .map_err(kube_err("write target Secret"))?;
-                    info!(revision = %status::short(revision), account = %verified.account.id, "swapped in a validated credential");
-                    ctx.metrics.rotation(provider, true);
-                    update.swapped(validated.revision(), &verified);
-                    ctx.set_last_probe(key, now);
-                    let (reason, note) = if first {
-                        (
-                            reasons::CONNECTED,
-                            format!("connected as {}", account_name(&verified.account)),
-                        )
-                    } else {
-                        (
-                            reasons::ROTATED,
-                            format!(
-                                "revision {} validated and swapped in; now authenticated as {}",
-                                status::short(revision),
-                                account_name(&verified.account)
-                            ),
-                        )
-                    };
-                    direct_events.push((EventType::Normal, reason, note));
-                }
-                Err(err) if err.is_transient() => {
-                    update.transient(&err, timing.failure_threshold, Some(revision));
-                    outcome = Err(Error::Provider(err));
-                }
-                Err(err) => {
-                    info!(revision = %status::short(revision), reason = err.reason(), "rotation rejected");
-                    ctx.metrics.rotation(provider, false);
-                    update.rejected(revision, &err);
-                    direct_events.push((
-                        EventType::Warning,
-                        reasons::ROTATION_REJECTED,
-                        update
-                            .status
-                            .rejected
-                            .as_ref()
-                            .map(|r| r.message.clone())
-                            .unwrap_or_default(),
-                    ));
-                }
-            }
+            pass.rotate(revision, material).await?
         }
         Step::Revalidate | Step::Refresh => {
             let active = target
                 .active
                 .as_ref()
-                .expect("maintenance needs an active credential");
-            let required: BTreeSet<String> =
-                cred.spec.required_permissions.iter().cloned().collect();
-            let req = VerifyRequest {
-                key,
-                spec: &cred.spec,
-                material: active.material(),
-                required: &required,
-                timeout: timing.timeout,
-            };
-            let result = if plan.step == Step::Revalidate {
-                match ctx.providers.verify(&req).await {
-                    Ok(verified) => {
-                        // A rotated refresh token must be persisted before anything else.
-                        if verified.tokens.refresh_token.is_some() {
-                            let v = target::Validated::revalidated(active, &verified, now);
-                            target::write(&secrets, cred, target.secret.as_ref(), &v)
-                                .await
-                                .map_err(kube_err("write target Secret"))?;
-                            update.refreshed(&verified.tokens);
-                        }
-                        update.revalidated(&verified);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            } else {
-                match ctx.providers.refresh(&req).await {
-                    Ok(tokens) => {
-                        let v = target::Validated::refreshed(active, tokens.clone(), now);
-                        target::write(&secrets, cred, target.secret.as_ref(), &v)
-                            .await
-                            .map_err(kube_err("write target Secret"))?;
-                        update.refreshed(&tokens);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            // A failure after the provider already rotated the refresh token (the grant
-            // worked, the probe did not): the spent token is dead, so the new one is
-            // persisted before anything else happens.
-            if let Err(err) = &result
-                && let Some(tokens) = err.rotated()
-            {
-                let v = target::Validated::refreshed(active, tokens.clone(), now);
-                target::write(&secrets, cred, target.secret.as_ref(), &v)
-                    .await
-                    .map_err(kube_err("write target Secret"))?;
-                update.refreshed(tokens);
-            }
-            match result {
-                Ok(()) => ctx.set_last_probe(key, now),
-                Err(err) if err.is_transient() => {
-                    update.transient(&err, timing.failure_threshold, None);
-                    outcome = Err(Error::Provider(err));
-                }
-                Err(err) => {
-                    // Probe again on the interval, not in a loop: a dead credential stays
-                    // dead until somebody re-authenticates.
-                    ctx.set_last_probe(key, now);
-                    update.active_failed(&err);
-                }
-            }
+                .expect("decide plans maintenance only with an active credential");
+            pass.maintain(active, plan.step == Step::Refresh).await?
         }
-    }
+    };
+    let Pass {
+        mut update,
+        events: direct_events,
+        ..
+    } = pass;
 
     // 5. Write status and tell people what changed.
     update.summarize(&timing, plan.source_problem.as_ref());
@@ -414,7 +300,7 @@ async fn reconcile_credential(
     for (type_, reason, note) in events::transitions(&old, &update.status) {
         events::publish(ctx, &reference, type_, reason, note).await;
     }
-    outcome?;
+    outcome.map_err(Error::Provider)?;
 
     Ok(match (&plan.step, plan.wake_at) {
         (Step::Idle, Some(at)) => Action::requeue(until(now, at).clamp(FOLLOW_UP, timing.interval)),
@@ -424,6 +310,188 @@ async fn reconcile_credential(
         (Step::Idle | Step::TargetNotOwned, None) => Action::await_change(),
         _ => Action::requeue(FOLLOW_UP),
     })
+}
+
+/// One reconcile's provider step: what it reads and the status it builds. Each method is
+/// one step of the pipeline; a transient provider failure comes back as `Ok(Err(..))` so
+/// the status is still written before the error reaches `error_policy`.
+struct Pass<'a> {
+    ctx: &'a Context,
+    cred: &'a ConnectorCredential,
+    key: &'a str,
+    now: Timestamp,
+    timing: Timing,
+    secrets: &'a Api<Secret>,
+    target: &'a target::Read,
+    update: Update,
+    events: Vec<(EventType, &'static str, String)>,
+}
+
+type StepResult = Result<Result<(), VerifyError>, Error>;
+
+impl Pass<'_> {
+    /// Finishes a swap whose status write was lost, from what the target Secret records.
+    fn finish_swap(&mut self, revision: &str) {
+        if let Some(active) = &self.target.active {
+            info!(revision = %status::short(revision), "finishing a swap interrupted before its status write");
+            self.update.swap_finished(revision, &active.record);
+            self.events.push((
+                EventType::Normal,
+                reasons::ROTATED,
+                format!("revision {} is active", status::short(revision)),
+            ));
+        }
+    }
+
+    async fn write_target(&self, validated: &target::Validated) -> Result<(), Error> {
+        target::write(
+            self.secrets,
+            self.cred,
+            self.target.secret.as_ref(),
+            validated,
+        )
+        .await
+        .map_err(kube_err("write target Secret"))?;
+        Ok(())
+    }
+
+    /// Validates a new source revision and swaps it in if it passes.
+    async fn rotate(&mut self, revision: &str, material: &CredentialMaterial) -> StepResult {
+        let provider = self.cred.spec.provider;
+        let required = required_for_rotation(self.cred);
+        let req = VerifyRequest {
+            key: self.key,
+            spec: &self.cred.spec,
+            material,
+            required: &required,
+            timeout: self.timing.timeout,
+        };
+        let first = self
+            .cred
+            .status
+            .as_ref()
+            .and_then(|s| s.active_revision.as_ref())
+            .is_none();
+        match target::validate(&self.ctx.providers, &req, revision, self.now).await {
+            Ok((validated, verified)) => {
+                self.write_target(&validated).await?;
+                info!(revision = %status::short(revision), account = %verified.account.id, "swapped in a validated credential");
+                self.ctx.metrics.rotation(provider, true);
+                self.update.swapped(validated.revision(), &verified);
+                self.ctx.set_last_probe(self.key, self.now);
+                let who = account_name(&verified.account);
+                self.events.push(if first {
+                    (
+                        EventType::Normal,
+                        reasons::CONNECTED,
+                        format!("connected as {who}"),
+                    )
+                } else {
+                    (
+                        EventType::Normal,
+                        reasons::ROTATED,
+                        format!(
+                            "revision {} validated and swapped in; now authenticated as {who}",
+                            status::short(revision)
+                        ),
+                    )
+                });
+                Ok(Ok(()))
+            }
+            Err(err) if err.is_transient() => {
+                self.update
+                    .transient(&err, self.timing.failure_threshold, Some(revision));
+                Ok(Err(err))
+            }
+            Err(err) => {
+                info!(revision = %status::short(revision), reason = err.reason(), "rotation rejected");
+                self.ctx.metrics.rotation(provider, false);
+                self.update.rejected(revision, &err);
+                let message = self
+                    .update
+                    .status
+                    .rejected
+                    .as_ref()
+                    .map(|r| r.message.clone());
+                self.events.push((
+                    EventType::Warning,
+                    reasons::ROTATION_REJECTED,
+                    message.unwrap_or_default(),
+                ));
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    /// Probes the active credential, or (with `refresh`) mints it a new access token.
+    async fn maintain(&mut self, active: &target::Active, refresh: bool) -> StepResult {
+        let required: BTreeSet<String> = self
+            .cred
+            .spec
+            .required_permissions
+            .iter()
+            .cloned()
+            .collect();
+        let req = VerifyRequest {
+            key: self.key,
+            spec: &self.cred.spec,
+            material: active.material(),
+            required: &required,
+            timeout: self.timing.timeout,
+        };
+        let result = if refresh {
+            match self.ctx.providers.refresh(&req).await {
+                Ok(tokens) => {
+                    let v = target::Validated::refreshed(active, tokens.clone(), self.now);
+                    self.write_target(&v).await?;
+                    self.update.refreshed(&tokens);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            match self.ctx.providers.verify(&req).await {
+                Ok(verified) => {
+                    // A rotated refresh token must be persisted before anything else.
+                    if verified.tokens.refresh_token.is_some() {
+                        let v = target::Validated::revalidated(active, &verified, self.now);
+                        self.write_target(&v).await?;
+                        self.update.refreshed(&verified.tokens);
+                    }
+                    self.update.revalidated(&verified);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        // A failure after the provider already rotated the refresh token (the grant worked,
+        // the probe did not): the spent token is dead, so the new one is persisted first.
+        if let Err(err) = &result
+            && let Some(tokens) = err.rotated()
+        {
+            let v = target::Validated::refreshed(active, tokens.clone(), self.now);
+            self.write_target(&v).await?;
+            self.update.refreshed(tokens);
+        }
+        match result {
+            Ok(()) => {
+                self.ctx.set_last_probe(self.key, self.now);
+                Ok(Ok(()))
+            }
+            Err(err) if err.is_transient() => {
+                self.update
+                    .transient(&err, self.timing.failure_threshold, None);
+                Ok(Err(err))
+            }
+            Err(err) => {
+                // Probe again on the interval, not in a loop: a dead credential stays dead
+                // until somebody re-authenticates.
+                self.ctx.set_last_probe(self.key, self.now);
+                self.update.active_failed(&err);
+                Ok(Ok(()))
+            }
+        }
+    }
 }
 
 fn account_name(account: &crate::api::Account) -> &str {
@@ -522,7 +590,13 @@ pub async fn run(
     reconcile_all: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    controller(ctx.client.clone(), namespace.as_deref())
+    let controller = controller(ctx.client.clone(), namespace.as_deref());
+    let cache = ctx.caches.track();
+    let store = controller.store();
+    cache.synced_when(async move {
+        let _ = store.wait_until_ready().await;
+    });
+    controller
         .reconcile_all_on(reconcile_all)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -532,6 +606,7 @@ pub async fn run(
             }
         })
         .await;
+    drop(cache);
 }
 
 impl Timing {

@@ -276,6 +276,11 @@ impl Update {
     /// Derives observedGeneration, phase, Ready and ExpiringSoon from everything else.
     pub fn summarize(&mut self, timing: &Timing, source_problem: Option<&Source>) {
         self.status.observed_generation = self.generation;
+        // Every condition was re-evaluated against this generation, set in this reconcile or
+        // not.
+        for c in &mut self.status.conditions {
+            c.observed_generation = self.generation;
+        }
         let source_issue = source_problem.map(|p| match p {
             Source::Missing => (
                 reasons::SECRET_NOT_FOUND,
@@ -355,7 +360,31 @@ impl Update {
             let msg = connected.map(|c| c.message).unwrap_or_default();
             (true, reasons::CONNECTED, msg)
         };
-        self.set(types::READY, ready, reason, message);
+        self.set(types::READY, ready, reason, message.clone());
+
+        // The same verdict in the abnormal-true conditions kstatus (Flux) reads.
+        let stalled = !ready
+            && [
+                reasons::CONNECTION_LOST,
+                reasons::PROVIDER_UNREACHABLE,
+                reasons::PERMISSION_MISMATCH,
+                reasons::ROTATION_REJECTED,
+                reasons::SECRET_NOT_FOUND,
+                reasons::MISSING_KEY,
+                reasons::MISCONFIGURED,
+            ]
+            .contains(&reason);
+        let reconciling = !ready && !stalled;
+        if stalled {
+            self.set(types::STALLED, true, reason, message.clone());
+        } else {
+            self.set(types::STALLED, false, reasons::IDLE, "");
+        }
+        if reconciling {
+            self.set(types::RECONCILING, true, reason, message);
+        } else {
+            self.set(types::RECONCILING, false, reasons::IDLE, "");
+        }
 
         let warn_from = self.status.expires_at.as_ref().map(|t| {
             t.0.saturating_sub(

@@ -508,7 +508,14 @@ pub async fn run_with(
         index: index.clone(),
         debounce: Mutex::default(),
     });
-    controller(&ctx, namespace.as_deref(), index)
+    let controller = controller(&ctx, namespace.as_deref(), index);
+    // /readyz waits for this controller's cache too.
+    let cache = ctx.caches.track();
+    let store = controller.store();
+    cache.synced_when(async move {
+        let _ = store.wait_until_ready().await;
+    });
+    controller
         .reconcile_all_on(reconcile_all)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, state)
@@ -518,4 +525,5 @@ pub async fn run_with(
             }
         })
         .await;
+    drop(cache);
 }

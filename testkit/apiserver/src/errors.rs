@@ -95,6 +95,11 @@ impl ApiError {
         .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
     }
 
+    /// A 409 Conflict with a message of its own (server-side apply field conflicts).
+    pub(crate) fn conflict_message(message: String) -> Self {
+        Self::new(409, "Conflict", message)
+    }
+
     pub(crate) fn stale(rt: &ResourceType, name: &str) -> Self {
         Self::conflict(
             rt,

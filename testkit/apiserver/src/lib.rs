@@ -7,10 +7,14 @@
 //! end-to-end test starts from: a real cluster when `RECONNECT_TEST_KUBECONFIG` is set, this
 //! stand-in otherwise.
 
+#![warn(missing_docs)]
+
 mod errors;
 mod faults;
 mod harness;
+mod ownership;
 mod patch;
+mod render;
 mod resources;
 mod routes;
 mod selectors;
@@ -27,7 +31,7 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 pub use faults::{RequestMatch, RequestRecord, Verb};
-pub use harness::{TestCluster, test_cluster};
+pub use harness::{KUBECONFIG_ENV, TEST_NAMESPACE_LABEL, TestCluster, crds_dir, test_cluster};
 pub use server::ServedApiServer;
 pub use service::ResponseBody;
 
@@ -103,15 +107,14 @@ impl ApiServer {
         }
     }
 
-    /// Serves the type a CRD defines, at its group, served versions and plural.
+    /// Serves the type a CRD defines, at its group, served versions and plural, and stores
+    /// the CRD itself (established) like `kubectl apply` would.
     pub fn register_crd(&self, crd: &CustomResourceDefinition) -> Result<(), CrdError> {
         let value = serde_json::to_value(crd).map_err(|e| CrdError(e.to_string()))?;
         self.inner
             .state()
-            .registry
-            .register_crd(&value)
-            .map(|_| ())
-            .map_err(CrdError)
+            .put_crd(value)
+            .map_err(|e| CrdError(e.message))
     }
 
     /// Registers every CustomResourceDefinition in the `*.yaml`/`*.yml`/`*.json` files of

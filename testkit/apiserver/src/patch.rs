@@ -69,8 +69,27 @@ pub(crate) fn patch(
     Ok(doc)
 }
 
+/// The schema of field `key` of an object with schema `schema`.
+pub(crate) fn field_schema<'a>(schema: Option<&'a Value>, key: &str) -> Option<&'a Value> {
+    schema.and_then(|s| {
+        s.get("properties")
+            .and_then(|p| p.get(key))
+            .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+    })
+}
+
+/// How the list in field `key` merges: from its schema for custom resources (`custom`),
+/// from the built-in table otherwise.
+pub(crate) fn list_merge(custom: bool, list_schema: Option<&Value>, key: &str) -> ListMerge {
+    match (custom, list_schema) {
+        (true, Some(s)) => schema_list(s),
+        (true, None) => ListMerge::Replace,
+        (false, _) => builtin_list(key),
+    }
+}
+
 /// How a list is merged when a patch or apply configuration carries one.
-enum ListMerge {
+pub(crate) enum ListMerge {
     /// The list is replaced whole (`atomic`, and every list without merge semantics).
     Replace,
     /// Primitive items, unioned (`x-kubernetes-list-type: set`, `finalizers`).
@@ -216,77 +235,6 @@ fn merge_list(
     }
 }
 
-/// Server-side apply's removal: fields a manager applied before and leaves out of its new
-/// configuration are removed from the live object (ownership by other managers is not
-/// tracked; see the README). Keyed list items are matched by their keys.
-pub(crate) fn remove_unapplied(
-    live: &mut Value,
-    previous: &Value,
-    applied: &Value,
-    schema: Option<&Value>,
-) {
-    let (Some(prev), Some(live_map)) = (previous.as_object(), live.as_object_mut()) else {
-        return;
-    };
-    for (key, prev_value) in prev {
-        if key == "apiVersion" || key == "kind" {
-            continue;
-        }
-        let child_schema = schema.and_then(|s| {
-            s.get("properties")
-                .and_then(|p| p.get(key))
-                .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
-        });
-        let Some(new_value) = applied.get(key) else {
-            live_map.remove(key);
-            continue;
-        };
-        match (prev_value, new_value) {
-            (Value::Object(_), Value::Object(_)) => {
-                if let Some(live_child) = live_map.get_mut(key) {
-                    remove_unapplied(live_child, prev_value, new_value, child_schema);
-                }
-            }
-            (Value::Array(prev_items), Value::Array(new_items)) => {
-                let how = match (schema, child_schema) {
-                    (Some(_), Some(s)) => schema_list(s),
-                    (Some(_), None) => ListMerge::Replace,
-                    (None, _) => builtin_list(key),
-                };
-                let Some(Value::Array(live_items)) = live_map.get_mut(key) else {
-                    continue;
-                };
-                match how {
-                    ListMerge::Map(keys) => {
-                        let id = |item: &Value| -> Vec<Value> {
-                            keys.iter()
-                                .map(|k| item.get(k).cloned().unwrap_or(Value::Null))
-                                .collect()
-                        };
-                        let item_schema = child_schema.and_then(|s| s.get("items"));
-                        for prev_item in prev_items {
-                            let pid = id(prev_item);
-                            match new_items.iter().find(|n| id(n) == pid) {
-                                None => live_items.retain(|l| id(l) != pid),
-                                Some(new_item) => {
-                                    if let Some(l) = live_items.iter_mut().find(|l| id(l) == pid) {
-                                        remove_unapplied(l, prev_item, new_item, item_schema);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    ListMerge::Set => {
-                        live_items.retain(|l| !prev_items.contains(l) || new_items.contains(l));
-                    }
-                    ListMerge::Replace => {}
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 /// Server-side apply's merge of an applied configuration into the live object: maps are
 /// merged, lists merged per their list type, scalars replaced, `null` removes a field.
 fn apply(live: &mut Value, applied: &Value, schema: Option<&Value>) {
@@ -299,21 +247,13 @@ fn apply(live: &mut Value, applied: &Value, schema: Option<&Value>) {
     }
     let live_map = live.as_object_mut().expect("made an object above");
     for (key, value) in applied_map {
-        let child_schema = schema.and_then(|s| {
-            s.get("properties")
-                .and_then(|p| p.get(key))
-                .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
-        });
+        let child_schema = field_schema(schema, key);
         match value {
             Value::Null => {
                 live_map.remove(key);
             }
             Value::Array(items) => {
-                let how = match (schema, child_schema) {
-                    (Some(_), Some(s)) => schema_list(s),
-                    (Some(_), None) => ListMerge::Replace,
-                    (None, _) => builtin_list(key),
-                };
+                let how = list_merge(schema.is_some(), child_schema, key);
                 let item_schema = child_schema.and_then(|s| s.get("items"));
                 let existing = live_map
                     .entry(key.clone())
@@ -345,38 +285,6 @@ mod tests {
         assert_eq!(
             out,
             json!({"spec": {"containers": [{"name": "a", "image": "2"}, {"name": "c", "image": "3"}], "x": 1}})
-        );
-    }
-
-    #[test]
-    fn apply_removes_fields_the_same_manager_stopped_applying() {
-        let schema = json!({"properties": {"status": {"properties": {
-            "conditions": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"], "items": {"type": "object"}},
-            "rejected": {"type": "object"},
-            "failures": {"type": "integer"},
-        }}}});
-        let mut live = json!({"status": {
-            "conditions": [{"type": "Ready", "status": "False", "reason": "X"}, {"type": "Other", "status": "True"}],
-            "rejected": {"revision": "a"},
-            "failures": 2,
-            "kept": "by another writer",
-        }});
-        let previous = json!({"apiVersion": "v", "kind": "K", "status": {
-            "conditions": [{"type": "Ready", "status": "False", "reason": "X"}, {"type": "Other", "status": "True"}],
-            "rejected": {"revision": "a"},
-            "failures": 2,
-        }});
-        let applied = json!({"apiVersion": "v", "kind": "K", "status": {
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }});
-        remove_unapplied(&mut live, &previous, &applied, Some(&schema));
-        let out = patch(PatchType::Apply, &live, &applied, Some(&schema)).unwrap();
-        assert_eq!(
-            out,
-            json!({"apiVersion": "v", "kind": "K", "status": {
-                "conditions": [{"type": "Ready", "status": "True"}],
-                "kept": "by another writer",
-            }})
         );
     }
 

@@ -27,6 +27,18 @@ pub(crate) struct ResourceType {
     pub tracks_generation: bool,
     /// Present for custom resources: structural schema, defaults and CEL rules.
     pub schema: Option<CrdSchema>,
+    /// A CRD's additionalPrinterColumns, for `kubectl get` tables.
+    pub printer_columns: Vec<PrinterColumn>,
+}
+
+/// One `additionalPrinterColumns` entry.
+#[derive(Clone, Debug)]
+pub(crate) struct PrinterColumn {
+    pub name: String,
+    pub type_: String,
+    pub format: String,
+    pub json_path: String,
+    pub priority: i64,
 }
 
 impl ResourceType {
@@ -227,6 +239,7 @@ impl Registry {
                     status_subresource: b.status_subresource,
                     tracks_generation: b.tracks_generation,
                     schema: None,
+                    printer_columns: Vec::new(),
                 })
             })
             .collect();
@@ -296,6 +309,25 @@ impl Registry {
                 || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
             );
         let status_subresource = storage.pointer("/subresources/status").is_some();
+        let printer_columns = storage
+            .get("additionalPrinterColumns")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                Some(PrinterColumn {
+                    name: c.get("name")?.as_str()?.to_string(),
+                    type_: c.get("type")?.as_str()?.to_string(),
+                    format: c
+                        .get("format")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    json_path: c.get("jsonPath")?.as_str()?.to_string(),
+                    priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
+                })
+            })
+            .collect();
         let rt = Arc::new(ResourceType {
             group,
             versions: versions
@@ -311,11 +343,18 @@ impl Registry {
             status_subresource,
             tracks_generation: true,
             schema: Some(CrdSchema::new(schema)?),
+            printer_columns,
         });
         self.types
             .retain(|t| !(t.group == rt.group && t.plural == rt.plural));
         self.types.push(rt.clone());
         Ok(rt)
+    }
+
+    /// Stops serving a resource (its CRD was deleted).
+    pub(crate) fn unregister(&mut self, group: &str, plural: &str) {
+        self.types
+            .retain(|t| !(t.group == group && t.plural == plural));
     }
 
     fn groups(&self) -> Vec<(String, Vec<String>)> {

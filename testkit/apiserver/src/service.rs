@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 use crate::errors::ApiError;
 use crate::faults::RequestRecord;
 use crate::patch::PatchType;
-use crate::resources::ResourceType;
+use crate::render::Presentation;
 use crate::routes::{self, Query, ResourcePath, Route};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{DeleteOptions, Filter, ListQuery, WatchStart};
+use crate::store::{DeleteOptions, Filter, ListQuery, PatchOptions, WatchStart};
 use crate::watch::{self, WatchOptions};
 use crate::{ApiServer, Inner, Verb, lock};
 
@@ -159,22 +159,6 @@ fn dispatch(
     }
 }
 
-/// How the client asked to see objects.
-struct Presentation {
-    api_version: String,
-    metadata_only: bool,
-}
-
-impl Presentation {
-    fn object(&self, mut object: Value) -> Value {
-        if self.metadata_only {
-            return json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"].take()});
-        }
-        object["apiVersion"] = json!(self.api_version);
-        object
-    }
-}
-
 fn resource(
     inner: &Arc<Inner>,
     parts: &http::request::Parts,
@@ -203,10 +187,7 @@ fn resource(
         ));
     }
     let accept = header_str(parts, header::ACCEPT).unwrap_or_default();
-    let view = Presentation {
-        api_version: rt.api_version(&path.version),
-        metadata_only: accept.contains("as=PartialObjectMetadata"),
-    };
+    let view = Presentation::new(rt.clone(), &path.version, &accept);
     let ns = path.namespace.as_deref();
     let name = path.name.as_deref();
     let parse_body = || -> Result<Value, ApiError> {
@@ -229,8 +210,8 @@ fn resource(
             let object = inner.state().get(&rt, ns, name)?;
             Ok(json_response(200, &view.object(object)))
         }
-        (Verb::List, None) => list(inner, &rt, &view, filter()?, query),
-        (Verb::Watch, None) => start_watch(inner, &rt, view, filter()?, query),
+        (Verb::List, None) => list(inner, &view, filter()?, query),
+        (Verb::Watch, None) => start_watch(inner, view, filter()?, query),
         (Verb::Create, None) => {
             let object = inner.state().create(&rt, ns, parse_body()?)?;
             Ok(json_response(201, &view.object(object)))
@@ -245,16 +226,13 @@ fn resource(
             let content_type = header_str(parts, header::CONTENT_TYPE).unwrap_or_default();
             let kind = PatchType::from_content_type(&content_type)
                 .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
-            // `force` is accepted: without field-ownership conflicts it changes nothing.
-            let written = inner.state().patch(
-                &rt,
-                ns,
-                name,
-                kind,
-                body,
-                query.get("fieldManager"),
-                status_only,
-            )?;
+            let options = PatchOptions {
+                field_manager: query.get("fieldManager").map(str::to_string),
+                force: query.flag("force"),
+            };
+            let written = inner
+                .state()
+                .patch(&rt, ns, name, kind, body, &options, status_only)?;
             Ok(json_response(
                 if written.created { 201 } else { 200 },
                 &view.object(written.body),
@@ -311,7 +289,6 @@ fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError
 
 fn list(
     inner: &Arc<Inner>,
-    rt: &ResourceType,
     view: &Presentation,
     filter: Filter,
     query: &Query,
@@ -328,30 +305,17 @@ fn list(
             .filter(|m| !m.is_empty())
             .map(str::to_string),
     };
-    let (rv, items, token, remaining) = inner.state().list(&filter, &list_query)?;
-    let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if let Some(token) = token {
+    let page = inner.state().list(&filter, &list_query)?;
+    let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
+    if let Some(token) = page.continue_token {
         metadata["continue"] = json!(token);
-        metadata["remainingItemCount"] = json!(remaining);
+        metadata["remainingItemCount"] = json!(page.remaining);
     }
-    let (api_version, kind) = if view.metadata_only {
-        (
-            "meta.k8s.io/v1".to_string(),
-            "PartialObjectMetadataList".to_string(),
-        )
-    } else {
-        (view.api_version.clone(), format!("{}List", rt.kind))
-    };
-    let items: Vec<Value> = items.into_iter().map(|o| view.object(o)).collect();
-    Ok(json_response(
-        200,
-        &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items}),
-    ))
+    Ok(json_response(200, &view.list(page.items, metadata)))
 }
 
 fn start_watch(
     inner: &Arc<Inner>,
-    rt: &ResourceType,
     view: Presentation,
     filter: Filter,
     query: &Query,
@@ -383,9 +347,7 @@ fn start_watch(
     };
     let (id, rx) = inner.state().watch(filter, start);
     let options = WatchOptions {
-        api_version: view.api_version,
-        kind: rt.kind.clone(),
-        metadata_only: view.metadata_only,
+        view,
         bookmarks,
         timeout: query
             .get("timeoutSeconds")

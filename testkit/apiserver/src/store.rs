@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::errors::{ApiError, Cause, deleted_status};
+use crate::ownership::{self, FieldPath, FieldSet};
 use crate::patch::{self, PatchType};
 use crate::resources::{CRD_GROUP, CRD_PLURAL, Registry, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -108,12 +109,30 @@ pub(crate) struct ListQuery {
     pub resource_version_match: Option<String>,
 }
 
+/// One page of a list.
+pub(crate) struct ListPage {
+    /// The resourceVersion the page shows the state at.
+    pub resource_version: u64,
+    pub items: Vec<Value>,
+    /// Present when more items follow.
+    pub continue_token: Option<String>,
+    /// How many items follow.
+    pub remaining: usize,
+}
+
 /// Delete parameters after parsing.
 #[derive(Debug, Default)]
 pub(crate) struct DeleteOptions {
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
     pub orphan: bool,
+}
+
+/// Server-side apply parameters from the query string.
+#[derive(Debug, Default)]
+pub(crate) struct PatchOptions {
+    pub field_manager: Option<String>,
+    pub force: bool,
 }
 
 /// What a write produced: the object (or Status) to return and whether it was created.
@@ -135,9 +154,8 @@ pub(crate) struct State {
     next_watch: u64,
     validator: Validator,
     rng: u64,
-    /// The configuration each field manager last applied to each object (and subresource):
-    /// what server-side apply uses to remove fields a manager stopped applying.
-    applied: HashMap<(Key, String, bool), Value>,
+    /// Server-side apply ownership: by object uid, by (field manager, status subresource).
+    managed: HashMap<String, BTreeMap<(String, bool), FieldSet>>,
 }
 
 fn meta(object: &Value, field: &str) -> Option<String> {
@@ -184,6 +202,73 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
+/// A label value, or the name part of a label or annotation key: at most 63 characters,
+/// alphanumerics with `-`, `_` or `.` inside.
+fn is_label_value(s: &str) -> bool {
+    let inner_ok = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let ends_ok = |b: Option<u8>| b.is_none_or(|b| b.is_ascii_alphanumeric());
+    s.len() <= 63 && inner_ok && ends_ok(s.bytes().next()) && ends_ok(s.bytes().last())
+}
+
+/// A qualified name: `[prefix/]name`, prefix a DNS subdomain.
+fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    !name.is_empty()
+        && is_label_value(name)
+        && prefix.is_none_or(|p| !p.is_empty() && is_dns_subdomain(p))
+}
+
+/// kube-apiserver's checks on `metadata.labels` and `metadata.annotations` keys and values.
+fn label_and_annotation_causes(object: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let entries = |field: &str| {
+        object
+            .pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for (key, value) in entries("labels") {
+        let text = value.as_str().unwrap_or_default();
+        if !is_qualified_name(&key) {
+            causes.push(Cause { reason: "FieldValueInvalid", field: "metadata.labels".into(), message: format!("Invalid value: {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character") });
+        }
+        if !value.is_string() || !is_label_value(text) {
+            causes.push(Cause { reason: "FieldValueInvalid", field: format!("metadata.labels.{key}"), message: format!("Invalid value: {value}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character") });
+        }
+    }
+    let annotations = entries("annotations");
+    for (key, value) in &annotations {
+        if !is_qualified_name(key) {
+            causes.push(Cause { reason: "FieldValueInvalid", field: "metadata.annotations".into(), message: format!("Invalid value: {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character") });
+        }
+        if !value.is_string() {
+            causes.push(Cause {
+                reason: "FieldValueInvalid",
+                field: format!("metadata.annotations.{key}"),
+                message: "Invalid value: annotation values must be strings".into(),
+            });
+        }
+    }
+    let size: usize = annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    if size > 256 * 1024 {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: "metadata.annotations".into(),
+            message: "Too long: must have at most 262144 bytes".into(),
+        });
+    }
+    causes
+}
+
 /// The object without the parts whose change does not bump `metadata.generation`.
 fn generation_relevant(object: &Value, status_subresource: bool) -> Value {
     let mut v = object.clone();
@@ -214,7 +299,7 @@ impl State {
             next_watch: 0,
             validator: Validator::new(),
             rng: seed | 1,
-            applied: HashMap::new(),
+            managed: HashMap::new(),
         };
         let namespaces = state
             .registry
@@ -368,11 +453,7 @@ impl State {
         Ok(snapshot)
     }
 
-    pub(crate) fn list(
-        &self,
-        filter: &Filter,
-        query: &ListQuery,
-    ) -> Result<(u64, Vec<Value>, Option<String>, usize), ApiError> {
+    pub(crate) fn list(&self, filter: &Filter, query: &ListQuery) -> Result<ListPage, ApiError> {
         let parse_rv = |s: &str| {
             s.parse::<u64>()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version {s:?}")))
@@ -429,12 +510,12 @@ impl State {
         };
         let token = (!rest.is_empty())
             .then(|| encode_continue(snapshot_rv, page.last().expect("limit > 0").0));
-        Ok((
-            snapshot_rv,
-            page.iter().map(|(_, v)| (*v).clone()).collect(),
-            token,
-            rest.len(),
-        ))
+        Ok(ListPage {
+            resource_version: snapshot_rv,
+            items: page.iter().map(|(_, v)| (*v).clone()).collect(),
+            continue_token: token,
+            remaining: rest.len(),
+        })
     }
 
     /// Registers a watch; the receiver yields its frames. `None` id: the watch already ended
@@ -544,6 +625,10 @@ impl State {
                     ),
                 }],
             ));
+        }
+        let metadata_causes = label_and_annotation_causes(&object);
+        if !metadata_causes.is_empty() {
+            return Err(ApiError::invalid(rt, &name, metadata_causes));
         }
         if let Some(schema) = &rt.schema {
             return schema
@@ -694,24 +779,51 @@ impl State {
         }
         let mut object = self.admit(rt, object, None)?;
         if rt.group == CRD_GROUP && rt.plural == CRD_PLURAL {
-            self.registry.register_crd(&object).map_err(|e| {
-                ApiError::invalid(
-                    rt,
-                    &name,
-                    vec![Cause {
-                        reason: "FieldValueInvalid",
-                        field: "spec".into(),
-                        message: e,
-                    }],
-                )
-            })?;
-            let now = now_rfc3339();
-            object["status"] = json!({"conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
-            ], "acceptedNames": object["spec"]["names"].clone(), "storedVersions": []});
+            self.establish_crd(rt, &name, &mut object)?;
         }
         Ok(self.commit(key, Some(object)))
+    }
+
+    /// Serves the type a CRD object describes and records that in its status, as the
+    /// apiextensions controllers would (at once: names are always accepted).
+    fn establish_crd(
+        &mut self,
+        rt: &ResourceType,
+        name: &str,
+        crd: &mut Value,
+    ) -> Result<(), ApiError> {
+        self.registry.register_crd(crd).map_err(|e| {
+            ApiError::invalid(
+                rt,
+                name,
+                vec![Cause {
+                    reason: "FieldValueInvalid",
+                    field: "spec".into(),
+                    message: e,
+                }],
+            )
+        })?;
+        let now = now_rfc3339();
+        crd["status"] = json!({"conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+        ], "acceptedNames": crd["spec"]["names"].clone(), "storedVersions": []});
+        Ok(())
+    }
+
+    /// Registers a CRD as if it had been applied: created, or replaced when it exists.
+    pub(crate) fn put_crd(&mut self, crd: Value) -> Result<(), ApiError> {
+        let rt = self
+            .registry
+            .find(CRD_GROUP, "v1", CRD_PLURAL)
+            .expect("built in");
+        let name = meta(&crd, "name").unwrap_or_default();
+        match self.create(&rt, None, crd.clone()) {
+            Err(e) if e.reason == "AlreadyExists" => {
+                self.update(&rt, None, &name, crd, false).map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// PUT: replaces the object (or with `status_only`, only its status).
@@ -792,6 +904,13 @@ impl State {
             old["metadata"]["resourceVersion"].clone(),
         );
         let mut new = self.admit(rt, new, Some(&old))?;
+        if rt.group == CRD_GROUP && rt.plural == CRD_PLURAL && !status_only {
+            // Keep the establishment time; only a changed spec re-registers the type.
+            new["status"] = old.get("status").cloned().unwrap_or(Value::Null);
+            if new.get("spec") != old.get("spec") {
+                self.establish_crd(rt, name, &mut new)?;
+            }
+        }
         let deleting = meta(&old, "deletionTimestamp").is_some();
         if deleting {
             let before = finalizers(&old);
@@ -820,7 +939,7 @@ impl State {
         }
         let stored = self.commit(key.clone(), Some(new));
         if deleting && finalizers(&stored).is_empty() {
-            self.commit(key, None);
+            self.remove(key);
             self.collect_garbage();
         }
         Ok(stored)
@@ -835,9 +954,10 @@ impl State {
         name: &str,
         kind: PatchType,
         body: &[u8],
-        field_manager: Option<&str>,
+        options: &PatchOptions,
         status_only: bool,
     ) -> Result<Written, ApiError> {
+        let field_manager = options.field_manager.as_deref();
         if kind == PatchType::Strategic && rt.is_custom() {
             let mut err =
                 ApiError::unsupported_media_type("application/strategic-merge-patch+json");
@@ -853,41 +973,11 @@ impl State {
             return Err(err);
         }
         let patch_doc = patch::parse_body(kind, body)?;
+        if kind != PatchType::Json && !patch_doc.is_object() {
+            return Err(ApiError::bad_request("the patch must be a JSON object"));
+        }
         let schema = rt.schema.as_ref().map(|s| &s.raw);
         let current = self.lookup(rt, namespace, name).map(|(_, v)| v.clone());
-        let written = self.patch_current(
-            rt,
-            namespace,
-            name,
-            kind,
-            &patch_doc,
-            field_manager,
-            status_only,
-            current,
-            schema.cloned().as_ref(),
-        )?;
-        if kind == PatchType::Apply {
-            let key = Self::key(rt, namespace, name);
-            let manager = field_manager.unwrap_or_default().to_owned();
-            self.applied.insert((key, manager, status_only), patch_doc);
-        }
-        Ok(written)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn patch_current(
-        &mut self,
-        rt: &Arc<ResourceType>,
-        namespace: Option<&str>,
-        name: &str,
-        kind: PatchType,
-        patch_doc: &Value,
-        field_manager: Option<&str>,
-        status_only: bool,
-        current: Result<Value, ApiError>,
-        schema: Option<&Value>,
-    ) -> Result<Written, ApiError> {
-        let patch_doc = patch_doc.clone();
         match current {
             Err(err) if kind != PatchType::Apply || status_only => Err(err),
             Err(_) => {
@@ -898,23 +988,80 @@ impl State {
                 }
                 let mut object = patch::patch(kind, &json!({}), &patch_doc, schema)?;
                 meta_mut(&mut object).insert("name".into(), json!(name));
+                let created = self.create(rt, namespace, object)?;
+                if let (Some(manager), Some(uid)) = (field_manager, meta(&created, "uid")) {
+                    let owned =
+                        ownership::applied_fields(&patch_doc, schema, false, rt.status_subresource);
+                    self.managed
+                        .entry(uid)
+                        .or_default()
+                        .insert((manager.to_string(), false), owned);
+                }
                 Ok(Written {
-                    body: self.create(rt, namespace, object)?,
+                    body: created,
                     created: true,
                 })
             }
             Ok(current) => {
-                let mut base = current;
-                if kind == PatchType::Apply {
-                    let key = Self::key(rt, namespace, name);
-                    let manager = field_manager.unwrap_or_default().to_owned();
-                    if let Some(previous) = self.applied.get(&(key, manager, status_only)) {
-                        patch::remove_unapplied(&mut base, previous, &patch_doc, schema);
+                let mut patched = patch::patch(kind, &current, &patch_doc, schema)?;
+                let (Some(manager), PatchType::Apply) = (field_manager, kind) else {
+                    let body = self.update(rt, namespace, name, patched, status_only)?;
+                    return Ok(Written {
+                        body,
+                        created: false,
+                    });
+                };
+                let uid = meta(&current, "uid").unwrap_or_default();
+                let owner = (manager.to_string(), status_only);
+                let owned = ownership::applied_fields(
+                    &patch_doc,
+                    schema,
+                    status_only,
+                    rt.status_subresource,
+                );
+                let managers = self.managed.get(&uid).cloned().unwrap_or_default();
+                let previous = managers.get(&owner).cloned().unwrap_or_default();
+                let conflicts: Vec<((String, bool), FieldPath)> = managers
+                    .iter()
+                    .filter(|(k, _)| **k != owner)
+                    .flat_map(|(k, set)| {
+                        ownership::conflicts(&current, &patch_doc, &owned, set)
+                            .into_iter()
+                            .map(move |p| (k.clone(), p))
+                    })
+                    .collect();
+                if !conflicts.is_empty() && !options.force {
+                    let listed: Vec<String> = conflicts
+                        .iter()
+                        .map(|((m, _), p)| {
+                            format!("conflict with \"{m}\": {}", ownership::display(p))
+                        })
+                        .collect();
+                    return Err(ApiError::conflict_message(format!(
+                        "Apply failed with {} conflict{}: {}",
+                        conflicts.len(),
+                        if conflicts.len() == 1 { "" } else { "s" },
+                        listed.join(", ")
+                    )));
+                }
+                // Forcing takes the conflicting fields away from their previous managers.
+                let mut managers = managers;
+                for ((m, sub), path) in &conflicts {
+                    if let Some(set) = managers.get_mut(&(m.clone(), *sub)) {
+                        set.remove(path);
                     }
                 }
-                let patched = patch::patch(kind, &base, &patch_doc, schema)?;
+                let others: FieldSet = managers
+                    .iter()
+                    .filter(|(k, _)| **k != owner)
+                    .flat_map(|(_, set)| set.iter().cloned())
+                    .collect();
+                ownership::remove_dropped(&mut patched, &previous, &owned, &others);
+                let body = self.update(rt, namespace, name, patched, status_only)?;
+                managers.insert(owner, owned);
+                self.managed.insert(uid, managers);
                 Ok(Written {
-                    body: self.update(rt, namespace, name, patched, status_only)?,
+                    body,
                     created: false,
                 })
             }
@@ -983,7 +1130,7 @@ impl State {
         let object = self.objects.get(&key)?.clone();
         let is_namespace = key.0 == "/namespaces";
         if finalizers(&object).is_empty() && !is_namespace {
-            self.commit(key, None);
+            self.remove(key);
             return None;
         }
         if meta(&object, "deletionTimestamp").is_some() {
@@ -997,6 +1144,34 @@ impl State {
             marked["status"] = json!({"phase": "Terminating"});
         }
         Some(self.commit(key, Some(marked)))
+    }
+
+    /// Removes an object for good. A CustomResourceDefinition takes its type and every
+    /// object of it along.
+    fn remove(&mut self, key: Key) {
+        let removed = self.commit(key.clone(), None);
+        if key.0 != format!("{CRD_GROUP}/{CRD_PLURAL}") {
+            return;
+        }
+        let text = |pointer: &str| {
+            removed
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (group, plural) = (text("/spec/group"), text("/spec/names/plural"));
+        let resource = format!("{group}/{plural}");
+        let instances: Vec<Key> = self
+            .objects
+            .keys()
+            .filter(|k| k.0 == resource)
+            .cloned()
+            .collect();
+        for instance in instances {
+            self.commit(instance, None);
+        }
+        self.registry.unregister(&group, &plural);
     }
 
     fn orphan_dependents(&mut self, owner_uid: &str) {

@@ -15,13 +15,12 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Inner;
+use crate::render::Presentation;
 use crate::service::ResponseBody;
 use crate::store::Frame;
 
 pub(crate) struct WatchOptions {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata_only: bool,
+    pub view: Presentation,
     pub bookmarks: bool,
     pub timeout: Option<Duration>,
     pub bookmark_interval: Duration,
@@ -51,26 +50,14 @@ struct Watch {
 
 impl Watch {
     fn render(&self, frame: Frame) -> Value {
-        let present = |mut object: Value| {
-            if self.options.metadata_only {
-                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"].take()})
-            } else {
-                object["apiVersion"] = json!(self.options.api_version);
-                object
-            }
-        };
+        let view = &self.options.view;
         match frame {
-            Frame::Event(kind, object) => json!({"type": kind, "object": present(object)}),
+            Frame::Event(kind, object) => json!({"type": kind, "object": view.object(object)}),
             Frame::Bookmark {
                 rv,
                 initial_events_end,
             } => {
-                let mut metadata = json!({"resourceVersion": rv.to_string()});
-                if initial_events_end {
-                    metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-                }
-                let object = json!({"apiVersion": self.options.api_version, "kind": self.options.kind, "metadata": metadata});
-                json!({"type": "BOOKMARK", "object": present(object)})
+                json!({"type": "BOOKMARK", "object": view.bookmark(rv, initial_events_end)})
             }
             Frame::Error(status) => json!({"type": "ERROR", "object": status}),
         }

@@ -16,7 +16,8 @@ use kube::api::{
     Preconditions, PropagationPolicy, VersionMatch, WatchEvent, WatchParams,
 };
 use kube::core::Status;
-use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::runtime::watcher;
 use reconnect_apiserver::{RequestMatch, TestCluster, Verb, test_cluster};
 use reconnect_operator::api::ConnectorCredential;
 use serde_json::{Value, json};
@@ -88,6 +89,17 @@ async fn raw(cluster: &TestCluster, request: http::Request<Vec<u8>>) -> Result<V
 /// Collects watch events until `done` holds, failing after `WAIT`.
 async fn watch_until<K, S>(
     stream: S,
+    done: impl FnMut(&[WatchEvent<K>]) -> bool,
+) -> Vec<WatchEvent<K>>
+where
+    S: futures::Stream<Item = Result<WatchEvent<K>, kube::Error>>,
+{
+    watch_until_within(WAIT, stream, done).await
+}
+
+async fn watch_until_within<K, S>(
+    wait: Duration,
+    stream: S,
     mut done: impl FnMut(&[WatchEvent<K>]) -> bool,
 ) -> Vec<WatchEvent<K>>
 where
@@ -95,7 +107,7 @@ where
 {
     let mut stream = std::pin::pin!(stream);
     let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, async {
+    tokio::time::timeout(wait, async {
         while !done(&seen) {
             match stream.next().await {
                 Some(event) => seen.push(event.expect("watch stream item")),
@@ -229,7 +241,10 @@ async fn objects_in_a_missing_namespace_are_not_found() {
 async fn cluster_wide_lists_span_namespaces() {
     let cluster = test_cluster().await;
     let other = format!("{}-b", cluster.namespace);
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": other}})).unwrap();
+    let ns: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": other, "labels": {"reconnect.dev/test-namespace": "true"}}}),
+    )
+    .unwrap();
     Api::<Namespace>::all(cluster.client.clone())
         .create(&PostParams::default(), &ns)
         .await
@@ -263,6 +278,35 @@ async fn cluster_wide_lists_span_namespaces() {
         vec![
             (cluster.namespace.clone(), "here".to_string()),
             (other.clone(), "there".to_string())
+        ]
+    );
+    // A cluster-wide watch sees changes in every namespace.
+    let selector = format!("test={}", cluster.namespace);
+    let stream = Api::<Secret>::all(cluster.client.clone())
+        .watch(
+            &WatchParams::default().labels(&selector),
+            &all.metadata.resource_version.unwrap(),
+        )
+        .await
+        .unwrap();
+    for (ns, name) in [
+        (cluster.namespace.as_str(), "here2"),
+        (other.as_str(), "there2"),
+    ] {
+        Api::<Secret>::namespaced(cluster.client.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &secret(name, json!({"test": cluster.namespace})),
+            )
+            .await
+            .unwrap();
+    }
+    let events = watch_until(stream, |seen| seen.len() >= 2).await;
+    assert_eq!(
+        event_names(&events),
+        vec![
+            ("ADDED".into(), "here2".into()),
+            ("ADDED".into(), "there2".into())
         ]
     );
     Api::<Namespace>::all(cluster.client.clone())
@@ -522,7 +566,7 @@ async fn watches_send_bookmarks_when_allowed() {
         .watch(&WatchParams::default().timeout(120), &start)
         .await
         .unwrap();
-    let events = watch_until(stream, |seen| {
+    let events = watch_until_within(Duration::from_secs(150), stream, |seen| {
         seen.iter().any(|e| matches!(e, WatchEvent::Bookmark(_)))
     })
     .await;
@@ -850,6 +894,100 @@ async fn server_side_apply_creates_merges_and_merges_conditions_by_type() {
             && conditions.contains(&("Connected".into(), "False".into()))
     );
 
+    // A manager's next apply removes what it stopped applying, but not what others own.
+    let mut with_endpoint = credential("ssa");
+    with_endpoint.data["spec"]["endpoint"] = json!("https://sandbox.procore.com");
+    let set = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(&with_endpoint),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.data["spec"]["endpoint"], "https://sandbox.procore.com");
+    let dropped = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(credential("ssa")),
+        )
+        .await
+        .unwrap();
+    assert!(
+        dropped.data["spec"].get("endpoint").is_none(),
+        "{}",
+        dropped.data["spec"]
+    );
+    let after_drop = api
+        .patch_status(
+            "ssa",
+            &PatchParams::apply("a").force(),
+            &Patch::Apply(status_doc(vec![condition("Connected", "False")])),
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = after_drop.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert_eq!(
+        types.len(),
+        2,
+        "Ready is still owned by manager b: {types:?}"
+    );
+    let after_drop = api
+        .patch_status(
+            "ssa",
+            &PatchParams::apply("b").force(),
+            &Patch::Apply(status_doc(vec![])),
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = after_drop.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert_eq!(types, vec!["Connected"]);
+
+    // Applying a different value to a field another manager owns conflicts unless forced.
+    api.patch(
+        "ssa",
+        &PatchParams::apply("tests"),
+        &Patch::Apply(&with_endpoint),
+    )
+    .await
+    .unwrap();
+    let takeover = json!({"apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
+        "metadata": {"name": "ssa"}, "spec": {"endpoint": "https://other.example.com"}});
+    let err = status(
+        api.patch(
+            "ssa",
+            &PatchParams::apply("other"),
+            &Patch::Apply(&takeover),
+        )
+        .await,
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert!(
+        err.message.contains("tests") && err.message.contains(".spec.endpoint"),
+        "{}",
+        err.message
+    );
+    let forced = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("other").force(),
+            &Patch::Apply(&takeover),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data["spec"]["endpoint"], "https://other.example.com");
+
     // Apply without a field manager is refused.
     let request = http::Request::patch(format!(
         "/apis/reconnect.dev/v1alpha1/namespaces/{}/connectorcredentials/ssa",
@@ -1019,6 +1157,22 @@ async fn custom_resources_are_validated_against_the_schema() {
             "spec.endpoint",
             "endpoint must be an https:// URL",
         ),
+        (
+            invalid(
+                "type",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": "s"}, "validation": {"failureThreshold": "three"}}),
+            ),
+            "spec.validation.failureThreshold",
+            "must be of type integer",
+        ),
+        (
+            invalid(
+                "min-length",
+                json!({"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": ""}}),
+            ),
+            "spec.secretRef.name",
+            "should be at least 1 chars long",
+        ),
     ];
     for (object, field, message) in cases {
         let name = object.metadata.name.clone().unwrap();
@@ -1041,6 +1195,19 @@ async fn custom_resources_are_validated_against_the_schema() {
             "{name}: no cause at {field} containing {message:?}: {causes:?}"
         );
     }
+    // Object metadata is validated too.
+    let mut bad_label = credential("bad-label");
+    bad_label.metadata.labels =
+        Some([("team".to_string(), "not a valid value!".to_string())].into());
+    let err = status(api.create(&PostParams::default(), &bad_label).await);
+    assert_eq!(err.code, 422);
+    assert!(
+        err.details
+            .unwrap()
+            .causes
+            .iter()
+            .any(|c| c.field.starts_with("metadata.labels"))
+    );
     // Unknown fields are pruned and defaults applied.
     let mut ok = credential("ok");
     ok.data["spec"]["unknownField"] = json!(true);
@@ -1233,7 +1400,7 @@ async fn events_leases_and_workloads_are_served() {
     let leases: Api<Lease> = Api::default_namespaced(cluster.client.clone());
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}})).unwrap();
     leases.create(&PostParams::default(), &lease).await.unwrap();
-    let renewed = leases.patch("leader", &PatchParams::apply("a"), &Patch::Apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {"holderIdentity": "b"}}))).await.unwrap();
+    let renewed = leases.patch("leader", &PatchParams::apply("a"), &Patch::Apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "leader"}, "spec": {"holderIdentity": "b"}}))).await.unwrap();
     assert_eq!(renewed.spec.unwrap().holder_identity.as_deref(), Some("b"));
     for path in [
         "/apis/apps/v1",
@@ -1273,19 +1440,33 @@ async fn events_leases_and_workloads_are_served() {
 async fn custom_resource_definitions_can_be_created_through_the_api() {
     let cluster = test_cluster().await;
     // Unique per test run so parallel runs against one real cluster do not collide.
-    let plural = format!("widgets{}", cluster.namespace.replace('-', ""));
+    let suffix = cluster.namespace.replace('-', "");
+    let plural = format!("widgets{suffix}");
+    let kind = format!("Widget{suffix}");
     let group = "test.reconnect.dev";
     let name = format!("{plural}.{group}");
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {"group": group, "scope": "Namespaced",
-            "names": {"plural": plural, "singular": plural.trim_end_matches('s'), "kind": "Widget", "listKind": "WidgetList"},
+            "names": {"plural": plural, "singular": format!("widget{suffix}"), "kind": kind, "listKind": format!("{kind}List")},
             "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
                 "type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer", "maximum": 10}}}}}}}]},
     }))
     .unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
-    crds.create(&PostParams::default(), &crd).await.unwrap();
+    // The repo's CRDs are installed as objects too.
+    let ours = crds
+        .get("connectorcredentials.reconnect.dev")
+        .await
+        .unwrap();
+    assert!(conditions::is_crd_established().matches_object(Some(&ours)));
+    let crd_uid = crds
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
     tokio::time::timeout(
         WAIT,
         await_condition(crds.clone(), &name, conditions::is_crd_established()),
@@ -1297,17 +1478,19 @@ async fn custom_resource_definitions_can_be_created_through_the_api() {
         group: group.into(),
         version: "v1".into(),
         api_version: format!("{group}/v1"),
-        kind: "Widget".into(),
+        kind: kind.clone(),
         plural: plural.clone(),
     };
     let widgets: Api<DynamicObject> =
         Api::default_namespaced_with(cluster.client.clone(), &resource);
-    let widget: DynamicObject = serde_json::from_value(json!({"apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}})).unwrap();
+    let widget: DynamicObject = serde_json::from_value(json!({"apiVersion": format!("{group}/v1"), "kind": kind, "metadata": {"name": "w"}, "spec": {"size": 3}})).unwrap();
     // A freshly established CRD can take a moment to be served on a real cluster.
     let created = tokio::time::timeout(WAIT, async {
         loop {
             match widgets.create(&PostParams::default(), &widget).await {
-                Err(kube::Error::Api(s)) if s.code == 404 => tokio::task::yield_now().await,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
                 other => break other,
             }
         }
@@ -1323,7 +1506,28 @@ async fn custom_resource_definitions_can_be_created_through_the_api() {
         status(widgets.create(&PostParams::default(), &too_big).await).code,
         422
     );
+    // Deleting the CRD takes its objects and its endpoint away.
     crds.delete(&name, &DeleteParams::default()).await.unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds.clone(), &name, conditions::is_deleted(&crd_uid)),
+    )
+    .await
+    .expect("CRD gone")
+    .unwrap();
+    let gone = tokio::time::timeout(WAIT, async {
+        loop {
+            match widgets.get("w").await {
+                Err(kube::Error::Api(s)) if s.code == 404 => break,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "widgets still served after the CRD was deleted"
+    );
     cluster.cleanup().await;
 }
 
@@ -1342,7 +1546,7 @@ async fn request_log_shows_no_writes_while_only_reading() {
         "log",
         &PatchParams::apply("logger"),
         &Patch::Apply(
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": {"a": "b"}}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "log", "labels": {"a": "b"}}}),
         ),
     )
     .await
@@ -1370,10 +1574,10 @@ async fn request_log_shows_no_writes_while_only_reading() {
 }
 
 #[tokio::test]
-async fn injected_failures_answer_with_status_and_then_clear() {
+async fn injected_failures_and_latency_apply_to_matching_requests() {
     let cluster = test_cluster().await;
     let Some(standin) =
-        cluster.standin_or_skip("injected_failures_answer_with_status_and_then_clear")
+        cluster.standin_or_skip("injected_failures_and_latency_apply_to_matching_requests")
     else {
         return;
     };
@@ -1456,6 +1660,17 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
         vec![("ADDED".into(), "via-http".into())]
     );
 
+    if std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_err()
+    {
+        println!(
+            "skipping the kubectl part of served_over_http_for_kubeconfig_clients_and_kubectl: kubectl is not installed"
+        );
+        cluster.cleanup().await;
+        return;
+    }
     let kubeconfig = served.kubeconfig().to_path_buf();
     let kubectl = |args: Vec<String>| {
         let kubeconfig = kubeconfig.clone();
@@ -1488,10 +1703,73 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
     .await
     .unwrap();
     assert_eq!(out.trim(), "connectorcredential.reconnect.dev/via-http");
+    // The CRD's printer columns, through a server-side Table.
     let out = kubectl(args(&["get", "ccred", "-n", ns])).await.unwrap();
-    assert!(out.contains("via-http"), "{out}");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        vec!["NAME", "PROVIDER", "ACCOUNT", "STATUS", "EXPIRES", "AGE"],
+        "{out}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..2], ["via-http", "procore"], "{out}");
+    let out = kubectl(args(&[
+        "get",
+        "namespace",
+        ns,
+        "-o",
+        "jsonpath={.status.phase}",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out, "Active");
+    let out = kubectl(args(&[
+        "get",
+        "secrets,leases,deployments",
+        "-n",
+        ns,
+        "-o",
+        "name",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out, "", "nothing of these kinds exists in the namespace");
     let out = kubectl(args(&["get", "--raw", "/apis"])).await.unwrap();
     assert!(out.contains("reconnect.dev"));
+    // kubectl apply needs --validate=false: the stand-in serves no OpenAPI documents.
+    let manifest = std::env::temp_dir().join(format!("{ns}-secret.yaml"));
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: applied\nstringData:\n  k: v\n",
+    )
+    .unwrap();
+    let path = manifest.to_string_lossy().to_string();
+    kubectl(args(&[
+        "apply",
+        "--validate=false",
+        "--server-side",
+        "-n",
+        ns,
+        "-f",
+        &path,
+    ]))
+    .await
+    .unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    let applied = Api::<Secret>::namespaced(cluster.client.clone(), ns)
+        .get("applied")
+        .await
+        .unwrap();
+    assert_eq!(applied.data.unwrap()["k"].0, b"v");
     let kubectl_request = standin.requests().into_iter().find(|r| {
         r.user_agent
             .as_deref()
@@ -1501,5 +1779,198 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
         kubectl_request.is_some(),
         "the request log records kubectl's user agent"
     );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_its_contents() {
+    let cluster = test_cluster().await;
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    secrets(&cluster)
+        .create(&PostParams::default(), &secret("inside", json!({})))
+        .await
+        .unwrap();
+    let uid = namespaces
+        .get(&cluster.namespace)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    namespaces
+        .delete(&cluster.namespace, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(
+            namespaces.clone(),
+            &cluster.namespace,
+            conditions::is_deleted(&uid),
+        ),
+    )
+    .await
+    .expect("namespace removed")
+    .unwrap();
+    assert!(status(secrets(&cluster).get("inside").await).is_not_found());
+}
+
+/// Streaming lists need a server with the WatchList feature (the stand-in has it).
+#[tokio::test]
+async fn streaming_lists_send_initial_events_then_a_bookmark() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    for name in ["s1", "s2"] {
+        api.create(&PostParams::default(), &secret(name, json!({})))
+            .await
+            .unwrap();
+    }
+    let stream = watcher(api.clone(), watcher::Config::default().streaming_lists());
+    let mut stream = std::pin::pin!(stream);
+    let mut initial = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match stream
+                .next()
+                .await
+                .expect("watcher runs")
+                .expect("no watcher error")
+            {
+                watcher::Event::InitApply(s) => initial.push(s.metadata.name.unwrap()),
+                watcher::Event::InitDone => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("initial events end");
+    initial.sort();
+    assert_eq!(initial, vec!["s1", "s2"]);
+    api.create(&PostParams::default(), &secret("s3", json!({})))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(WAIT, async {
+        loop {
+            if let watcher::Event::Apply(s) = stream
+                .next()
+                .await
+                .expect("watcher runs")
+                .expect("no watcher error")
+            {
+                break s.metadata.name.unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a later event");
+    assert_eq!(next, "s3");
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn workloads_keep_generation_across_status_writes() {
+    let cluster = test_cluster().await;
+    let template = |name: &str| {
+        json!({"selector": {"matchLabels": {"app": name}}, "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.9"}]}}})
+    };
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::default_namespaced(cluster.client.clone());
+    let ds = serde_json::from_value(json!({"metadata": {"name": "ds"}, "spec": template("ds")}))
+        .unwrap();
+    assert_eq!(
+        daemonsets
+            .create(&PostParams::default(), &ds)
+            .await
+            .unwrap()
+            .metadata
+            .generation,
+        Some(1)
+    );
+    let status = json!({"status": {"currentNumberScheduled": 0, "desiredNumberScheduled": 0, "numberMisscheduled": 0, "numberReady": 0}});
+    let after_status = daemonsets
+        .patch_status("ds", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+    assert_eq!(after_status.metadata.generation, Some(1));
+    let spec_change = json!({"spec": {"template": {"metadata": {"annotations": {"rolled": "1"}}}}});
+    let rolled = daemonsets
+        .patch("ds", &PatchParams::default(), &Patch::Merge(spec_change))
+        .await
+        .unwrap();
+    assert_eq!(rolled.metadata.generation, Some(2));
+
+    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::default_namespaced(cluster.client.clone());
+    let mut spec = template("sts");
+    spec["serviceName"] = json!("sts");
+    spec["replicas"] = json!(0);
+    let sts = serde_json::from_value(json!({"metadata": {"name": "sts"}, "spec": spec})).unwrap();
+    statefulsets
+        .create(&PostParams::default(), &sts)
+        .await
+        .unwrap();
+    let labelled = statefulsets
+        .patch(
+            "sts",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"l": "1"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        labelled.metadata.generation,
+        Some(1),
+        "metadata changes keep the generation"
+    );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn kube_event_recorder_creates_then_patches_a_series() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let cluster = test_cluster().await;
+    let cc = credentials(&cluster)
+        .create(&PostParams::default(), &credential("evented"))
+        .await
+        .unwrap();
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("reconnect.dev/v1alpha1".into()),
+        kind: Some("ConnectorCredential".into()),
+        name: cc.metadata.name.clone(),
+        namespace: Some(cluster.namespace.clone()),
+        uid: cc.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(
+        cluster.client.clone(),
+        Reporter {
+            controller: "reconnect-tests".into(),
+            instance: None,
+        },
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "RotationRejected".into(),
+        note: Some("new account lacks documents.write".into()),
+        action: "Rotate".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &reference).await.unwrap();
+    recorder.publish(&event, &reference).await.unwrap();
+    let events: Api<K8sEvent> = Api::default_namespaced(cluster.client.clone());
+    let listed = events.list(&ListParams::default()).await.unwrap().items;
+    let ours: Vec<&K8sEvent> = listed
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_ref()) == cc.metadata.uid.as_ref())
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "a repeated event becomes a series, not a second object"
+    );
+    assert_eq!(ours[0].series.as_ref().map(|s| s.count), Some(2));
+    assert_eq!(ours[0].reason.as_deref(), Some("RotationRejected"));
     cluster.cleanup().await;
 }

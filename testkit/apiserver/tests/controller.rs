@@ -24,26 +24,34 @@ const CREDENTIAL_LABEL: &str = "reconnect.dev/credential";
 
 struct Ctx {
     client: kube::Client,
-    reconciled: mpsc::UnboundedSender<String>,
+    reconciled: mpsc::UnboundedSender<Reconciled>,
     failures: AtomicUsize,
 }
 
-/// Records the reconcile and writes status, so injected write failures reach the error path.
+/// A reconcile that happened: the object's name and whether it wrote status.
+type Reconciled = (String, bool);
+
+/// Writes status when it is behind the generation (so injected write failures reach the
+/// error path), then records the reconcile.
 async fn reconcile(cc: Arc<ConnectorCredential>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
     let name = cc.metadata.name.clone().expect("named");
-    let api: Api<ConnectorCredential> = Api::default_namespaced(ctx.client.clone());
-    let status = json!({
-        "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
-        "status": {"observedGeneration": cc.metadata.generation},
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply("test-controller").force(),
-        &Patch::Apply(status),
-    )
-    .await?;
+    let observed = cc.status.as_ref().and_then(|s| s.observed_generation);
+    let write = observed != cc.metadata.generation;
+    if write {
+        let api: Api<ConnectorCredential> = Api::default_namespaced(ctx.client.clone());
+        let status = json!({
+            "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
+            "status": {"observedGeneration": cc.metadata.generation},
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply("test-controller").force(),
+            &Patch::Apply(status),
+        )
+        .await?;
+    }
     // The receiver outlives the controller in every test.
-    let _ = ctx.reconciled.send(name);
+    let _ = ctx.reconciled.send((name, write));
     Ok(Action::await_change())
 }
 
@@ -53,7 +61,7 @@ fn error_policy(_cc: Arc<ConnectorCredential>, _error: &kube::Error, ctx: Arc<Ct
 }
 
 struct Running {
-    reconciled: mpsc::UnboundedReceiver<String>,
+    reconciled: mpsc::UnboundedReceiver<Reconciled>,
     ctx: Arc<Ctx>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -65,11 +73,11 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// Waits for the next reconcile of `name`, skipping others.
-    async fn reconciled(&mut self, name: &str) {
+    /// Waits for the next reconcile of `name` that `matches` (name, wrote status), skipping others.
+    async fn wait_for(&mut self, name: &str, mut matches: impl FnMut(bool) -> bool) {
         tokio::time::timeout(WAIT, async {
-            while let Some(seen) = self.reconciled.recv().await {
-                if seen == name {
+            while let Some((seen, wrote)) = self.reconciled.recv().await {
+                if seen == name && matches(wrote) {
                     return;
                 }
             }
@@ -77,6 +85,17 @@ impl Running {
         })
         .await
         .unwrap_or_else(|_| panic!("{name} not reconciled within {WAIT:?}"));
+    }
+
+    /// Waits for the next reconcile of `name`.
+    async fn reconciled(&mut self, name: &str) {
+        self.wait_for(name, |_| true).await;
+    }
+
+    /// Waits until `name` is reconciled with its status current: the event from the status
+    /// write has been handled and nothing else is pending for it.
+    async fn settled(&mut self, name: &str) {
+        self.wait_for(name, |wrote| !wrote).await;
     }
 }
 
@@ -146,7 +165,8 @@ async fn controller_sees_credentials_created_after_it_starts_and_secret_changes(
     let mut running = start_controller(&cluster);
     watches_open(standin, 2).await;
     create_credential(&cluster, "late").await;
-    running.reconciled("late").await;
+    running.settled("late").await;
+    // From here on only the Secret can trigger another reconcile of "late".
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "late-source", "labels": {CREDENTIAL_LABEL: "late"}}, "stringData": {"client_id": "x"},
     }))

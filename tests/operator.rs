@@ -1,0 +1,286 @@
+//! The operator process end to end: HTTP endpoints (/healthz, /readyz, /metrics scraped and
+//! named as documented) and leader election with two and three replicas against one
+//! Kubernetes API (the stand-in, or a real cluster with RECONNECT_TEST_KUBECONFIG).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use reconnect_apiserver::{TestCluster, test_cluster};
+use reconnect_emulators::{Account, ProcoreEmulator};
+use reconnect_operator::api::{ConnectorCredential, Phase};
+use reconnect_operator::operator::{Options, run_on};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One operator replica: its HTTP address, a way to stop it gracefully, and its task.
+struct Replica {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+async fn replica(cluster: &TestCluster, identity: &str, leader_election: bool) -> Replica {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = Options {
+        namespaces: vec![cluster.namespace.clone()],
+        metrics_addr: addr,
+        leader_election,
+        lease_name: "reconnect-operator-test".into(),
+        lease_namespace: Some(cluster.namespace.clone()),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(3),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let client = cluster.client.clone();
+    let task = tokio::spawn(async move {
+        run_on(client, options, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("operator runs");
+    });
+    Replica {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Reconcile runs a replica has made, from its own /metrics.
+async fn reconciles(r: &Replica) -> u64 {
+    let (_, body) = get(r.addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix("reconnect_reconcile_total{controller=\"connectorcredential\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn setup(cluster: &TestCluster) -> ProcoreEmulator {
+    let emu = ProcoreEmulator::start().await;
+    emu.add_account(Account::new("4567", "svc-sync@acme.com").with_permissions(["company:1234"]));
+    emu.add_client("dmsa-1", "secret-1", Some("4567"));
+    emu.add_client("dmsa-2", "secret-2", Some("4567"));
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "procore-src"},
+        "stringData": {"client_id": "dmsa-1", "client_secret": "secret-1"},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(cluster.client.clone(), &cluster.namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    emu
+}
+
+async fn apply_credential(cluster: &TestCluster, name: &str, emu: &ProcoreEmulator) {
+    let obj = json!({
+        "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
+        "metadata": {"name": name},
+        "spec": {"provider": "procore", "auth": "ClientCredentials", "secretRef": {"name": "procore-src"},
+                 "endpoint": emu.base_url(), "params": {"companyId": "1234"}},
+    });
+    Api::<ConnectorCredential>::namespaced(cluster.client.clone(), &cluster.namespace)
+        .patch(name, &PatchParams::apply("test"), &Patch::Apply(&obj))
+        .await
+        .unwrap();
+}
+
+async fn wait_connected(cluster: &TestCluster, name: &str) {
+    let api = Api::<ConnectorCredential>::namespaced(cluster.client.clone(), &cluster.namespace);
+    let cond = |c: Option<&ConnectorCredential>| {
+        c.and_then(|c| c.status.as_ref()).and_then(|s| s.phase) == Some(Phase::Connected)
+    };
+    tokio::time::timeout(WAIT, kube::runtime::wait::await_condition(api, name, cond))
+        .await
+        .unwrap_or_else(|_| panic!("{name} never Connected"))
+        .unwrap();
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_and_metrics_endpoints_serve_the_documented_names() {
+    let cluster = test_cluster().await;
+    let emu = setup(&cluster).await;
+    let r = replica(&cluster, "solo", false).await;
+    apply_credential(&cluster, "procore-sync", &emu).await;
+    wait_connected(&cluster, "procore-sync").await;
+
+    assert_eq!(get(r.addr, "/healthz").await.0, 200);
+    assert_eq!(get(r.addr, "/readyz").await.0, 200);
+    assert_eq!(get(r.addr, "/nope").await.0, 404);
+    let (status, body) = get(r.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let ns = &cluster.namespace;
+    for needle in [
+        "reconnect_reconcile_total{controller=\"connectorcredential\"}".to_owned(),
+        "reconnect_reconcile_duration_seconds_count{controller=\"connectorcredential\"}".to_owned(),
+        format!("reconnect_credential_phase{{namespace=\"{ns}\",name=\"procore-sync\",provider=\"procore\",phase=\"Connected\"}} 1"),
+        format!("reconnect_credential_expiry_warning_seconds{{namespace=\"{ns}\",name=\"procore-sync\"}} 1209600"),
+        "reconnect_provider_requests_total{provider=\"procore\",call=\"GET /rest/v1.0/me\",outcome=\"ok\"}".to_owned(),
+        "reconnect_provider_request_duration_seconds_count{provider=\"procore\"".to_owned(),
+        "reconnect_rotations_total{provider=\"procore\",result=\"accepted\"} 1".to_owned(),
+    ] {
+        assert!(body.contains(&needle), "missing {needle} in\n{body}");
+    }
+    // No label carries credential material.
+    for canary in ["secret-1", "dmsa-1"] {
+        assert!(!body.contains(canary), "{canary} leaked into /metrics");
+    }
+    let _ = r.stop.map(|s| s.send(()));
+    tokio::time::timeout(WAIT, r.task).await.unwrap().unwrap();
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn exactly_one_replica_reconciles_and_a_standby_takes_over() {
+    let cluster = test_cluster().await;
+    let emu = setup(&cluster).await;
+    let mut a = replica(&cluster, "replica-a", true).await;
+    // Let A take the lease first, so the roles are known.
+    eventually("replica-a leads", || async {
+        get(a.addr, "/readyz").await.0 == 200
+    })
+    .await;
+    apply_credential(&cluster, "first", &emu).await;
+    wait_connected(&cluster, "first").await;
+    let b = replica(&cluster, "replica-b", true).await;
+    eventually("replica-b is a ready standby", || async {
+        get(b.addr, "/readyz").await.0 == 200
+    })
+    .await;
+    apply_credential(&cluster, "second", &emu).await;
+    wait_connected(&cluster, "second").await;
+    let (ra, rb) = (reconciles(&a).await, reconciles(&b).await);
+    assert!(
+        ra > 0 && rb == 0,
+        "exactly one replica reconciles: a={ra} b={rb}"
+    );
+
+    // A stops gracefully and releases the lease: B takes over and reconciles new work.
+    let _ = a.stop.take().map(|s| s.send(()));
+    tokio::time::timeout(WAIT, a.task).await.unwrap().unwrap();
+    apply_credential(&cluster, "third", &emu).await;
+    wait_connected(&cluster, "third").await;
+    assert!(reconciles(&b).await > 0, "the standby took over");
+
+    // B dies without releasing: C takes over once the lease expires.
+    let c = replica(&cluster, "replica-c", true).await;
+    b.task.abort();
+    let _ = b.task.await;
+    apply_credential(&cluster, "fourth", &emu).await;
+    wait_connected(&cluster, "fourth").await;
+    assert!(
+        reconciles(&c).await > 0,
+        "a standby took over from a crashed leader"
+    );
+    let _ = c.stop.map(|s| s.send(()));
+    tokio::time::timeout(WAIT, c.task).await.unwrap().unwrap();
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_binary_runs_against_a_kubeconfig_and_stops_cleanly_on_sigterm() {
+    // A real process, configured like a user would: a kubeconfig, flags, a signal to stop.
+    let cluster = test_cluster().await;
+    let served;
+    let kubeconfig = match (
+        &cluster.standin,
+        std::env::var_os(reconnect_apiserver::KUBECONFIG_ENV),
+    ) {
+        (_, Some(path)) => std::path::PathBuf::from(path),
+        (Some(standin), None) => {
+            served = standin.serve().await.unwrap();
+            served.kubeconfig().to_path_buf()
+        }
+        (None, None) => unreachable!("no stand-in without a kubeconfig"),
+    };
+    let emu = setup(&cluster).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reconnect-operator"))
+        .args([
+            "run",
+            "--watch-namespaces",
+            &cluster.namespace,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    apply_credential(&cluster, "procore-sync", &emu).await;
+    wait_connected(&cluster, "procore-sync").await;
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the operator did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(status.success(), "exit {status:?}; logs:\n{logs}");
+    // JSON logs, one object per line, and no credential material in them.
+    let first = logs.lines().next().unwrap_or_default();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "{first}"
+    );
+    assert!(logs.contains("shutting down"));
+    assert!(
+        !logs.contains("secret-1"),
+        "the client secret leaked into the logs"
+    );
+    cluster.cleanup().await;
+}
