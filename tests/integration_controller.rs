@@ -755,3 +755,59 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_malformed_integration_never_blocks_the_others() {
+    let env = Env::start().await;
+    let Some(standin) = env
+        .cluster
+        .standin_or_skip("a_malformed_integration_never_blocks_the_others")
+    else {
+        return;
+    };
+    let standin = standin.clone();
+    // Stored under an older, looser schema, the way a malformed object reaches a real cluster.
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        CustomResourceValidation, JSONSchemaProps,
+    };
+    use kube::CustomResourceExt;
+    let real = Integration::crd();
+    let mut loose = real.clone();
+    loose.spec.versions[0].schema = Some(CustomResourceValidation {
+        open_api_v3_schema: Some(JSONSchemaProps {
+            type_: Some("object".into()),
+            x_kubernetes_preserve_unknown_fields: Some(true),
+            ..Default::default()
+        }),
+    });
+    standin.register_crd(&loose).unwrap();
+    let broken: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "reconnect.dev/v1alpha1", "kind": "Integration",
+        "metadata": {"name": "broken"},
+        "spec": {"connectors": "procore-sync"},
+    }))
+    .unwrap();
+    let resource = kube::api::ApiResource::erase::<Integration>(&());
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        env.cluster.client.clone(),
+        env.ns(),
+        &resource,
+    )
+    .create(&Default::default(), &broken)
+    .await
+    .unwrap();
+    standin.register_crd(&real).unwrap();
+
+    let _sides = connect_both(&env).await;
+    env.apply_integration("procore-sharepoint", sync_spec(&[], &[]))
+        .await;
+    wait_phase(&env, "procore-sharepoint", Phase::Connected).await;
+    // The credential controller lists Integrations for the in-use finalizer: the broken one
+    // does not stop it either.
+    env.wait_cred("procore-sync", "in-use finalizer", has_finalizer)
+        .await;
+    let ev = env.wait_event("broken", "Misconfigured").await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert!(ev.note.unwrap_or_default().contains("schema"));
+    env.shutdown().await;
+}
