@@ -523,7 +523,7 @@ async fn a_missing_restart_target_is_reported_with_a_warning_and_not_retried_as_
 #[tokio::test]
 async fn a_credential_in_use_survives_deletion_until_no_integration_references_it() {
     let env = Env::start().await;
-    let _sides = connect_both(&env).await;
+    let sides = connect_both(&env).await;
     env.apply_integration("procore-sharepoint", sync_spec(&[], &[]))
         .await;
     env.wait_cred("procore-sync", "in-use finalizer", has_finalizer)
@@ -557,6 +557,21 @@ async fn a_credential_in_use_survives_deletion_until_no_integration_references_i
     assert!(
         env.secret("procore-sync-active").await.is_some(),
         "the sync keeps its Secret"
+    );
+    // While the deletion waits, the credential is still maintained for the sync using it.
+    let probes = sides.procore.count("/rest/v1.0/me");
+    env.advance(Duration::from_secs(16 * 60)).await;
+    eventually("the blocked credential is still probed", || {
+        sides.procore.count("/rest/v1.0/me") > probes
+    })
+    .await;
+    env.tick(1).await;
+    let cred = env.cred("procore-sync").await;
+    assert_eq!(phase(&cred), Some(Phase::Connected));
+    assert_eq!(
+        condition(&cred, "DeletionBlocked").map(|c| c.status),
+        Some("True".to_owned()),
+        "the pipeline's status write keeps DeletionBlocked"
     );
 
     // The Integration drops the reference: the credential is released and goes.

@@ -2,6 +2,9 @@
 //! finalizer `reconnect.dev/in-use`, so deleting it (the "Disconnect" that breaks a running
 //! sync) waits until no Integration uses it.
 //!
+//! While a deletion waits, the credential is validated and refreshed as usual: the syncs
+//! still using it must keep working.
+//!
 //! This controller owns the finalizer: it adds it while some Integration references the
 //! credential and removes it once none does. It learns about references by listing the
 //! namespace's Integrations at reconcile time, and is woken by Integration changes through
@@ -10,7 +13,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -29,9 +31,6 @@ use crate::controller::{Context, Error, FIELD_MANAGER, kube_err};
 
 /// The finalizer on a ConnectorCredential that an Integration references.
 pub const FINALIZER: &str = "reconnect.dev/in-use";
-
-/// How often a credential whose deletion is blocked looks again without a trigger.
-const BLOCKED_RESYNC: Duration = Duration::from_secs(5 * 60);
 
 /// What to do about the finalizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,12 +100,14 @@ async fn set_finalizers(
 }
 
 /// Adds or removes the in-use finalizer as Integrations reference the credential, and holds
-/// a deletion while they do. Returns the action to end the reconcile with when the
-/// credential is being deleted (nothing else happens to it then), `None` otherwise.
+/// a deletion while they do. Returns the action to end the reconcile with when nothing else
+/// should happen to the credential (it is being deleted and no Integration holds it), `None`
+/// when the rotation pipeline runs as usual. A held deletion records `DeletionBlocked` in
+/// `cred`'s status (written, and updated in place so the pipeline's own status write keeps it).
 pub(super) async fn protect(
     ctx: &Context,
     api: &Api<ConnectorCredential>,
-    cred: &ConnectorCredential,
+    cred: &mut ConnectorCredential,
 ) -> Result<Option<Action>, Error> {
     let ns = cred.namespace().unwrap_or_default();
     let name = cred.name_any();
@@ -149,6 +150,7 @@ pub(super) async fn protect(
                 ctx.clock.now(),
             );
             write_status(api, &name, Some(&old), &status).await?;
+            cred.status = Some(status);
             if before.as_deref() != Some(message.as_str()) {
                 let note = format!(
                     "ConnectorCredential {name} is still used by Integration {}; it is deleted once none uses it",
@@ -163,7 +165,7 @@ pub(super) async fn protect(
                 )
                 .await;
             }
-            return Ok(Some(Action::requeue(BLOCKED_RESYNC)));
+            return Ok(None);
         }
         Step::Nothing => {}
     }

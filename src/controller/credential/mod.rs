@@ -144,7 +144,7 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
     let api: Api<ConnectorCredential> = Api::namespaced(ctx.client.clone(), &ns);
     // Read afresh: the watch cache may not have seen our own last status write yet, and
     // acting on a stale status could validate the same revision twice.
-    let Some(cred) = api
+    let Some(mut cred) = api
         .get_opt(&name)
         .await
         .map_err(kube_err("get ConnectorCredential"))?
@@ -154,8 +154,9 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     };
     let started = std::time::Instant::now();
-    // In-use protection first: while being deleted, nothing else happens to a credential.
-    let result = match in_use::protect(&ctx, &api, &cred).await {
+    // In-use protection first. A credential whose deletion waits for its Integrations keeps
+    // being validated and refreshed, so the syncs still using it keep working.
+    let result = match in_use::protect(&ctx, &api, &mut cred).await {
         Ok(Some(done)) => Ok(done),
         Ok(None) => reconcile_credential(&cred, &api, &ctx, &key).await,
         Err(err) => Err(err),
