@@ -826,3 +826,52 @@ async fn a_malformed_integration_never_blocks_the_others() {
     assert!(ev.note.unwrap_or_default().contains("schema"));
     env.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_status_write_after_a_roll_does_not_roll_again() {
+    let env = Env::start().await;
+    let Some(standin) = env
+        .cluster
+        .standin_or_skip("a_failed_status_write_after_a_roll_does_not_roll_again")
+    else {
+        return;
+    };
+    let standin = standin.clone();
+    let _sides = connect_both(&env).await;
+    env.create_deployment("sync-engine").await;
+    env.apply_integration("procore-sharepoint", sync_spec(&[], &["sync-engine"]))
+        .await;
+    wait_phase(&env, "procore-sharepoint", Phase::Connected).await;
+    env.tick_integrations(1).await;
+    let gen0 = generation(&env.deployments().get("sync-engine").await.unwrap());
+
+    let new_rev = swap_procore(&env, "dmsa-2", "secret-2").await;
+    // The new account shows while the roll waits for its window.
+    env.wait_integration("procore-sharepoint", "new account shown", |i| {
+        connector_status(i, "procore").and_then(|c| c.account) == Some("svc-sync-2@acme.com".into())
+    })
+    .await;
+    // The status write that follows the roll fails once.
+    standin.fail_next(
+        1,
+        reconnect_apiserver::RequestMatch::any()
+            .verb(reconnect_apiserver::Verb::Patch)
+            .path_contains("/integrations/procore-sharepoint/status"),
+        500,
+    );
+    let_the_window_pass(&env, "procore-sharepoint", "procore", &new_rev).await;
+    env.clock.advance(Duration::from_secs(60));
+    env.tick_integrations(1).await;
+    assert_eq!(
+        generation(&env.deployments().get("sync-engine").await.unwrap()),
+        gen0 + 1,
+        "one rollout although the first status write after it failed"
+    );
+    assert!(
+        env.metric(
+            "reconnect_reconcile_errors_total{controller=\"integration\",reason=\"KubeApiError\"}"
+        ) >= 1,
+        "the failed write went through error_policy"
+    );
+    env.shutdown().await;
+}

@@ -387,13 +387,19 @@ async fn reconcile_integration(
         );
     }
     write_status(api, &name, &old, &status).await?;
-    if rolled.is_some() {
-        state
-            .debounce()
-            .entry(key.to_owned())
-            .or_default()
-            .rolled
-            .clear();
+    {
+        // Status now records what was rolled out; keep only an open window.
+        let mut all = state.debounce();
+        match plan.pending_since {
+            Some(_) => {
+                if let Some(entry) = all.get_mut(key) {
+                    entry.rolled.clear();
+                }
+            }
+            None => {
+                all.remove(key);
+            }
+        }
     }
 
     // 6. Events.
