@@ -62,9 +62,10 @@ impl Default for Settings {
     }
 }
 
-/// Per-Integration restart bookkeeping that lives only in this process. A restart loses it,
-/// which at worst re-opens a debounce window; it never causes a second roll for a swap
-/// whose revisions reached status.
+/// Per-Integration restart bookkeeping that lives only in this process (the CRD has no
+/// field for it). A process restart loses it: an open window starts over, and a roll whose
+/// status write never landed is repeated once. A swap whose revisions reached status is
+/// never rolled again.
 #[derive(Default, Clone)]
 struct Debounce {
     /// When the oldest swap not yet rolled out was first seen.
