@@ -530,16 +530,18 @@ mod tests {
     #[test]
     fn outcomes_map_to_phase_ready_and_kstatus_conditions() {
         type Apply = fn(&mut Update);
-        let rows: Vec<(
-            &str,
+        /// name, start, outcome, source problem, phase, Ready reason, Stalled, Reconciling
+        type Row = (
+            &'static str,
             Option<ConnectorCredentialStatus>,
             Apply,
             Option<Source>,
             Phase,
-            &str,
+            &'static str,
             bool,
             bool,
-        )> = vec![
+        );
+        let rows: Vec<Row> = vec![
             // name, start, outcome, source problem, phase, Ready reason, Stalled, Reconciling
             (
                 "first swap",
