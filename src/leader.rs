@@ -2,19 +2,75 @@
 //! the other waits. Built on kube-lease-manager (server-side apply on the Lease, so two
 //! replicas can never both hold it).
 //!
-//! A replica that loses the Lease stops its controllers at once: no new reconcile starts,
-//! and the ones in flight finish (a reconcile that already spent a refresh token must get to
-//! persist the new one).
+//! The lease manager tells us when we become or stop being the holder, but while the API
+//! server cannot be reached it keeps its last belief. A partitioned leader must not go on
+//! reconciling while a standby takes over, so a watchdog also reads the Lease: when it
+//! cannot confirm that we hold an unexpired Lease for longer than the renewal window, the
+//! controllers stop, exactly as when the Lease is lost. Stopping means no new reconcile
+//! starts; the ones in flight finish (a reconcile that already spent a refresh token must
+//! get to persist the new one).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::operator::{Health, Options, run_controllers};
+
+/// What the watchdog needs to know about the Lease.
+struct LeaseCheck {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+    /// How long the Lease may go unconfirmed before we assume it is lost.
+    tolerance: Duration,
+}
+
+impl LeaseCheck {
+    /// Whether the Lease names us as holder and has not expired (by our clock).
+    async fn held(&self) -> Result<bool, kube::Error> {
+        let lease = self.api.get(&self.name).await?;
+        let spec = lease.spec.unwrap_or_default();
+        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        let fresh = spec.renew_time.is_some_and(|t| {
+            let age = jiff::Timestamp::now().duration_since(t.0);
+            age < jiff::SignedDuration::try_from(self.duration).unwrap_or(jiff::SignedDuration::MAX)
+        });
+        Ok(ours && fresh)
+    }
+
+    /// Resolves when the Lease can no longer be confirmed as ours.
+    async fn lost(&self) {
+        let every = (self.duration / 4).max(Duration::from_millis(250));
+        let mut confirmed = Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            match self.held().await {
+                Ok(true) => confirmed = Instant::now(),
+                Ok(false) => return,
+                Err(err) if confirmed.elapsed() > self.tolerance => {
+                    warn!(error = %err, "cannot confirm the lease");
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Resolves once the Lease is confirmed as ours.
+    async fn confirmed(&self) {
+        let every = (self.duration / 4).max(Duration::from_millis(250));
+        while !matches!(self.held().await, Ok(true)) {
+            tokio::time::sleep(every).await;
+        }
+    }
+}
 
 /// Waits for the Lease, runs the controllers while holding it, and releases it on shutdown.
 pub(crate) async fn lead(
@@ -31,6 +87,13 @@ pub(crate) async fn lead(
     // The holder renews a third of the duration before expiry (at least a second).
     let duration = options.lease_duration.as_secs().max(2);
     let grace = (duration / 3).max(1);
+    let check = LeaseCheck {
+        api: Api::namespaced(client.clone(), &namespace),
+        name: options.lease_name.clone(),
+        identity: options.identity.clone(),
+        duration: Duration::from_secs(duration),
+        tolerance: Duration::from_secs(duration - grace),
+    };
     let manager = LeaseManagerBuilder::new(client, &options.lease_name)
         .with_namespace(&namespace)
         .with_identity(&options.identity)
@@ -45,7 +108,14 @@ pub(crate) async fn lead(
     loop {
         // (The watch guards are dropped inside each branch's future: they are not Send.)
         tokio::select! {
-            acquired = async { leading.wait_for(|l| *l).await.is_ok() } => if !acquired { break },
+            acquired = async {
+                leading.wait_for(|l| *l).await.is_ok()
+            } => if !acquired { break },
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        }
+        // The manager's belief alone is not enough after a partition: read the Lease.
+        tokio::select! {
+            () = check.confirmed() => {}
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
         }
         info!("acquired the lease; starting controllers");
@@ -58,6 +128,11 @@ pub(crate) async fn lead(
             () = &mut controllers => {}
             () = async { let _ = leading.wait_for(|l| !*l).await; } => {
                 warn!("lost the lease; stopping controllers");
+                let _ = ctl_stop.send(true);
+                controllers.await;
+            }
+            () = check.lost() => {
+                warn!("the lease is no longer confirmed as ours; stopping controllers");
                 let _ = ctl_stop.send(true);
                 controllers.await;
             }

@@ -26,6 +26,15 @@ struct Replica {
 }
 
 async fn replica(cluster: &TestCluster, identity: &str, leader_election: bool) -> Replica {
+    replica_with(cluster, cluster.client.clone(), identity, leader_election).await
+}
+
+async fn replica_with(
+    cluster: &TestCluster,
+    client: kube::Client,
+    identity: &str,
+    leader_election: bool,
+) -> Replica {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let options = Options {
@@ -38,7 +47,6 @@ async fn replica(cluster: &TestCluster, identity: &str, leader_election: bool) -
         lease_duration: Duration::from_secs(3),
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let client = cluster.client.clone();
     let task = tokio::spawn(async move {
         run_on(client, options, listener, async move {
             let _ = stopped.await;
@@ -282,5 +290,63 @@ async fn the_binary_runs_against_a_kubeconfig_and_stops_cleanly_on_sigterm() {
         !logs.contains("secret-1"),
         "the client secret leaked into the logs"
     );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_its_lease_stops_reconciling_before_the_standby_takes_over() {
+    let cluster = test_cluster().await;
+    let Some(standin) =
+        cluster.standin_or_skip("a_leader_cut_off_from_its_lease_stops_reconciling")
+    else {
+        return;
+    };
+    // Replica A talks through a link that can drop its Lease requests (a partition between A
+    // and the API server for leader election only; everything else still gets through, so
+    // a leader that kept going would visibly keep reconciling).
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let link = {
+        let standin = standin.clone();
+        let cut = cut.clone();
+        tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let standin = standin.clone();
+            let cut = cut.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if cut && req.uri().path().contains("/leases") {
+                    return Err::<_, tower::BoxError>("lease requests are cut off".into());
+                }
+                let response = tower::ServiceExt::oneshot(standin, req).await?;
+                Ok(response)
+            }
+        })
+    };
+    let a_client = kube::Client::new(link, cluster.namespace.clone());
+    let emu = setup(&cluster).await;
+    let a = replica_with(&cluster, a_client, "replica-a", true).await;
+    apply_credential(&cluster, "first", &emu).await;
+    wait_connected(&cluster, "first").await;
+    let b = replica(&cluster, "replica-b", true).await;
+    eventually("replica-b is a ready standby", || async {
+        get(b.addr, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(reconciles(&a).await > 0 && reconciles(&b).await == 0);
+
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    // B takes over once A's Lease expires; A must have stopped by then.
+    eventually("replica-b leads", || async { reconciles(&b).await > 0 }).await;
+    let a_before = reconciles(&a).await;
+    apply_credential(&cluster, "second", &emu).await;
+    wait_connected(&cluster, "second").await;
+    assert!(reconciles(&b).await > 0);
+    assert_eq!(
+        reconciles(&a).await,
+        a_before,
+        "the cut-off leader kept reconciling"
+    );
+    for r in [a, b] {
+        let _ = r.stop.map(|s| s.send(()));
+        r.task.abort();
+    }
     cluster.cleanup().await;
 }

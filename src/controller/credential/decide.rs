@@ -33,6 +33,18 @@ impl Timing {
             failure_threshold: spec.validation.failure_threshold.max(1) as u32,
         })
     }
+
+    /// The CRD's defaults (15m, 10s, 10m, 336h, 3), used only to summarise a status whose
+    /// own durations do not parse.
+    pub fn fallback() -> Self {
+        Self {
+            interval: Duration::from_secs(15 * 60),
+            timeout: Duration::from_secs(10),
+            refresh_before: Duration::from_secs(10 * 60),
+            expiry_warning: Duration::from_secs(336 * 3600),
+            failure_threshold: 3,
+        }
+    }
 }
 
 /// The source Secret as read.
@@ -220,13 +232,7 @@ mod tests {
     }
 
     fn timing() -> Timing {
-        Timing {
-            interval: Duration::from_secs(15 * 60),
-            timeout: Duration::from_secs(10),
-            refresh_before: Duration::from_secs(10 * 60),
-            expiry_warning: Duration::from_secs(336 * 3600),
-            failure_threshold: 3,
-        }
+        Timing::fallback()
     }
 
     fn active(rev: &str) -> ConnectorCredentialStatus {
@@ -485,6 +491,7 @@ mod tests {
         }
     }
 
+    /// The fallback is the CRD's defaults: a minimal spec parses to it.
     #[test]
     fn timing_parses_the_spec_defaults() {
         let spec: ConnectorCredentialSpec = serde_json::from_value(serde_json::json!({

@@ -100,3 +100,100 @@ pub(crate) fn transitions(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::conditions::set;
+    use jiff::Timestamp;
+
+    fn status(conds: &[(&str, bool, &str)]) -> ConnectorCredentialStatus {
+        let mut s = ConnectorCredentialStatus::default();
+        for (t, v, r) in conds {
+            set(
+                &mut s.conditions,
+                t,
+                *v,
+                r,
+                format!("{t} {r}"),
+                Some(1),
+                Timestamp::UNIX_EPOCH,
+            );
+        }
+        s
+    }
+
+    fn reasons_of(events: &[(EventType, &'static str, String)]) -> Vec<&'static str> {
+        events.iter().map(|(_, r, _)| *r).collect()
+    }
+
+    #[test]
+    fn losing_and_regaining_the_connection_each_emit_once() {
+        let ok = status(&[
+            (types::CONNECTED, true, reasons::CONNECTED),
+            (types::READY, true, reasons::CONNECTED),
+        ]);
+        let lost = status(&[
+            (types::CONNECTED, false, reasons::CONNECTION_LOST),
+            (types::READY, false, reasons::CONNECTION_LOST),
+        ]);
+        let lost_events = transitions(&ok, &lost);
+        assert_eq!(reasons_of(&lost_events), [reasons::CONNECTION_LOST]);
+        assert_eq!(lost_events[0].0, EventType::Warning);
+        // Still lost: nothing new to say, however often it is reconciled.
+        assert!(transitions(&lost, &lost).is_empty());
+        let back = transitions(&lost, &ok);
+        assert_eq!(reasons_of(&back), [reasons::CONNECTED]);
+        assert_eq!(back[0].0, EventType::Normal);
+    }
+
+    #[test]
+    fn expiring_soon_and_source_problems_are_announced_on_the_flip() {
+        let ok = status(&[(types::READY, true, reasons::CONNECTED)]);
+        let expiring = status(&[
+            (types::READY, true, reasons::CONNECTED),
+            (types::EXPIRING_SOON, true, reasons::EXPIRING_SOON),
+        ]);
+        assert_eq!(
+            reasons_of(&transitions(&ok, &expiring)),
+            [reasons::EXPIRING_SOON]
+        );
+        assert!(transitions(&expiring, &expiring).is_empty());
+        let missing = status(&[(types::READY, false, reasons::SECRET_NOT_FOUND)]);
+        assert_eq!(
+            reasons_of(&transitions(&ok, &missing)),
+            [reasons::SECRET_NOT_FOUND]
+        );
+        assert!(transitions(&missing, &missing).is_empty());
+    }
+
+    #[test]
+    fn a_rejected_rotation_is_not_announced_twice_as_permission_mismatch() {
+        let ok = status(&[(
+            types::PERMISSION_MISMATCH,
+            false,
+            reasons::PERMISSIONS_SATISFIED,
+        )]);
+        let mut rejected = status(&[(
+            types::PERMISSION_MISMATCH,
+            true,
+            reasons::PERMISSION_MISMATCH,
+        )]);
+        rejected.rejected = Some(crate::api::Rejection {
+            revision: "sha256:b".into(),
+            reason: reasons::PERMISSION_MISMATCH.into(),
+            message: "m".into(),
+            at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        });
+        assert!(
+            transitions(&ok, &rejected).is_empty(),
+            "RotationRejected is published where it happens"
+        );
+        let mut lost_perm = rejected.clone();
+        lost_perm.rejected = None;
+        assert_eq!(
+            reasons_of(&transitions(&ok, &lost_perm)),
+            [reasons::PERMISSION_MISMATCH]
+        );
+    }
+}

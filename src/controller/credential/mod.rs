@@ -609,16 +609,3 @@ pub async fn run(
         .await;
     drop(cache);
 }
-
-impl Timing {
-    /// Defaults used only to summarise a status whose own durations do not parse.
-    pub(crate) fn fallback() -> Self {
-        Self {
-            interval: Duration::from_secs(15 * 60),
-            timeout: Duration::from_secs(10),
-            refresh_before: Duration::from_secs(10 * 60),
-            expiry_warning: Duration::from_secs(336 * 3600),
-            failure_threshold: 3,
-        }
-    }
-}

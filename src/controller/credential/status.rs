@@ -29,8 +29,14 @@ fn account_label(account: Option<&Account>) -> String {
     }
 }
 
-fn list(items: &[String]) -> String {
-    items.join(", ")
+/// The missing permissions for a message, or `unnamed` when the provider refused without
+/// naming one.
+fn missing_text(missing: &[String], unnamed: &str) -> String {
+    if missing.is_empty() {
+        unnamed.to_owned()
+    } else {
+        missing.join(", ")
+    }
 }
 
 /// The working copy of a status plus what every write stamps on it.
@@ -159,11 +165,7 @@ impl Update {
                     "{} (revision {}) lacks {}",
                     account_label(account.as_ref()),
                     short(revision),
-                    if missing.is_empty() {
-                        "a permission the provider did not name".to_owned()
-                    } else {
-                        list(missing)
-                    }
+                    missing_text(missing, "a permission the provider did not name")
                 );
                 self.set(
                     types::PERMISSION_MISMATCH,
@@ -222,11 +224,7 @@ impl Update {
             VerifyError::PermissionDenied { missing, .. } => {
                 let msg = format!(
                     "{who} no longer holds {}",
-                    if missing.is_empty() {
-                        "a required permission".to_owned()
-                    } else {
-                        list(missing)
-                    }
+                    missing_text(missing, "a required permission")
                 );
                 self.set(
                     types::PERMISSION_MISMATCH,
@@ -451,4 +449,346 @@ pub(crate) fn differs_beyond_last_validated(
         ..s.clone()
     };
     strip(a) != strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Provider;
+    use crate::providers::{DeadCause, Tokens, TransientKind};
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn verified(id: &str, perms: &[&str]) -> Verified {
+        Verified {
+            account: Account {
+                id: id.into(),
+                name: format!("{id}@acme.com"),
+            },
+            permissions: perms.iter().map(|p| p.to_string()).collect(),
+            tokens: Tokens::default(),
+            credential_expires_at: None,
+        }
+    }
+
+    fn dead() -> VerifyError {
+        VerifyError::Dead {
+            provider: Provider::Procore,
+            call: "POST token endpoint",
+            status: Some(400),
+            code: Some("invalid_grant".into()),
+            cause: DeadCause::InvalidGrant,
+            rotated: None,
+        }
+    }
+
+    fn denied(missing: &[&str]) -> VerifyError {
+        VerifyError::PermissionDenied {
+            provider: Provider::Procore,
+            account: Some(Account {
+                id: "900".into(),
+                name: "jane@acme.com".into(),
+            }),
+            missing: missing.iter().map(|m| m.to_string()).collect(),
+            granted: BTreeSet::new(),
+            call: None,
+            status: None,
+            code: None,
+            rotated: None,
+        }
+    }
+
+    fn transient() -> VerifyError {
+        VerifyError::Transient {
+            provider: Provider::Procore,
+            call: "GET /rest/v1.0/me",
+            kind: TransientKind::Unavailable,
+            status: Some(503),
+            code: None,
+            retry_after: None,
+            rotated: None,
+        }
+    }
+
+    /// A status with an active credential for account 4567.
+    fn connected() -> ConnectorCredentialStatus {
+        let mut u = Update::new(None, Some(1), now());
+        u.swapped("sha256:aaaa", &verified("4567", &["documents:admin"]));
+        u.summarize(&Timing::fallback(), None);
+        u.status
+    }
+
+    fn cond<'a>(
+        s: &'a ConnectorCredentialStatus,
+        t: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        get(&s.conditions, t).unwrap_or_else(|| panic!("no {t} condition"))
+    }
+
+    #[test]
+    fn outcomes_map_to_phase_ready_and_kstatus_conditions() {
+        type Apply = fn(&mut Update);
+        /// name, start, outcome, source problem, phase, Ready reason, Stalled, Reconciling
+        type Row = (
+            &'static str,
+            Option<ConnectorCredentialStatus>,
+            Apply,
+            Option<Source>,
+            Phase,
+            &'static str,
+            bool,
+            bool,
+        );
+        let rows: Vec<Row> = vec![
+            // name, start, outcome, source problem, phase, Ready reason, Stalled, Reconciling
+            (
+                "first swap",
+                None,
+                |u| u.swapped("sha256:aaaa", &verified("4567", &[])),
+                None,
+                Phase::Connected,
+                reasons::CONNECTED,
+                false,
+                false,
+            ),
+            (
+                "validating a first credential",
+                None,
+                |u| u.validating("sha256:aaaa", "procore"),
+                None,
+                Phase::Pending,
+                reasons::PENDING,
+                false,
+                true,
+            ),
+            (
+                "validating a rotation",
+                Some(connected()),
+                |u| u.validating("sha256:bbbb", "procore"),
+                None,
+                Phase::Connected,
+                reasons::VALIDATING,
+                false,
+                true,
+            ),
+            (
+                "rotation rejected for permissions",
+                Some(connected()),
+                |u| u.rejected("sha256:bbbb", &denied(&["documents:admin"])),
+                None,
+                Phase::PermissionMismatch,
+                reasons::PERMISSION_MISMATCH,
+                true,
+                false,
+            ),
+            (
+                "rotation rejected as dead",
+                Some(connected()),
+                |u| u.rejected("sha256:bbbb", &dead()),
+                None,
+                Phase::Connected,
+                reasons::ROTATION_REJECTED,
+                true,
+                false,
+            ),
+            (
+                "first credential dead",
+                None,
+                |u| u.rejected("sha256:aaaa", &dead()),
+                None,
+                Phase::ConnectionLost,
+                reasons::CONNECTION_LOST,
+                true,
+                false,
+            ),
+            (
+                "active credential dies",
+                Some(connected()),
+                |u| u.active_failed(&dead()),
+                None,
+                Phase::ConnectionLost,
+                reasons::CONNECTION_LOST,
+                true,
+                false,
+            ),
+            (
+                "active credential loses a permission",
+                Some(connected()),
+                |u| u.active_failed(&denied(&["documents:admin"])),
+                None,
+                Phase::PermissionMismatch,
+                reasons::PERMISSION_MISMATCH,
+                true,
+                false,
+            ),
+            (
+                "one transient failure",
+                Some(connected()),
+                |u| u.transient(&transient(), 3, None),
+                None,
+                Phase::Connected,
+                reasons::CONNECTED,
+                false,
+                false,
+            ),
+            (
+                "source Secret deleted",
+                Some(connected()),
+                |_| {},
+                Some(Source::Missing),
+                Phase::Connected,
+                reasons::SECRET_NOT_FOUND,
+                true,
+                false,
+            ),
+            (
+                "no Secret, nothing active",
+                None,
+                |_| {},
+                Some(Source::Missing),
+                Phase::Pending,
+                reasons::SECRET_NOT_FOUND,
+                true,
+                false,
+            ),
+        ];
+        for (name, start, apply, problem, phase, ready_reason, stalled, reconciling) in rows {
+            let mut u = Update::new(start.as_ref(), Some(2), now());
+            apply(&mut u);
+            u.summarize(&Timing::fallback(), problem.as_ref());
+            let s = &u.status;
+            assert_eq!(s.phase, Some(phase), "{name}: phase");
+            let ready = cond(s, types::READY);
+            assert_eq!(
+                ready.reason, ready_reason,
+                "{name}: Ready reason ({})",
+                ready.message
+            );
+            assert_eq!(
+                ready.status == "True",
+                ready_reason == reasons::CONNECTED,
+                "{name}: Ready status"
+            );
+            assert_eq!(
+                cond(s, types::STALLED).status == "True",
+                stalled,
+                "{name}: Stalled"
+            );
+            assert_eq!(
+                cond(s, types::RECONCILING).status == "True",
+                reconciling,
+                "{name}: Reconciling"
+            );
+            assert_eq!(s.observed_generation, Some(2), "{name}");
+            assert!(
+                s.conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(2)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_failure_threshold_turns_transient_failures_into_connection_lost() {
+        let mut status = connected();
+        for n in 1..=3 {
+            let mut u = Update::new(Some(&status), Some(1), now());
+            u.transient(&transient(), 3, None);
+            u.summarize(&Timing::fallback(), None);
+            status = u.status;
+            let want = if n < 3 {
+                Phase::Connected
+            } else {
+                Phase::ConnectionLost
+            };
+            assert_eq!(status.phase, Some(want), "after {n} failures");
+            assert_eq!(status.consecutive_failures, n);
+        }
+        assert_eq!(
+            cond(&status, types::CONNECTED).reason,
+            reasons::PROVIDER_UNREACHABLE
+        );
+        // A success resets the count and the phase.
+        let mut u = Update::new(Some(&status), Some(1), now());
+        u.revalidated(&verified("4567", &["documents:admin"]));
+        u.summarize(&Timing::fallback(), None);
+        assert_eq!(
+            (u.status.phase, u.status.consecutive_failures),
+            (Some(Phase::Connected), 0)
+        );
+    }
+
+    #[test]
+    fn transient_failures_while_rotating_never_mark_the_active_credential_lost() {
+        let mut status = connected();
+        for _ in 0..5 {
+            let mut u = Update::new(Some(&status), Some(1), now());
+            u.transient(&transient(), 3, Some("sha256:bbbb"));
+            u.summarize(&Timing::fallback(), None);
+            status = u.status;
+        }
+        assert_eq!(status.phase, Some(Phase::Connected));
+        assert!(cond(&status, types::ROTATING).message.contains("5 of 3"));
+    }
+
+    #[test]
+    fn a_successful_rotation_clears_the_rejection_and_the_mismatch() {
+        let mut u = Update::new(Some(&connected()), Some(1), now());
+        u.rejected("sha256:bbbb", &denied(&["documents:admin"]));
+        u.summarize(&Timing::fallback(), None);
+        let rejected = u.status;
+        assert!(rejected.rejected.is_some());
+        let mut u = Update::new(Some(&rejected), Some(1), now());
+        u.swapped("sha256:cccc", &verified("4568", &["documents:admin"]));
+        u.summarize(&Timing::fallback(), None);
+        assert!(u.status.rejected.is_none());
+        assert_eq!(cond(&u.status, types::PERMISSION_MISMATCH).status, "False");
+        assert_eq!(cond(&u.status, types::READY).status, "True");
+        assert_eq!(u.status.active_revision.as_deref(), Some("sha256:cccc"));
+    }
+
+    #[test]
+    fn expiring_soon_follows_the_warning_window() {
+        let mut status = connected();
+        let exp = now()
+            .checked_add(jiff::SignedDuration::from_hours(100))
+            .unwrap();
+        status.expires_at = Some(Time(exp));
+        let mut u = Update::new(Some(&status), Some(1), now());
+        u.summarize(&Timing::fallback(), None);
+        assert_eq!(
+            cond(&u.status, types::EXPIRING_SOON).status,
+            "True",
+            "100h left, 336h window"
+        );
+        let timing = Timing {
+            expiry_warning: std::time::Duration::from_secs(24 * 3600),
+            ..Timing::fallback()
+        };
+        let mut u = Update::new(Some(&status), Some(1), now());
+        u.summarize(&timing, None);
+        assert_eq!(
+            cond(&u.status, types::EXPIRING_SOON).status,
+            "False",
+            "100h left, 24h window"
+        );
+    }
+
+    #[test]
+    fn messages_name_the_account_and_the_missing_permissions_but_no_secret() {
+        let mut u = Update::new(Some(&connected()), Some(1), now());
+        u.active_failed(&dead());
+        let msg = &cond(&u.status, types::CONNECTED).message;
+        assert!(msg.contains("4567@acme.com must re-authenticate"), "{msg}");
+        let mut u = Update::new(Some(&connected()), Some(1), now());
+        u.rejected("sha256:bbbb", &denied(&["documents:admin", "project:5"]));
+        let msg = &cond(&u.status, types::PERMISSION_MISMATCH).message;
+        assert!(
+            msg.contains("jane@acme.com") && msg.contains("documents:admin, project:5"),
+            "{msg}"
+        );
+    }
 }
