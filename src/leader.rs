@@ -122,7 +122,7 @@ pub(crate) async fn lead(
         health.set_standby(false);
         health.set_running(true);
         let (ctl_stop, ctl_stop_rx) = watch::channel(false);
-        let controllers = run_controllers(ctx.clone(), &options.namespaces, ctl_stop_rx);
+        let controllers = run_controllers(ctx.clone(), options, ctl_stop_rx);
         tokio::pin!(controllers);
         tokio::select! {
             () = &mut controllers => {}

@@ -80,6 +80,10 @@ struct RunArgs {
     /// How long the leader-election Lease stays valid without renewal (Go duration).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: std::time::Duration,
+    /// How long credential swaps are gathered into one rollout of an Integration's
+    /// restart targets (Go duration).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    restart_debounce: std::time::Duration,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -116,6 +120,7 @@ fn run(args: RunArgs) -> ExitCode {
             lease_namespace: args.lease_namespace,
             identity,
             lease_duration: args.lease_duration,
+            restart_debounce: args.restart_debounce,
         };
         reconnect_operator::operator::run(client, options, shutdown_signal()).await
     });

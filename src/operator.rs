@@ -39,6 +39,8 @@ pub struct Options {
     pub identity: String,
     /// How long the Lease stays valid without renewal.
     pub lease_duration: std::time::Duration,
+    /// How long credential swaps are gathered into one rollout of an Integration's workloads.
+    pub restart_debounce: std::time::Duration,
 }
 
 /// Liveness and readiness as the HTTP endpoints report them.
@@ -140,9 +142,13 @@ fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Byte
 /// Runs the controllers for every configured namespace until `stop` flips to true.
 pub(crate) async fn run_controllers(
     ctx: Arc<Context>,
-    namespaces: &[String],
+    options: &Options,
     stop: watch::Receiver<bool>,
 ) {
+    let namespaces = &options.namespaces;
+    let settings = controller::integration::Settings {
+        restart_debounce: options.restart_debounce,
+    };
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
@@ -162,9 +168,14 @@ pub(crate) async fn run_controllers(
                 futures::stream::pending(),
                 shutdown(),
             ));
-        let integrations: futures::future::BoxFuture<'static, ()> = Box::pin(
-            controller::integration::run(ctx.clone(), ns, futures::stream::pending(), shutdown()),
-        );
+        let integrations: futures::future::BoxFuture<'static, ()> =
+            Box::pin(controller::integration::run_with(
+                ctx.clone(),
+                settings.clone(),
+                ns,
+                futures::stream::pending(),
+                shutdown(),
+            ));
         [credentials, integrations]
     });
     futures::future::join_all(runs).await;
@@ -215,7 +226,7 @@ pub async fn run_on(
         crate::leader::lead(client, &options, ctx, health, stop_rx).await?;
     } else {
         health.controllers_running.store(true, Ordering::SeqCst);
-        run_controllers(ctx, &options.namespaces, stop_rx).await;
+        run_controllers(ctx, &options, stop_rx).await;
         health.controllers_running.store(false, Ordering::SeqCst);
     }
     if let Err(err) = http.await {

@@ -45,6 +45,7 @@ async fn replica_with(
         lease_namespace: Some(cluster.namespace.clone()),
         identity: identity.into(),
         lease_duration: Duration::from_secs(3),
+        restart_debounce: Duration::from_secs(10),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

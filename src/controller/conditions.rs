@@ -7,6 +7,8 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::api::conditions::{reasons, types};
+
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` unless the status
 /// flips. Conditions stay sorted by type so equal states serialise equally.
 pub(crate) fn set(
@@ -42,6 +44,61 @@ pub(crate) fn set(
             conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
         }
     }
+}
+
+/// Ready reasons that need a person to act: kstatus readers should report Failed.
+const STALLED_REASONS: [&str; 8] = [
+    reasons::CONNECTION_LOST,
+    reasons::PROVIDER_UNREACHABLE,
+    reasons::PERMISSION_MISMATCH,
+    reasons::ROTATION_REJECTED,
+    reasons::SECRET_NOT_FOUND,
+    reasons::MISSING_KEY,
+    reasons::MISCONFIGURED,
+    reasons::CREDENTIAL_NOT_FOUND,
+];
+
+/// Mirrors a Ready verdict into the abnormal-true conditions kstatus (Flux, kpt, Config
+/// Sync) reads: `Stalled` when a person must act, `Reconciling` while work is under way,
+/// both False when Ready.
+pub(crate) fn set_kstatus(
+    conditions: &mut Vec<Condition>,
+    ready: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let stalled = !ready && STALLED_REASONS.contains(&reason);
+    let reconciling = !ready && !stalled;
+    let (s_reason, s_msg) = if stalled {
+        (reason, message)
+    } else {
+        (reasons::IDLE, "")
+    };
+    set(
+        conditions,
+        types::STALLED,
+        stalled,
+        s_reason,
+        s_msg,
+        generation,
+        now,
+    );
+    let (r_reason, r_msg) = if reconciling {
+        (reason, message)
+    } else {
+        (reasons::IDLE, "")
+    };
+    set(
+        conditions,
+        types::RECONCILING,
+        reconciling,
+        r_reason,
+        r_msg,
+        generation,
+        now,
+    );
 }
 
 /// The condition of type `type_`, if set.

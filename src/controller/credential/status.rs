@@ -361,28 +361,15 @@ impl Update {
         self.set(types::READY, ready, reason, message.clone());
 
         // The same verdict in the abnormal-true conditions kstatus (Flux) reads.
-        let stalled = !ready
-            && [
-                reasons::CONNECTION_LOST,
-                reasons::PROVIDER_UNREACHABLE,
-                reasons::PERMISSION_MISMATCH,
-                reasons::ROTATION_REJECTED,
-                reasons::SECRET_NOT_FOUND,
-                reasons::MISSING_KEY,
-                reasons::MISCONFIGURED,
-            ]
-            .contains(&reason);
-        let reconciling = !ready && !stalled;
-        if stalled {
-            self.set(types::STALLED, true, reason, message.clone());
-        } else {
-            self.set(types::STALLED, false, reasons::IDLE, "");
-        }
-        if reconciling {
-            self.set(types::RECONCILING, true, reason, message);
-        } else {
-            self.set(types::RECONCILING, false, reasons::IDLE, "");
-        }
+        let (generation, now) = (self.generation, self.now);
+        conditions::set_kstatus(
+            &mut self.status.conditions,
+            ready,
+            reason,
+            &message,
+            generation,
+            now,
+        );
 
         let warn_from = self.status.expires_at.as_ref().map(|t| {
             t.0.saturating_sub(

@@ -275,19 +275,20 @@ pub(crate) fn summarize(
         );
     }
 
-    if phase == Phase::Connected {
-        set(
-            types::READY,
+    let (ready, reason, message) = if phase == Phase::Connected {
+        (
             true,
             reasons::CONNECTED,
             format!("{connected}/{total} connectors connected"),
-        );
+        )
     } else {
         let worst: Vec<_> = observed.iter().filter(|o| o.phase() == phase).collect();
         let reason = worst.first().map_or(reasons::PENDING, |o| o.reason);
         let not_connected = observed.iter().filter(|o| o.phase() != Phase::Connected);
-        set(types::READY, false, reason, messages(not_connected));
-    }
+        (false, reason, messages(not_connected))
+    };
+    set(types::READY, ready, reason, message.clone());
+    conditions::set_kstatus(conds, ready, reason, &message, generation, now);
 
     Summary {
         phase,
@@ -527,6 +528,15 @@ mod tests {
                 conds.iter().all(|c| c.observed_generation == Some(3)),
                 "{case}"
             );
+            // kstatus: every non-Connected verdict in the matrix needs a person (a lost
+            // connection, a permission shortfall, a missing credential): Stalled.
+            let ready_now = phase == Phase::Connected;
+            assert_eq!(
+                is_true(&conds, types::STALLED),
+                !ready_now,
+                "{case}: Stalled"
+            );
+            assert!(!is_true(&conds, types::RECONCILING), "{case}: Reconciling");
             // Every connector that is not Connected says why, in Ready's message.
             for o in observed
                 .iter()
