@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::mpsc;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -131,6 +132,21 @@ async fn run(hold: bool) -> Result<()> {
         .create(&Default::default(), &namespace)
         .await?;
     apply_example(&sb.client, &sb.procore, &microsoft).await?;
+    // The sync workload the Integration rolls after a swap (its restart target).
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "procore-sharepoint-sync"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "sync"}},
+            "template": {
+                "metadata": {"labels": {"app": "sync"}},
+                "spec": {"containers": [{"name": "sync", "image": "example/sync:1.0"}]},
+            },
+        },
+    }))?;
+    Api::<Deployment>::namespaced(sb.client.clone(), NS)
+        .create(&Default::default(), &deployment)
+        .await?;
+    println!("   created Deployment/procore-sharepoint-sync (the Integration's restart target)");
     sb.wait("procore-sync", "Connected", |c| {
         phase(c) == Some(Phase::Connected)
     })
@@ -151,6 +167,9 @@ async fn run(hold: bool) -> Result<()> {
     .await?;
     sb.table().await?;
     sb.show_target("procore-sync-active").await?;
+    // Swaps within the debounce window (10s) roll the workload once, when it closes.
+    sb.advance(Duration::from_secs(11));
+    sb.wait_rollout().await?;
 
     step("3. Rotate procore-sync to jane@acme.com, who lacks documents:admin");
     sb.set_source("procore-sync", "jane-app", "jane-secret")
@@ -388,6 +407,31 @@ impl Sandbox {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the restart target's pod template carries the operator's annotations.
+    async fn wait_rollout(&self) -> Result<()> {
+        let api = Api::<Deployment>::namespaced(self.client.clone(), NS);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let d = api.get("procore-sharepoint-sync").await?;
+            let annotations = d
+                .spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .unwrap_or_default();
+            if let Some(revisions) = annotations.get("reconnect.dev/revisions") {
+                println!(
+                    "   Deployment/procore-sharepoint-sync rolled (10s debounce closed): pod template annotated reconnect.dev/revisions={}",
+                    revisions.chars().take(60).collect::<String>()
+                );
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err("the restart target was never rolled".into());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     async fn show_target(&self, name: &str) -> Result<()> {
