@@ -51,6 +51,32 @@ fn is_conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 409)
 }
 
+/// Writes `status` to the status subresource of `name` with server-side apply under the
+/// operator's one field manager (fields it stops applying are removed, conditions merge
+/// by type).
+pub(crate) async fn apply_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err("apply status"))?;
+    Ok(())
+}
+
 /// Wraps a kube error with the call that produced it.
 pub(crate) fn kube_err(call: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { call, source }

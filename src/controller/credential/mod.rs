@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -101,18 +101,7 @@ async fn write_status(
     if unchanged {
         return Ok(false);
     }
-    let patch = serde_json::json!({
-        "apiVersion": "reconnect.dev/v1alpha1",
-        "kind": "ConnectorCredential",
-        "status": new,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_err("apply ConnectorCredential status"))?;
+    super::apply_status(api, name, new).await?;
     Ok(true)
 }
 
@@ -335,7 +324,7 @@ impl Pass<'_> {
     fn finish_swap(&mut self, revision: &str) {
         if let Some(active) = &self.target.active {
             info!(revision = %status::short(revision), "finishing a swap interrupted before its status write");
-            self.update.swap_finished(revision, &active.record);
+            self.update.swapped(revision, &active.record);
             self.events.push((
                 EventType::Normal,
                 reasons::ROTATED,
@@ -378,7 +367,8 @@ impl Pass<'_> {
                 self.write_target(&validated).await?;
                 info!(revision = %status::short(revision), account = %verified.account.id, "swapped in a validated credential");
                 self.ctx.metrics.rotation(provider, true);
-                self.update.swapped(validated.revision(), &verified);
+                self.update
+                    .swapped(validated.revision(), validated.record());
                 self.ctx.set_last_probe(self.key, self.now);
                 let who = account_name(&verified.account);
                 self.events.push(if first {

@@ -95,42 +95,21 @@ impl Update {
         self.set(types::ROTATING, true, reasons::VALIDATING, msg);
     }
 
-    /// A validated revision was written to the target Secret.
-    pub fn swapped(&mut self, revision: &str, verified: &Verified) {
+    /// A validated revision is in the target Secret: just written, or found there after a
+    /// previous run stopped before writing status (then `record` is what the target
+    /// Secret's annotations say).
+    pub fn swapped(&mut self, revision: &str, record: &ActiveRecord) {
         let s = &mut self.status;
         s.active_revision = Some(revision.to_owned());
-        s.account = Some(verified.account.clone());
-        s.permissions = verified.permissions.iter().cloned().collect();
-        s.expires_at = verified.credential_expires_at.map(Time);
-        s.access_token_expires_at = verified.tokens.expires_at.map(Time);
-        s.last_validated = Some(Time(self.now));
-        s.last_rotated = Some(Time(self.now));
+        s.account = Some(record.account.clone());
+        s.permissions = record.permissions.iter().cloned().collect();
+        s.expires_at = record.credential_expires_at.map(Time);
+        s.access_token_expires_at = record.access_token_expires_at.map(Time);
+        s.last_validated = record.validated_at.map(Time);
+        s.last_rotated = record.validated_at.map(Time);
         s.rejected = None;
         s.consecutive_failures = 0;
-        self.connected(&verified.account, revision);
-        self.permissions_ok();
-        self.set(
-            types::ROTATING,
-            false,
-            reasons::ROTATED,
-            format!("revision {} is active", short(revision)),
-        );
-    }
-
-    /// The target Secret already held `revision` (a previous run stopped before writing
-    /// status): record what the target Secret says about it.
-    pub fn swap_finished(&mut self, revision: &str, active: &ActiveRecord) {
-        let s = &mut self.status;
-        s.active_revision = Some(revision.to_owned());
-        s.account = Some(active.account.clone());
-        s.permissions = active.permissions.iter().cloned().collect();
-        s.expires_at = active.credential_expires_at.map(Time);
-        s.access_token_expires_at = active.access_token_expires_at.map(Time);
-        s.last_validated = active.validated_at.map(Time);
-        s.last_rotated = active.validated_at.map(Time);
-        s.rejected = None;
-        s.consecutive_failures = 0;
-        self.connected(&active.account, revision);
+        self.connected(&record.account, revision);
         self.permissions_ok();
         self.set(
             types::ROTATING,
@@ -425,6 +404,19 @@ pub(crate) struct ActiveRecord {
     pub validated_at: Option<Timestamp>,
 }
 
+impl ActiveRecord {
+    /// What a provider verdict at `now` establishes about a credential.
+    pub fn of(verified: &Verified, now: Timestamp) -> Self {
+        Self {
+            account: verified.account.clone(),
+            permissions: verified.permissions.clone(),
+            credential_expires_at: verified.credential_expires_at,
+            access_token_expires_at: verified.tokens.expires_at,
+            validated_at: Some(now),
+        }
+    }
+}
+
 /// Whether two statuses differ in anything but `lastValidated` (which a routine successful
 /// probe would otherwise rewrite every interval).
 pub(crate) fn differs_beyond_last_validated(
@@ -502,7 +494,10 @@ mod tests {
     /// A status with an active credential for account 4567.
     fn connected() -> ConnectorCredentialStatus {
         let mut u = Update::new(None, Some(1), now());
-        u.swapped("sha256:aaaa", &verified("4567", &["documents:admin"]));
+        u.swapped(
+            "sha256:aaaa",
+            &ActiveRecord::of(&verified("4567", &["documents:admin"]), now()),
+        );
         u.summarize(&Timing::fallback(), None);
         u.status
     }
@@ -533,7 +528,12 @@ mod tests {
             (
                 "first swap",
                 None,
-                |u| u.swapped("sha256:aaaa", &verified("4567", &[])),
+                |u| {
+                    u.swapped(
+                        "sha256:aaaa",
+                        &ActiveRecord::of(&verified("4567", &[]), now()),
+                    )
+                },
                 None,
                 Phase::Connected,
                 reasons::CONNECTED,
@@ -729,7 +729,10 @@ mod tests {
         let rejected = u.status;
         assert!(rejected.rejected.is_some());
         let mut u = Update::new(Some(&rejected), Some(1), now());
-        u.swapped("sha256:cccc", &verified("4568", &["documents:admin"]));
+        u.swapped(
+            "sha256:cccc",
+            &ActiveRecord::of(&verified("4568", &["documents:admin"]), now()),
+        );
         u.summarize(&Timing::fallback(), None);
         assert!(u.status.rejected.is_none());
         assert_eq!(cond(&u.status, types::PERMISSION_MISMATCH).status, "False");

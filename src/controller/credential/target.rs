@@ -102,7 +102,7 @@ impl Validated {
     /// The active credential after a successful scheduled probe that minted tokens.
     pub fn revalidated(active: &Active, verified: &Verified, now: Timestamp) -> Self {
         let mut v = Self::refreshed(active, verified.tokens.clone(), now);
-        v.record = record_of(verified, now);
+        v.record = ActiveRecord::of(verified, now);
         v
     }
 
@@ -110,15 +110,10 @@ impl Validated {
     pub fn revision(&self) -> &str {
         &self.revision
     }
-}
 
-fn record_of(verified: &Verified, now: Timestamp) -> ActiveRecord {
-    ActiveRecord {
-        account: verified.account.clone(),
-        permissions: verified.permissions.clone(),
-        credential_expires_at: verified.credential_expires_at,
-        access_token_expires_at: verified.tokens.expires_at,
-        validated_at: Some(now),
+    /// What was validated about it.
+    pub fn record(&self) -> &ActiveRecord {
+        &self.record
     }
 }
 
@@ -140,7 +135,7 @@ pub(crate) async fn validate(
     let validated = Validated {
         revision: revision.to_owned(),
         material,
-        record: record_of(&verified, now),
+        record: ActiveRecord::of(&verified, now),
         tokens: verified.tokens.clone(),
     };
     Ok((validated, verified))

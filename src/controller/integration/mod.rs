@@ -191,18 +191,7 @@ async fn write_status(
     if old == new {
         return Ok(false);
     }
-    let patch = serde_json::json!({
-        "apiVersion": "reconnect.dev/v1alpha1",
-        "kind": "Integration",
-        "status": new,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_err("apply Integration status"))?;
+    super::apply_status(api, name, new).await?;
     Ok(true)
 }
 
