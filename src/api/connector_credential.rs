@@ -359,7 +359,9 @@ pub struct ConnectorCredentialStatus {
     /// Consecutive transient failures since the last successful validation.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_failures: i32,
-    /// Ready, Connected, PermissionMismatch, Rotating, ExpiringSoon.
+    /// Ready (the summary), Connected, PermissionMismatch, Rotating, ExpiringSoon,
+    /// DeletionBlocked (deletion waits while Integrations use the credential), and Reconciling
+    /// / Stalled (the same verdict for kstatus readers such as Flux).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::conditions::conditions_schema")]
     pub conditions: Vec<Condition>,

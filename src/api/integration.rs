@@ -117,7 +117,9 @@ pub struct IntegrationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub connectors: Vec<ConnectorStatus>,
-    /// Ready, Connected, PermissionMismatch.
+    /// Ready (the summary), Connected, PermissionMismatch, RestartTargetsFound (every
+    /// restart target exists; not part of Ready), and Reconciling / Stalled (the same
+    /// verdict for kstatus readers such as Flux).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::conditions::conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -137,7 +139,8 @@ pub struct ConnectorStatus {
     /// The account the credential authenticates as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
-    /// The credential's active revision.
+    /// The credential's active revision as last rolled out to the restart targets (it
+    /// follows the credential once the restart debounce window has passed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_revision: Option<String>,
     /// Permissions this Integration requires that the credential's account lacks.
