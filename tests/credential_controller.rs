@@ -761,39 +761,17 @@ async fn a_malformed_credential_never_blocks_the_others() {
         return;
     };
     let standin = standin.clone();
-    // An object stored under an older, looser schema (the way a malformed object reaches a
-    // real cluster): register a permissive schema, store the object, restore the real one.
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-        CustomResourceValidation, JSONSchemaProps,
-    };
-    use kube::CustomResourceExt;
-    let real = reconnect_operator::api::ConnectorCredential::crd();
-    let mut loose = real.clone();
-    loose.spec.versions[0].schema = Some(CustomResourceValidation {
-        open_api_v3_schema: Some(JSONSchemaProps {
-            type_: Some("object".into()),
-            x_kubernetes_preserve_unknown_fields: Some(true),
-            ..Default::default()
+    // Stored under an older, looser schema, the way a malformed object reaches a cluster.
+    store_malformed::<reconnect_operator::api::ConnectorCredential>(
+        &env,
+        &standin,
+        json!({
+            "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
+            "metadata": {"name": "broken"},
+            "spec": {"provider": "box", "auth": 42},
         }),
-    });
-    standin.register_crd(&loose).unwrap();
-    let broken: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
-        "metadata": {"name": "broken"},
-        "spec": {"provider": "box", "auth": 42},
-    }))
-    .unwrap();
-    let resource =
-        kube::api::ApiResource::erase::<reconnect_operator::api::ConnectorCredential>(&());
-    kube::Api::<kube::api::DynamicObject>::namespaced_with(
-        env.cluster.client.clone(),
-        env.ns(),
-        &resource,
     )
-    .create(&Default::default(), &broken)
-    .await
-    .unwrap();
-    standin.register_crd(&real).unwrap();
+    .await;
 
     let emu = procore().await;
     connect(&env, &emu).await;

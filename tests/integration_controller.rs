@@ -781,37 +781,17 @@ async fn a_malformed_integration_never_blocks_the_others() {
         return;
     };
     let standin = standin.clone();
-    // Stored under an older, looser schema, the way a malformed object reaches a real cluster.
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-        CustomResourceValidation, JSONSchemaProps,
-    };
-    use kube::CustomResourceExt;
-    let real = Integration::crd();
-    let mut loose = real.clone();
-    loose.spec.versions[0].schema = Some(CustomResourceValidation {
-        open_api_v3_schema: Some(JSONSchemaProps {
-            type_: Some("object".into()),
-            x_kubernetes_preserve_unknown_fields: Some(true),
-            ..Default::default()
+    // Stored under an older, looser schema, the way a malformed object reaches a cluster.
+    store_malformed::<Integration>(
+        &env,
+        &standin,
+        json!({
+            "apiVersion": "reconnect.dev/v1alpha1", "kind": "Integration",
+            "metadata": {"name": "broken"},
+            "spec": {"connectors": "procore-sync"},
         }),
-    });
-    standin.register_crd(&loose).unwrap();
-    let broken: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "reconnect.dev/v1alpha1", "kind": "Integration",
-        "metadata": {"name": "broken"},
-        "spec": {"connectors": "procore-sync"},
-    }))
-    .unwrap();
-    let resource = kube::api::ApiResource::erase::<Integration>(&());
-    kube::Api::<kube::api::DynamicObject>::namespaced_with(
-        env.cluster.client.clone(),
-        env.ns(),
-        &resource,
     )
-    .create(&Default::default(), &broken)
-    .await
-    .unwrap();
-    standin.register_crd(&real).unwrap();
+    .await;
 
     let _sides = connect_both(&env).await;
     env.apply_integration("procore-sharepoint", sync_spec(&[], &[]))

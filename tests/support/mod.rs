@@ -401,6 +401,42 @@ impl Env {
     }
 }
 
+/// Stores `object`, a `K` that the real schema refuses, the way a
+/// malformed object reaches a real cluster: under an older, looser schema. Registers a
+/// permissive schema for `K` on the stand-in, creates the object, restores the real CRD.
+pub async fn store_malformed<K>(
+    env: &Env,
+    standin: &reconnect_apiserver::ApiServer,
+    object: serde_json::Value,
+) where
+    K: kube::CustomResourceExt + kube::Resource<DynamicType = ()>,
+{
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        CustomResourceValidation, JSONSchemaProps,
+    };
+    let real = K::crd();
+    let mut loose = real.clone();
+    loose.spec.versions[0].schema = Some(CustomResourceValidation {
+        open_api_v3_schema: Some(JSONSchemaProps {
+            type_: Some("object".into()),
+            x_kubernetes_preserve_unknown_fields: Some(true),
+            ..Default::default()
+        }),
+    });
+    standin.register_crd(&loose).unwrap();
+    let object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
+    let resource = kube::api::ApiResource::erase::<K>(&());
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        env.cluster.client.clone(),
+        env.ns(),
+        &resource,
+    )
+    .create(&PostParams::default(), &object)
+    .await
+    .unwrap();
+    standin.register_crd(&real).unwrap();
+}
+
 /// Waits until `cond` holds, polling; fails the test after [`WAIT`].
 pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
