@@ -258,7 +258,7 @@ fn cel_rules_are_in_the_generated_schemas() {
         (&cred, &["spec"], "'tenantId' in self.params"),
         (&cred, &["spec"], "self.target.name != self.secretRef.name"),
         (&cred, &["spec", "endpoint"], "self.startsWith('https://')"),
-        (&cred, &["spec", "params"], "self.companyId.matches"),
+        (&cred, &["spec", "params"], "self['companyId'].matches"),
         (
             &cred,
             &["spec", "validation", "interval"],

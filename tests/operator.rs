@@ -153,7 +153,12 @@ async fn health_and_metrics_endpoints_serve_the_documented_names() {
     wait_connected(&cluster, "procore-sync").await;
 
     assert_eq!(get(r.addr, "/healthz").await.0, 200);
-    assert_eq!(get(r.addr, "/readyz").await.0, 200);
+    // The caches synced before the credential could connect; readiness follows within a
+    // poll period and must not stay 503.
+    eventually("/readyz turns 200 once the caches have synced", || async {
+        get(r.addr, "/readyz").await.0 == 200
+    })
+    .await;
     assert_eq!(get(r.addr, "/nope").await.0, 404);
     let (status, body) = get(r.addr, "/metrics").await;
     assert_eq!(status, 200);

@@ -118,6 +118,29 @@ impl CacheSync {
     }
 }
 
+/// How often [`store_ready`] looks at a store again.
+const READY_POLL: Duration = Duration::from_millis(200);
+
+/// Resolves once `store` has been filled by its first list (false when its writer is gone).
+///
+/// `Store::wait_until_ready` alone is not enough: behind it sits one oneshot receiver that
+/// remembers only the waker of the task that polled it last, and the Controller waits on the
+/// same store. A second waiter polled earlier is never woken, which kept `/readyz` at 503
+/// forever on a real API server. Polling again on a short period re-registers our waker; once
+/// any poll has seen the store ready, the answer is remembered.
+pub(crate) async fn store_ready<K>(store: kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(READY_POLL, store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_elapsed) => continue,
+        }
+    }
+}
+
 /// One running controller's share of [`CacheSync`]; released when the controller ends.
 pub(crate) struct CacheGuard {
     sync: Arc<CacheSync>,
@@ -125,15 +148,17 @@ pub(crate) struct CacheGuard {
 }
 
 impl CacheGuard {
-    /// Marks this controller's cache as synced once `ready` resolves.
+    /// Marks this controller's cache as synced once `ready` resolves to true.
     pub(crate) fn synced_when(
         &self,
-        ready: impl std::future::Future<Output = ()> + Send + 'static,
+        ready: impl std::future::Future<Output = bool> + Send + 'static,
     ) {
         let sync = self.sync.clone();
         let flag = self.synced.clone();
         tokio::spawn(async move {
-            ready.await;
+            if !ready.await {
+                return;
+            }
             if !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 sync.synced
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -327,10 +352,8 @@ mod tests {
         let a = sync.track();
         let b = sync.track();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        a.synced_when(async {});
-        b.synced_when(async move {
-            let _ = rx.await;
-        });
+        a.synced_when(async { true });
+        b.synced_when(async move { rx.await.is_ok() });
         tokio::task::yield_now().await;
         tokio::time::timeout(Duration::from_secs(5), async {
             while sync.synced.load(std::sync::atomic::Ordering::SeqCst) < 1 {
@@ -352,6 +375,38 @@ mod tests {
         assert!(sync.all_synced(), "the remaining controller is synced");
         drop(a);
         assert!(!sync.all_synced(), "no controller running");
+    }
+
+    /// The Controller waits on its store too; the readiness waiter must still be woken
+    /// when the Controller's waiter polled last (a real API server answers slowly enough for
+    /// exactly that order).
+    #[tokio::test(start_paused = true)]
+    async fn readiness_sees_a_store_that_another_task_also_waits_on() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::runtime::{reflector, watcher};
+        let sync = Arc::new(CacheSync::default());
+        let guard = sync.track();
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        guard.synced_when(store_ready(store.clone()));
+        tokio::task::yield_now().await;
+        let other = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_until_ready().await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !sync.all_synced() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the readiness waiter was never woken");
+        assert!(
+            other.await.unwrap(),
+            "the other waiter sees the store ready too"
+        );
     }
 
     #[test]

@@ -508,9 +508,7 @@ pub async fn run_with(
     // /readyz waits for this controller's cache too.
     let cache = ctx.caches.track();
     let store = controller.store();
-    cache.synced_when(async move {
-        let _ = store.wait_until_ready().await;
-    });
+    cache.synced_when(super::store_ready(store));
     controller
         .reconcile_all_on(reconcile_all)
         .graceful_shutdown_on(shutdown)
