@@ -235,6 +235,8 @@ impl OAuthPeer {
         })
         .await
         .map_err(|e| format!("the OAuth peer's start-up task failed: {e}"))??;
+        // Fails only when a provider is installed already, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let peer = Self {
             issuer: ready.issuer,
             http: reqwest::Client::builder()
