@@ -57,6 +57,8 @@ const accounts = new Map();
 /** Per-client settings: id -> { accessTokenTtl?, rotateRefreshTokens }. */
 const clientSettings = new Map();
 let accessTokenTtl = 3600;
+/** `opaque` (stored, introspectable) or `jwt` (RFC 9068, self-contained). */
+let accessTokenFormat = 'opaque';
 const counters = { paths: {}, token: {} };
 /** Scripted faults, consumed in order by matching requests. */
 let faults = [];
@@ -187,7 +189,7 @@ const provider = new Provider(issuer, {
       // A client gets at most the API scopes registered for it.
       async getResourceServerInfo(ctx, resource, client) {
         if (resource !== API) throw new errors.InvalidTarget();
-        return { scope: client[API_SCOPES] ?? '', audience: API, accessTokenFormat: 'opaque' };
+        return { scope: client[API_SCOPES] ?? '', audience: API, accessTokenFormat };
       },
     },
   },
@@ -483,6 +485,10 @@ async function admin(method, route, req) {
         accessTokenTtl = body.access_token_ttl;
       }
       return { access_token_ttl: body.access_token_ttl };
+    case 'PUT access-token-format':
+      if (!['opaque', 'jwt'].includes(body.format)) throw new AdminError(400, 'format must be opaque or jwt');
+      accessTokenFormat = body.format;
+      return { format: accessTokenFormat };
     case 'GET counters':
       return snapshot();
     case 'POST counters/reset':

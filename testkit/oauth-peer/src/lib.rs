@@ -192,6 +192,16 @@ pub struct Counters {
     pub revocation: u64,
 }
 
+/// What access tokens look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessTokenFormat {
+    /// Random strings the server stores (default); introspection knows them.
+    Opaque,
+    /// RFC 9068 JWTs signed by the server. oidc-provider does not store them, so its
+    /// introspection answers `{"active": false}` for them.
+    Jwt,
+}
+
 /// A scripted failure, answered instead of oidc-provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -488,6 +498,20 @@ impl OAuthPeer {
             reqwest::Method::PUT,
             "ttl",
             Some(json!({ "access_token_ttl": secs, "client_id": id })),
+        )
+        .await;
+    }
+
+    /// The format of access tokens issued from now on (default opaque).
+    pub async fn set_access_token_format(&self, format: AccessTokenFormat) {
+        let format = match format {
+            AccessTokenFormat::Opaque => "opaque",
+            AccessTokenFormat::Jwt => "jwt",
+        };
+        self.admin::<Value>(
+            reqwest::Method::PUT,
+            "access-token-format",
+            Some(json!({ "format": format })),
         )
         .await;
     }
