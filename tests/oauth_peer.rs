@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use reconnect_oauth_peer::{
-    AuthMethod, Fault, NewClient, OAuthPeer, PeerClient, RefreshTokenState,
+    AccessTokenFormat, AuthMethod, Fault, NewClient, OAuthPeer, PeerClient, RefreshTokenState,
 };
 use reconnect_operator::api::ConnectorCredentialSpec;
 use reconnect_operator::clock::ManualClock;
@@ -584,4 +584,39 @@ async fn a_client_registered_for_client_secret_post_connects_with_basic_too() {
         .await
         .unwrap();
     assert_eq!(verified.account.id, "post-client");
+}
+
+#[tokio::test]
+async fn jwt_access_tokens_the_server_cannot_introspect_are_read_from_their_claims() {
+    let peer = OAuthPeer::start().await;
+    peer.set_access_token_format(AccessTokenFormat::Jwt).await;
+    let svc = peer
+        .client_credentials_client("svc", &["read", "write"])
+        .await;
+    let weak = peer.client_credentials_client("weak", &["read"]).await;
+    let spec = cc_spec(&peer, "read write");
+    // oidc-provider advertises introspection but calls its own JWT access tokens inactive.
+    let verified = verify(&spec, &cc(&svc), &set(&["write"])).await.unwrap();
+    assert_eq!(verified.account.id, "svc");
+    assert_eq!(verified.permissions, set(&["read", "write"]));
+    assert_eq!(peer.introspection_requests().await, 1);
+    let err = verify(&spec, &cc(&weak), &set(&["write"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::PermissionDenied { missing, .. } if missing == &["write"]),
+        "{err:?}"
+    );
+
+    let app = peer.refresh_token_client("app", &["read"]).await;
+    let token = peer.refresh_token_for(&app, "user-1", &["read"]).await;
+    let verified = verify(
+        &rt_spec(&peer),
+        &refresh_token(&app.id, Some(app.secret()), &token),
+        &set(&["read"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(verified.account.id, "user-1");
+    assert_eq!(verified.permissions, set(&["read"]));
 }

@@ -18,6 +18,10 @@
 //! Account: the introspected `sub`, else `username`, else `client_id`; else the access token's
 //! own `sub` or `client_id` claim when it is a JWT; else, for client credentials, the client
 //! id; else what the probe returns; and when nothing names a user, the client id.
+//!
+//! An RFC 9068 JWT access token from the issuer that introspection calls inactive right after
+//! it was issued is read as its own introspection (`scope`, `sub`, `client_id` claims):
+//! oidc-provider, for one, advertises introspection but cannot introspect its JWTs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -304,7 +308,14 @@ impl ProviderApi for Generic {
         })?;
         let token = grant.access_token(provider)?;
         let introspected = match &grant.introspection_url {
-            Some(url) => Some(introspect_once_more_if_moved(cx, url, grant).await?),
+            Some(url) => match introspect_once_more_if_moved(cx, url, grant).await {
+                Ok(introspected) => Some(introspected),
+                // The token was issued a moment ago: an issuer that cannot introspect its own
+                // RFC 9068 JWT access tokens (oidc-provider stores only opaque ones) calls it
+                // inactive, and then the JWT is its own introspection.
+                Err(e) if is_inactive(&e) => Some(self_contained(cx, token).ok_or(e)?),
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         let permissions: BTreeSet<String> = match &introspected {
@@ -407,6 +418,30 @@ impl ProviderApi for Generic {
             }
         }
     }
+}
+
+fn is_inactive(error: &VerifyError) -> bool {
+    matches!(error, VerifyError::Dead { code: Some(c), .. } if c == "inactive")
+}
+
+/// What an RFC 9068 JWT access token from this issuer says about itself (claims read without
+/// verifying the signature: the token came straight from the issuer's token endpoint).
+fn self_contained(cx: &Cx<'_>, token: &crate::secret::Redacted) -> Option<Introspected> {
+    let claims = jwt::claims(token)?;
+    let issuer = issuer(cx).ok()?;
+    let from_issuer = jwt::string(&claims, "iss")
+        .is_some_and(|iss| iss.trim_end_matches('/') == issuer.as_str().trim_end_matches('/'));
+    if !from_issuer {
+        return None;
+    }
+    let string = |name| jwt::string(&claims, name).map(str::to_owned);
+    tracing::debug!("introspection calls the JWT access token inactive; reading its claims");
+    Some(Introspected {
+        scopes: string("scope").map(|s| s.split_whitespace().map(str::to_owned).collect()),
+        subject: string("sub"),
+        username: string("username"),
+        client_id: string("client_id"),
+    })
 }
 
 /// Introspection of the grant's access token. When the discovered introspection endpoint
@@ -623,6 +658,30 @@ mod tests {
         assert_eq!(moved(&refused), Moved::Maybe);
         let timeout = VerifyError::transient(p, "c", TransientKind::Timeout, None, None, None);
         assert_eq!(moved(&timeout), Moved::No);
+    }
+
+    #[test]
+    fn a_jwt_from_the_issuer_is_its_own_introspection_and_a_foreign_one_is_not() {
+        use base64::Engine;
+        let jwt = |payload: &str| {
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload);
+            crate::secret::Redacted::new(format!("e30.{payload}.sig"))
+        };
+        let spec = crate::providers::testing::spec(
+            "oauth2",
+            "ClientCredentials",
+            Some("https://as.example.com/"),
+            &[],
+        );
+        crate::providers::testing::with_cx(&spec, |cx| {
+            let own = jwt(r#"{"iss":"https://as.example.com","sub":"svc","scope":"a b"}"#);
+            let read = self_contained(cx, &own).expect("from the issuer");
+            assert_eq!(read.subject.as_deref(), Some("svc"));
+            assert_eq!(read.scopes, Some(["a".to_owned(), "b".to_owned()].into()));
+            let foreign = jwt(r#"{"iss":"https://other.example.com","sub":"svc"}"#);
+            assert!(self_contained(cx, &foreign).is_none());
+            assert!(self_contained(cx, &crate::secret::Redacted::new("opaque")).is_none());
+        });
     }
 
     #[test]
