@@ -156,13 +156,20 @@ const API = `${issuer}/api`;
 const API_SCOPES = 'api_scopes';
 
 const ttlFor = (clientId) => clientSettings.get(clientId)?.accessTokenTtl ?? accessTokenTtl;
-const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+// ES256: a P-256 key is made in a millisecond, an RSA one in a fifth of a second.
+const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
 
 const provider = new Provider(issuer, {
   adapter: PeerAdapter,
   clients: [],
   cookies: { keys: [randomBytes(32).toString('base64url')] },
-  jwks: { keys: [{ ...privateKey.export({ format: 'jwk' }), kid: 'peer', use: 'sig', alg: 'RS256' }] },
+  jwks: { keys: [{ ...privateKey.export({ format: 'jwk' }), kid: 'peer', use: 'sig', alg: 'ES256' }] },
+  clientDefaults: {
+    grant_types: ['authorization_code'],
+    id_token_signed_response_alg: 'ES256',
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  },
   scopes: ['openid', 'offline_access'],
   // The API scopes a client may get are registered per client, as oidc-provider recommends
   // for resource-server policies (its `scope` metadata only takes the OpenID scopes above).
