@@ -318,48 +318,8 @@ impl ProviderApi for Generic {
             },
             None => None,
         };
-        let permissions: BTreeSet<String> = match &introspected {
-            Some(i) => i
-                .scopes
-                .clone()
-                .or_else(|| grant.scopes.clone())
-                .unwrap_or_default(),
-            None => grant
-                .scopes
-                .clone()
-                .unwrap_or_else(|| requested_scopes(cx).into_iter().collect()),
-        };
-
-        let claims = jwt::claims(token);
-        let claim = |name| {
-            claims
-                .as_ref()
-                .and_then(|c| jwt::string(c, name))
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
-        let from_introspection = introspected.as_ref().and_then(|i| {
-            [&i.subject, &i.username, &i.client_id]
-                .into_iter()
-                .find_map(|v| v.clone().filter(|v| !v.is_empty()))
-        });
-        let client_credentials = match cx.spec.auth {
-            AuthType::ClientCredentials => Some(cx.need("client_id")?.expose().to_owned()),
-            _ => None,
-        };
-        let mut account = Account {
-            id: from_introspection
-                .or_else(|| claim("sub"))
-                .or_else(|| claim("client_id"))
-                .or(client_credentials)
-                .unwrap_or_default(),
-            name: introspected
-                .as_ref()
-                .and_then(|i| i.username.clone())
-                .or_else(|| claim("preferred_username"))
-                .or_else(|| claim("email"))
-                .unwrap_or_default(),
-        };
+        let permissions = granted(cx, grant, introspected.as_ref());
+        let mut account = named_before_probe(cx, token, introspected.as_ref())?;
 
         if let Some(url) = param_url(cx, "probeUrl", "params.probeUrl")? {
             let request = cx
@@ -368,7 +328,8 @@ impl ProviderApi for Generic {
                 .bearer_auth(token.expose());
             let reply = cx.http.send("GET probeUrl", request).await?;
             if !reply.is_success() {
-                return Err(probe_error(cx, &reply).with_account(&account));
+                let known = or_the_client(cx, account.clone())?;
+                return Err(probe_error(cx, &reply).with_account(&known));
             }
             if let Ok(body) =
                 serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&reply.body)
@@ -387,13 +348,8 @@ impl ProviderApi for Generic {
                 }
             }
         }
-        // Nothing named a user (refresh token, no introspection, an opaque token, no probe):
-        // the connection is known by its app.
-        if account.id.is_empty() {
-            account.id = cx.need("client_id")?.expose().to_owned();
-        }
         Ok(Probe {
-            account,
+            account: or_the_client(cx, account)?,
             permissions,
             credential_expires_at: None,
         })
@@ -418,6 +374,71 @@ impl ProviderApi for Generic {
             }
         }
     }
+}
+
+/// The scopes the token holds: with introspection, the introspected `scope`, else the token
+/// response's, else none; without, the token response's, else the requested ones.
+fn granted(cx: &Cx<'_>, grant: &Grant, introspected: Option<&Introspected>) -> BTreeSet<String> {
+    match introspected {
+        Some(i) => i
+            .scopes
+            .clone()
+            .or_else(|| grant.scopes.clone())
+            .unwrap_or_default(),
+        None => grant
+            .scopes
+            .clone()
+            .unwrap_or_else(|| requested_scopes(cx).into_iter().collect()),
+    }
+}
+
+/// The account as far as it is known before the probe: the introspected `sub`, `username` or
+/// `client_id`; else a JWT access token's `sub` or `client_id`; else, for client credentials,
+/// the client id. The name: the introspected `username`, else the JWT's
+/// `preferred_username` or `email`.
+fn named_before_probe(
+    cx: &Cx<'_>,
+    token: &crate::secret::Redacted,
+    introspected: Option<&Introspected>,
+) -> Result<Account, VerifyError> {
+    let claims = jwt::claims(token);
+    let claim = |name| {
+        claims
+            .as_ref()
+            .and_then(|c| jwt::string(c, name))
+            .map(str::to_owned)
+    };
+    let introspected_id = introspected.and_then(|i| {
+        [&i.subject, &i.username, &i.client_id]
+            .into_iter()
+            .find_map(|v| v.clone().filter(|v| !v.is_empty()))
+    });
+    let client = match cx.spec.auth {
+        AuthType::ClientCredentials => Some(cx.need("client_id")?.expose().to_owned()),
+        _ => None,
+    };
+    Ok(Account {
+        id: introspected_id
+            .or_else(|| claim("sub"))
+            .or_else(|| claim("client_id"))
+            .or(client)
+            .unwrap_or_default(),
+        name: introspected
+            .and_then(|i| i.username.clone())
+            .filter(|n| !n.is_empty())
+            .or_else(|| claim("preferred_username"))
+            .or_else(|| claim("email"))
+            .unwrap_or_default(),
+    })
+}
+
+/// Every connected credential names an account: when nothing named a user (a refresh token,
+/// no introspection, an opaque token, no probe), the connection is known by its app.
+fn or_the_client(cx: &Cx<'_>, mut account: Account) -> Result<Account, VerifyError> {
+    if account.id.is_empty() {
+        account.id = cx.need("client_id")?.expose().to_owned();
+    }
+    Ok(account)
 }
 
 fn is_inactive(error: &VerifyError) -> bool {
