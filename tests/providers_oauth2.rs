@@ -45,10 +45,98 @@ async fn client_credentials_verify_with_rfc8414_discovery_and_probe() {
     let s = machine().await;
     s.emu.advertise_introspection(false);
     let verified = s.verify().await.unwrap();
-    assert_eq!(verified.account.id, "svc-1");
+    // Without introspection a client-credentials account is the client; the probe names it.
+    assert_eq!(verified.account.id, CLIENT);
+    assert_eq!(verified.account.name, "svc");
     assert_eq!(verified.permissions, set(&["read", "write"]));
     assert_eq!(s.emu.count("/.well-known/oauth-authorization-server"), 1);
     assert_eq!(s.emu.count("/userinfo"), 1);
+}
+
+#[tokio::test]
+async fn introspection_names_the_account_by_sub_then_username_then_client_id() {
+    let s = machine().await;
+    let providers = reconnect_operator::providers::Providers::new();
+    let answer = |body: serde_json::Value| {
+        s.emu.fail_next_on(
+            "/introspect",
+            1,
+            reconnect_emulators::Fault::Respond(reconnect_emulators::Response::json(200, body)),
+        );
+    };
+    let run = async || {
+        verify_with(&providers, &s.spec, &s.material, &set(&[]), TIMEOUT)
+            .await
+            .unwrap()
+            .account
+    };
+    answer(
+        serde_json::json!({"active": true, "sub": "u-1", "username": "ursula", "client_id": "c"}),
+    );
+    let account = run().await;
+    assert_eq!(
+        (account.id.as_str(), account.name.as_str()),
+        ("u-1", "ursula")
+    );
+    answer(serde_json::json!({"active": true, "username": "ursula", "client_id": "c"}));
+    assert_eq!(run().await.id, "ursula");
+    answer(serde_json::json!({"active": true, "client_id": "c"}));
+    assert_eq!(run().await.id, "c");
+}
+
+#[tokio::test]
+async fn an_introspected_token_without_scope_holds_no_scope() {
+    let s = machine().await;
+    s.emu.scope_in_token_response(false);
+    let spec = spec(
+        "oauth2",
+        "ClientCredentials",
+        Some(&s.emu.base_url()),
+        &[("scope", "read")],
+    );
+    s.emu.fail_next_on(
+        "/introspect",
+        1,
+        reconnect_emulators::Fault::Respond(reconnect_emulators::Response::json(
+            200,
+            serde_json::json!({"active": true, "client_id": CLIENT}),
+        )),
+    );
+    let err = verify(&spec, &s.material, &set(&["read"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::PermissionDenied { missing, granted, .. } if missing == &["read"] && granted.is_empty()),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_token_nothing_else_names_is_known_by_its_client() {
+    let emu = emulator().await;
+    let token = emu.issue_refresh_token(CLIENT, "user-1");
+    let spec = spec("oauth2", "RefreshToken", Some(&emu.base_url()), &[]);
+    let verified = verify(
+        &spec,
+        &refresh_token(CLIENT, Some(SECRET), &token),
+        &set(&[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(verified.account.id, CLIENT);
+}
+
+#[tokio::test]
+async fn one_providers_instance_discovers_each_issuer_once() {
+    let s = machine().await;
+    let providers = reconnect_operator::providers::Providers::new();
+    for _ in 0..3 {
+        verify_with(&providers, &s.spec, &s.material, &s.required, TIMEOUT)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.emu.count("/.well-known/oauth-authorization-server"), 1);
+    assert_eq!(s.emu.count("/token"), 3);
 }
 
 #[tokio::test]

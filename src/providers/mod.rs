@@ -97,6 +97,9 @@ pub struct Providers {
     /// part of the key so that validating a new source revision never receives the tokens of
     /// the active one (or the other way round) when both run at once.
     flights: Arc<Mutex<HashMap<FlightKey, Flight>>>,
+    /// Authorization-server metadata by issuer (generic oauth2), so refreshes and probes do
+    /// not fetch discovery every time.
+    discovery: oauth2::DiscoveryCache,
     clock: Arc<dyn Clock>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -126,6 +129,7 @@ impl Providers {
         Self {
             client: http::client(user_agent),
             flights: Arc::default(),
+            discovery: oauth2::DiscoveryCache::default(),
             clock: Arc::new(SystemClock),
             metrics: None,
         }
@@ -149,7 +153,7 @@ impl Providers {
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> Result<Verified, VerifyError> {
         let provider = req.spec.provider;
         let outcome: Result<Verified, VerifyError> = async {
-            let cx = Cx::new(self.http(req), req.spec, req.material, req.required);
+            let cx = self.cx(req);
             preflight(&cx)?;
             let grant = match req.spec.auth {
                 AuthType::ApiKey => None,
@@ -202,12 +206,7 @@ impl Providers {
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
     pub async fn refresh(&self, req: &VerifyRequest<'_>) -> Result<Tokens, VerifyError> {
         let outcome = async {
-            preflight(&Cx::new(
-                self.http(req),
-                req.spec,
-                req.material,
-                req.required,
-            ))?;
+            preflight(&self.cx(req))?;
             if req.spec.auth == AuthType::ApiKey {
                 return Err(VerifyError::misconfigured(
                     req.spec.provider,
@@ -223,6 +222,16 @@ impl Providers {
         outcome
     }
 
+    fn cx<'a>(&self, req: &VerifyRequest<'a>) -> Cx<'a> {
+        Cx::new(
+            self.http(req),
+            self.discovery.clone(),
+            req.spec,
+            req.material,
+            req.required,
+        )
+    }
+
     fn http(&self, req: &VerifyRequest<'_>) -> Http {
         Http::new(
             self.client.clone(),
@@ -236,8 +245,7 @@ impl Providers {
     /// Obtains tokens; refresh-token grants go through the single-flight map.
     async fn grant(&self, req: &VerifyRequest<'_>) -> Result<Grant, VerifyError> {
         if req.spec.auth != AuthType::RefreshToken {
-            let cx = Cx::new(self.http(req), req.spec, req.material, req.required);
-            return token::obtain(&cx).await;
+            return token::obtain(&self.cx(req)).await;
         }
         self.single_flight(req).await
     }
@@ -259,6 +267,7 @@ impl Providers {
         // not abort a request that may already have spent the refresh token: whoever still
         // waits receives the new one.
         let http = self.http(req);
+        let discovery = self.discovery.clone();
         let spec = req.spec.clone();
         let material = req.material.clone();
         let required = req.required.clone();
@@ -266,7 +275,7 @@ impl Providers {
         let map = Arc::clone(&self.flights);
         let provider = spec.provider;
         let task = tokio::spawn(async move {
-            let cx = Cx::new(http, &spec, &material, &required);
+            let cx = Cx::new(http, discovery, &spec, &material, &required);
             let result = token::obtain(&cx).await;
             map.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
             result
@@ -437,6 +446,7 @@ pub(crate) struct Probe {
 /// Everything a provider module needs for one verification.
 pub(crate) struct Cx<'a> {
     pub http: Http,
+    pub discovery: oauth2::DiscoveryCache,
     pub spec: &'a ConnectorCredentialSpec,
     pub material: &'a CredentialMaterial,
     pub required: &'a BTreeSet<String>,
@@ -445,12 +455,14 @@ pub(crate) struct Cx<'a> {
 impl<'a> Cx<'a> {
     fn new(
         http: Http,
+        discovery: oauth2::DiscoveryCache,
         spec: &'a ConnectorCredentialSpec,
         material: &'a CredentialMaterial,
         required: &'a BTreeSet<String>,
     ) -> Self {
         Self {
             http,
+            discovery,
             spec,
             material,
             required,
@@ -517,6 +529,14 @@ pub(crate) trait ProviderApi {
         cx: &Cx<'_>,
         grant: Option<&Grant>,
     ) -> impl Future<Output = Result<Probe, VerifyError>> + Send;
+
+    /// A token request failed with `error`. A provider that caches endpoint metadata forgets
+    /// it when the failure suggests the endpoints moved, and answers whether to try once more
+    /// with fresh metadata (only when the server said the endpoint is not there, so nothing
+    /// was spent).
+    fn endpoints_moved(&self, _cx: &Cx<'_>, _error: &VerifyError) -> bool {
+        false
+    }
 }
 
 /// An id from provider JSON, which may be a number or a string.
@@ -642,7 +662,13 @@ pub(crate) mod testing {
             Arc::new(SystemClock),
             None,
         );
-        f(&Cx::new(http, spec, &material, &required))
+        f(&Cx::new(
+            http,
+            oauth2::DiscoveryCache::default(),
+            spec,
+            &material,
+            &required,
+        ))
     }
 }
 

@@ -4,14 +4,28 @@
 //! `spec.endpoint` is the issuer. Unless `params.tokenUrl` is set, the token and
 //! introspection endpoints come from RFC 8414 metadata at
 //! `/.well-known/oauth-authorization-server` (inserted before the issuer's path), then from
-//! `{issuer}/.well-known/openid-configuration`. `params.introspectionUrl` adds or overrides
-//! RFC 7662 introspection; `params.probeUrl` adds a `GET` with the access token (2xx = works,
-//! RFC 6750 401 `invalid_token` = dead, 403 `insufficient_scope` = denied); `params.scope`
-//! is requested with the grant. Permissions: the introspected `scope` when introspection is
-//! configured, else the token response's `scope` (or, when it is omitted, the requested scopes,
-//! per RFC 6749 §5.1).
+//! `{issuer}/.well-known/openid-configuration`; the metadata is cached per issuer (see
+//! [`DiscoveryCache`]). `params.introspectionUrl` adds or overrides RFC 7662 introspection;
+//! `params.probeUrl` adds a `GET` with the access token (2xx = works, RFC 6750 401
+//! `invalid_token` = dead, 403 `insufficient_scope` = denied); `params.scope` is requested with
+//! the grant.
+//!
+//! Permissions: with introspection, the introspected `scope` (else the token response's, else
+//! none); without, the token response's `scope`, or the requested scopes when it is omitted
+//! (RFC 6749 §5.1). Introspection wins because servers do omit `scope` when they grant
+//! nothing (oidc-provider does), which would otherwise read as "everything requested".
+//!
+//! Account: the introspected `sub`, else `username`, else `client_id`; else the access token's
+//! own `sub` or `client_id` claim when it is a JWT; else, for client credentials, the client
+//! id; else what the probe returns; and when nothing names a user, the client id.
+//!
+//! An RFC 9068 JWT access token from the issuer that introspection calls inactive right after
+//! it was issued is read as its own introspection (`scope`, `sub`, `client_id` claims):
+//! oidc-provider, for one, advertises introspection but cannot introspect its JWTs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
@@ -19,9 +33,9 @@ use serde::Deserialize;
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
 use super::http::{Reply, join, parse_endpoint};
-use super::token::{Grant, introspect};
+use super::token::{Grant, Introspected, introspect};
 use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig, json_id, jwt};
-use crate::api::Account;
+use crate::api::{Account, AuthType};
 
 pub(crate) struct Generic;
 
@@ -58,7 +72,110 @@ fn metadata_urls(issuer: &Url) -> [Url; 2] {
     [rfc8414, join(issuer, "/.well-known/openid-configuration")]
 }
 
-async fn discover(cx: &Cx<'_>, issuer: &Url) -> Result<Metadata, VerifyError> {
+/// How long discovery metadata is kept when the server does not say.
+const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(3600);
+/// The longest a server may ask us to keep it.
+const MAX_METADATA_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Issuers remembered at once.
+const METADATA_CACHE_SIZE: usize = 256;
+
+/// Authorization-server metadata by issuer, shared by every verification and refresh of one
+/// `Providers`: each fetch costs two requests when only the OpenID document exists, and a
+/// refresh should cost one. An entry lives as long as the document's `Cache-Control: max-age`
+/// (at most a day; `no-store`, `no-cache` or `max-age=0` keep it out), an hour when the server
+/// says nothing, and is dropped when a token or introspection call suggests the endpoints
+/// moved. Failed fetches are not cached.
+#[derive(Clone, Default)]
+pub(crate) struct DiscoveryCache(Arc<Mutex<HashMap<String, Cached>>>);
+
+struct Cached {
+    metadata: Metadata,
+    expires_at: jiff::Timestamp,
+}
+
+impl DiscoveryCache {
+    fn get(&self, issuer: &Url, now: jiff::Timestamp) -> Option<Metadata> {
+        let entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(issuer.as_str())
+            .filter(|c| c.expires_at > now)
+            .map(|c| c.metadata.clone())
+    }
+
+    fn put(&self, issuer: &Url, metadata: Metadata, ttl: Duration, now: jiff::Timestamp) {
+        let Some(expires_at) = jiff::SignedDuration::try_from(ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add(ttl).ok())
+        else {
+            return;
+        };
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !entries.contains_key(issuer.as_str()) && entries.len() >= METADATA_CACHE_SIZE {
+            entries.retain(|_, c| c.expires_at > now);
+            if entries.len() >= METADATA_CACHE_SIZE
+                && let Some(soonest) = entries
+                    .iter()
+                    .min_by_key(|(_, c)| c.expires_at)
+                    .map(|(k, _)| k.clone())
+            {
+                entries.remove(&soonest);
+            }
+        }
+        entries.insert(
+            issuer.as_str().to_owned(),
+            Cached {
+                metadata,
+                expires_at,
+            },
+        );
+    }
+
+    fn forget(&self, issuer: &Url) {
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.remove(issuer.as_str()).is_some() {
+            tracing::debug!("forgot the cached authorization server metadata");
+        }
+    }
+}
+
+/// How long a discovery answer may be kept, from its `Cache-Control`; zero = not at all.
+fn metadata_ttl(reply: &Reply) -> Duration {
+    let Some(value) = reply
+        .headers
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return DEFAULT_METADATA_TTL;
+    };
+    let mut ttl = DEFAULT_METADATA_TTL;
+    for directive in value.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+        if directive == "no-store" || directive == "no-cache" {
+            return Duration::ZERO;
+        }
+        if let Some(secs) = directive
+            .strip_prefix("max-age=")
+            .and_then(|s| s.trim_matches('"').parse::<u64>().ok())
+        {
+            ttl = Duration::from_secs(secs).min(MAX_METADATA_TTL);
+        }
+    }
+    ttl
+}
+
+/// The issuer's metadata, from the cache or fetched (and then cached).
+async fn metadata(cx: &Cx<'_>, issuer: &Url) -> Result<Metadata, VerifyError> {
+    if let Some(metadata) = cx.discovery.get(issuer, cx.http.now()) {
+        return Ok(metadata);
+    }
+    let (metadata, ttl) = discover(cx, issuer).await?;
+    if !ttl.is_zero() {
+        cx.discovery
+            .put(issuer, metadata.clone(), ttl, cx.http.now());
+    }
+    Ok(metadata)
+}
+
+async fn discover(cx: &Cx<'_>, issuer: &Url) -> Result<(Metadata, Duration), VerifyError> {
     let provider = cx.provider();
     for url in metadata_urls(issuer) {
         let request = cx.http.request(Method::GET, url);
@@ -90,11 +207,45 @@ async fn discover(cx: &Cx<'_>, issuer: &Url) -> Result<Metadata, VerifyError> {
                 hint: "the discovery metadata names a different issuer",
             }));
         }
-        return Ok(metadata);
+        return Ok((metadata, metadata_ttl(&reply)));
     }
     Err(cx.misconfigured(Misconfiguration::Other(
         "the issuer publishes no RFC 8414 or OpenID discovery metadata; set params.tokenUrl",
     )))
+}
+
+/// What a failed token or introspection call says about the endpoint it went to.
+#[derive(Debug, PartialEq, Eq)]
+enum Moved {
+    /// Nothing: the endpoint answered about the credential.
+    No,
+    /// The server answered that nothing is there (404, 405, 410) or redirected: the request
+    /// was not processed, so nothing was spent.
+    Yes,
+    /// No answer (connection refused or reset): maybe; the request may have been processed.
+    Maybe,
+}
+
+fn moved(error: &VerifyError) -> Moved {
+    let status = match error {
+        VerifyError::Transient {
+            kind: TransientKind::Connection,
+            status: None,
+            ..
+        } => return Moved::Maybe,
+        VerifyError::Dead { status, .. }
+        | VerifyError::PermissionDenied { status, .. }
+        | VerifyError::Transient { status, .. } => *status,
+        VerifyError::Misconfigured {
+            problem: Misconfiguration::RequestRejected { status, .. },
+            ..
+        } => *status,
+        VerifyError::Misconfigured { .. } => None,
+    };
+    match status {
+        Some(404 | 405 | 410 | 300..=399) => Moved::Yes,
+        _ => Moved::No,
+    }
 }
 
 impl ProviderApi for Generic {
@@ -121,7 +272,7 @@ impl ProviderApi for Generic {
                 introspection_url: introspection,
             });
         }
-        let metadata = discover(cx, &issuer).await?;
+        let metadata = metadata(cx, &issuer).await?;
         let token = metadata.token_endpoint.as_deref().ok_or_else(|| {
             cx.misconfigured(Misconfiguration::Other(
                 "the discovery metadata names no token_endpoint; set params.tokenUrl",
@@ -129,11 +280,7 @@ impl ProviderApi for Generic {
         })?;
         let introspection = match introspection {
             Some(url) => Some(url),
-            None => metadata
-                .introspection_endpoint
-                .as_deref()
-                .map(|u| parse_endpoint(provider, "introspection_endpoint in the metadata", u))
-                .transpose()?,
+            None => metadata.introspection_url(provider)?,
         };
         // RFC 6749 §2.3.1: servers must support Basic; use the body only when the metadata
         // says Basic is not supported.
@@ -160,38 +307,19 @@ impl ProviderApi for Generic {
             cx.misconfigured(Misconfiguration::Other("oauth2 needs an OAuth2 credential"))
         })?;
         let token = grant.access_token(provider)?;
-        let claims = jwt::claims(token);
-        let claim = |name| {
-            claims
-                .as_ref()
-                .and_then(|c| jwt::string(c, name))
-                .map(str::to_owned)
+        let introspected = match &grant.introspection_url {
+            Some(url) => match introspect_once_more_if_moved(cx, url, grant).await {
+                Ok(introspected) => Some(introspected),
+                // The token was issued a moment ago: an issuer that cannot introspect its own
+                // RFC 9068 JWT access tokens (oidc-provider stores only opaque ones) calls it
+                // inactive, and then the JWT is its own introspection.
+                Err(e) if is_inactive(&e) => Some(self_contained(cx, token).ok_or(e)?),
+                Err(e) => return Err(e),
+            },
+            None => None,
         };
-        let mut account = Account {
-            id: claim("sub")
-                .or_else(|| claim("client_id"))
-                .unwrap_or_default(),
-            name: claim("preferred_username")
-                .or_else(|| claim("email"))
-                .unwrap_or_default(),
-        };
-        let mut permissions: BTreeSet<String> = grant
-            .scopes
-            .clone()
-            .unwrap_or_else(|| requested_scopes(cx).into_iter().collect());
-
-        if let Some(url) = &grant.introspection_url {
-            let introspected = introspect(cx, url, grant.client_auth, token).await?;
-            if let Some(scopes) = introspected.scopes {
-                permissions = scopes;
-            }
-            if let Some(sub) = introspected.subject {
-                account.id = sub;
-            }
-            if let Some(username) = introspected.username {
-                account.name = username;
-            }
-        }
+        let permissions = granted(cx, grant, introspected.as_ref());
+        let mut account = named_before_probe(cx, token, introspected.as_ref())?;
 
         if let Some(url) = param_url(cx, "probeUrl", "params.probeUrl")? {
             let request = cx
@@ -200,7 +328,8 @@ impl ProviderApi for Generic {
                 .bearer_auth(token.expose());
             let reply = cx.http.send("GET probeUrl", request).await?;
             if !reply.is_success() {
-                return Err(probe_error(cx, &reply).with_account(&account));
+                let known = or_the_client(cx, account.clone())?;
+                return Err(probe_error(cx, &reply).with_account(&known));
             }
             if let Ok(body) =
                 serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&reply.body)
@@ -220,10 +349,152 @@ impl ProviderApi for Generic {
             }
         }
         Ok(Probe {
-            account,
+            account: or_the_client(cx, account)?,
             permissions,
             credential_expires_at: None,
         })
+    }
+
+    fn endpoints_moved(&self, cx: &Cx<'_>, error: &VerifyError) -> bool {
+        if cx.param("tokenUrl").is_some() {
+            return false;
+        }
+        let Ok(issuer) = issuer(cx) else {
+            return false;
+        };
+        match moved(error) {
+            Moved::No => false,
+            Moved::Maybe => {
+                cx.discovery.forget(&issuer);
+                false
+            }
+            Moved::Yes => {
+                cx.discovery.forget(&issuer);
+                true
+            }
+        }
+    }
+}
+
+/// The scopes the token holds: with introspection, the introspected `scope`, else the token
+/// response's, else none; without, the token response's, else the requested ones.
+fn granted(cx: &Cx<'_>, grant: &Grant, introspected: Option<&Introspected>) -> BTreeSet<String> {
+    match introspected {
+        Some(i) => i
+            .scopes
+            .clone()
+            .or_else(|| grant.scopes.clone())
+            .unwrap_or_default(),
+        None => grant
+            .scopes
+            .clone()
+            .unwrap_or_else(|| requested_scopes(cx).into_iter().collect()),
+    }
+}
+
+/// The account as far as it is known before the probe: the introspected `sub`, `username` or
+/// `client_id`; else a JWT access token's `sub` or `client_id`; else, for client credentials,
+/// the client id. The name: the introspected `username`, else the JWT's
+/// `preferred_username` or `email`.
+fn named_before_probe(
+    cx: &Cx<'_>,
+    token: &crate::secret::Redacted,
+    introspected: Option<&Introspected>,
+) -> Result<Account, VerifyError> {
+    let claims = jwt::claims(token);
+    let claim = |name| {
+        claims
+            .as_ref()
+            .and_then(|c| jwt::string(c, name))
+            .map(str::to_owned)
+    };
+    let introspected_id = introspected.and_then(|i| {
+        [&i.subject, &i.username, &i.client_id]
+            .into_iter()
+            .find_map(|v| v.clone().filter(|v| !v.is_empty()))
+    });
+    let client = match cx.spec.auth {
+        AuthType::ClientCredentials => Some(cx.need("client_id")?.expose().to_owned()),
+        _ => None,
+    };
+    Ok(Account {
+        id: introspected_id
+            .or_else(|| claim("sub"))
+            .or_else(|| claim("client_id"))
+            .or(client)
+            .unwrap_or_default(),
+        name: introspected
+            .and_then(|i| i.username.clone())
+            .filter(|n| !n.is_empty())
+            .or_else(|| claim("preferred_username"))
+            .or_else(|| claim("email"))
+            .unwrap_or_default(),
+    })
+}
+
+/// Every connected credential names an account: when nothing named a user (a refresh token,
+/// no introspection, an opaque token, no probe), the connection is known by its app.
+fn or_the_client(cx: &Cx<'_>, mut account: Account) -> Result<Account, VerifyError> {
+    if account.id.is_empty() {
+        account.id = cx.need("client_id")?.expose().to_owned();
+    }
+    Ok(account)
+}
+
+fn is_inactive(error: &VerifyError) -> bool {
+    matches!(error, VerifyError::Dead { code: Some(c), .. } if c == "inactive")
+}
+
+/// What an RFC 9068 JWT access token from this issuer says about itself (claims read without
+/// verifying the signature: the token came straight from the issuer's token endpoint).
+fn self_contained(cx: &Cx<'_>, token: &crate::secret::Redacted) -> Option<Introspected> {
+    let claims = jwt::claims(token)?;
+    let issuer = issuer(cx).ok()?;
+    let from_issuer = jwt::string(&claims, "iss")
+        .is_some_and(|iss| iss.trim_end_matches('/') == issuer.as_str().trim_end_matches('/'));
+    if !from_issuer {
+        return None;
+    }
+    let string = |name| jwt::string(&claims, name).map(str::to_owned);
+    tracing::debug!("introspection calls the JWT access token inactive; reading its claims");
+    Some(Introspected {
+        scopes: string("scope").map(|s| s.split_whitespace().map(str::to_owned).collect()),
+        subject: string("sub"),
+        username: string("username"),
+        client_id: string("client_id"),
+    })
+}
+
+/// Introspection of the grant's access token. When the discovered introspection endpoint
+/// answers that it is not there, the cached metadata is dropped and the rediscovered endpoint
+/// is asked once, if it differs.
+async fn introspect_once_more_if_moved(
+    cx: &Cx<'_>,
+    url: &Url,
+    grant: &Grant,
+) -> Result<Introspected, VerifyError> {
+    let provider = cx.provider();
+    let token = grant.access_token(provider)?;
+    let error = match introspect(cx, url, grant.client_auth, token).await {
+        Ok(introspected) => return Ok(introspected),
+        Err(e) => e,
+    };
+    let discovered = cx.param("introspectionUrl").is_none();
+    let Ok(issuer) = issuer(cx) else {
+        return Err(error);
+    };
+    match moved(&error) {
+        Moved::Yes if discovered => {}
+        Moved::Maybe if discovered => {
+            cx.discovery.forget(&issuer);
+            return Err(error);
+        }
+        _ => return Err(error),
+    }
+    cx.discovery.forget(&issuer);
+    match metadata(cx, &issuer).await?.introspection_url(provider)? {
+        Some(fresh) if &fresh != url => introspect(cx, &fresh, grant.client_auth, token).await,
+        _ => Err(error),
     }
 }
 
@@ -272,7 +543,7 @@ fn bearer_error(header: &str) -> Option<String> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct Metadata {
     #[serde(default)]
     issuer: Option<String>,
@@ -282,6 +553,18 @@ struct Metadata {
     introspection_endpoint: Option<String>,
     #[serde(default)]
     token_endpoint_auth_methods_supported: Vec<String>,
+}
+
+impl Metadata {
+    fn introspection_url(
+        &self,
+        provider: crate::api::Provider,
+    ) -> Result<Option<Url>, VerifyError> {
+        self.introspection_endpoint
+            .as_deref()
+            .map(|u| parse_endpoint(provider, "introspection_endpoint in the metadata", u))
+            .transpose()
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +588,121 @@ mod tests {
             a.as_str(),
             "https://as.example.com/.well-known/oauth-authorization-server"
         );
+    }
+
+    fn reply(cache_control: Option<&str>) -> Reply {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) = cache_control {
+            headers.insert(reqwest::header::CACHE_CONTROL, value.parse().unwrap());
+        }
+        Reply {
+            call: "GET authorization server metadata",
+            status: StatusCode::OK,
+            headers,
+            body: Default::default(),
+        }
+    }
+
+    #[test]
+    fn metadata_lives_for_max_age_capped_at_a_day_and_an_hour_by_default() {
+        let ttl = |v| metadata_ttl(&reply(v));
+        assert_eq!(ttl(None), Duration::from_secs(3600));
+        assert_eq!(ttl(Some("public, max-age=120")), Duration::from_secs(120));
+        assert_eq!(ttl(Some("max-age=\"60\"")), Duration::from_secs(60));
+        assert_eq!(ttl(Some("max-age=9999999")), Duration::from_secs(86_400));
+        assert_eq!(ttl(Some("private")), Duration::from_secs(3600));
+        for uncacheable in ["no-store", "max-age=600, no-cache", "max-age=0"] {
+            assert_eq!(ttl(Some(uncacheable)), Duration::ZERO, "{uncacheable}");
+        }
+    }
+
+    fn metadata(token: &str) -> Metadata {
+        Metadata {
+            issuer: None,
+            token_endpoint: Some(token.into()),
+            introspection_endpoint: None,
+            token_endpoint_auth_methods_supported: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn cached_metadata_expires_and_can_be_forgotten() {
+        let cache = DiscoveryCache::default();
+        let issuer = Url::parse("https://as.example.com").unwrap();
+        let now = jiff::Timestamp::from_second(1_900_000_000).unwrap();
+        cache.put(&issuer, metadata("t"), Duration::from_secs(60), now);
+        let at = |secs| now + jiff::SignedDuration::from_secs(secs);
+        assert!(cache.get(&issuer, at(59)).is_some());
+        assert!(cache.get(&issuer, at(60)).is_none());
+        assert!(cache.get(&issuer, now).is_some());
+        cache.forget(&issuer);
+        assert!(cache.get(&issuer, now).is_none());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_drops_what_expires_first() {
+        let cache = DiscoveryCache::default();
+        let now = jiff::Timestamp::from_second(1_900_000_000).unwrap();
+        let issuer = |i: usize| Url::parse(&format!("https://as{i}.example.com")).unwrap();
+        for i in 0..METADATA_CACHE_SIZE {
+            let ttl = Duration::from_secs(if i == 7 { 10 } else { 1000 + i as u64 });
+            cache.put(&issuer(i), metadata("t"), ttl, now);
+        }
+        cache.put(&issuer(9999), metadata("t"), Duration::from_secs(60), now);
+        assert_eq!(cache.0.lock().unwrap().len(), METADATA_CACHE_SIZE);
+        assert!(
+            cache.get(&issuer(7), now).is_none(),
+            "the soonest to expire goes"
+        );
+        assert!(cache.get(&issuer(9999), now).is_some());
+        assert!(cache.get(&issuer(0), now).is_some());
+    }
+
+    #[test]
+    fn only_not_found_and_redirect_answers_say_the_endpoints_moved() {
+        let p = crate::api::Provider::OAuth2;
+        let dead = |status| VerifyError::dead(p, "c", Some(status), None, DeadCause::Rejected);
+        assert_eq!(moved(&dead(404)), Moved::Yes);
+        assert_eq!(moved(&dead(410)), Moved::Yes);
+        let rejected = VerifyError::misconfigured(
+            p,
+            Misconfiguration::RequestRejected {
+                call: "c",
+                status: Some(405),
+                code: Some("invalid_request".into()),
+            },
+        );
+        assert_eq!(moved(&rejected), Moved::Yes);
+        assert_eq!(moved(&dead(401)), Moved::No);
+        assert_eq!(moved(&dead(400)), Moved::No);
+        let refused = VerifyError::transient(p, "c", TransientKind::Connection, None, None, None);
+        assert_eq!(moved(&refused), Moved::Maybe);
+        let timeout = VerifyError::transient(p, "c", TransientKind::Timeout, None, None, None);
+        assert_eq!(moved(&timeout), Moved::No);
+    }
+
+    #[test]
+    fn a_jwt_from_the_issuer_is_its_own_introspection_and_a_foreign_one_is_not() {
+        use base64::Engine;
+        let jwt = |payload: &str| {
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload);
+            crate::secret::Redacted::new(format!("e30.{payload}.sig"))
+        };
+        let spec = crate::providers::testing::spec(
+            "oauth2",
+            "ClientCredentials",
+            Some("https://as.example.com/"),
+            &[],
+        );
+        crate::providers::testing::with_cx(&spec, |cx| {
+            let own = jwt(r#"{"iss":"https://as.example.com","sub":"svc","scope":"a b"}"#);
+            let read = self_contained(cx, &own).expect("from the issuer");
+            assert_eq!(read.subject.as_deref(), Some("svc"));
+            assert_eq!(read.scopes, Some(["a".to_owned(), "b".to_owned()].into()));
+            let foreign = jwt(r#"{"iss":"https://other.example.com","sub":"svc"}"#);
+            assert!(self_contained(cx, &foreign).is_none());
+            assert!(self_contained(cx, &crate::secret::Redacted::new("opaque")).is_none());
+        });
     }
 
     #[test]

@@ -83,9 +83,20 @@ type Client<HasIntrospection, HasToken> = ::oauth2::Client<
     HasToken,
 >;
 
-/// Obtains tokens with the client-credentials or refresh-token grant.
+/// Obtains tokens with the client-credentials or refresh-token grant; once more when the
+/// provider says its cached endpoints moved.
 #[instrument(skip_all, fields(provider = %cx.provider(), auth = %cx.spec.auth))]
 pub(crate) async fn obtain(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
+    match obtain_once(cx).await {
+        Err(e) if with_api!(cx.provider(), api => api.endpoints_moved(cx, &e)) => {
+            tracing::debug!("token endpoint moved; trying the rediscovered one");
+            obtain_once(cx).await
+        }
+        outcome => outcome,
+    }
+}
+
+async fn obtain_once(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
     let provider = cx.provider();
     let config = with_api!(provider, api => api.token_config(cx).await)?;
     let client =
@@ -158,6 +169,7 @@ pub(crate) struct Introspected {
     pub scopes: Option<BTreeSet<String>>,
     pub subject: Option<String>,
     pub username: Option<String>,
+    pub client_id: Option<String>,
 }
 
 /// RFC 7662 introspection of the access token, authenticated as the client. An inactive token
@@ -194,6 +206,7 @@ pub(crate) async fn introspect(
             .map(|s| s.iter().map(|s| s.to_string()).collect()),
         subject: response.sub().map(str::to_owned),
         username: response.username().map(str::to_owned),
+        client_id: response.client_id().map(|c| c.as_str().to_owned()),
     })
 }
 
