@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use reconnect_apiserver::{RequestMatch, Verb};
 use reconnect_emulators::{Account, Fault, ProcoreEmulator, SafetyCultureEmulator};
-use reconnect_operator::api::Phase;
+use reconnect_operator::api::{Phase, RejectionReason};
 use serde_json::json;
 use support::*;
 
@@ -207,7 +207,7 @@ async fn rotating_to_an_account_that_lacks_a_held_permission_is_rejected_and_the
     );
     assert_eq!(
         status.rejected.as_ref().unwrap().reason,
-        "PermissionMismatch"
+        RejectionReason::PermissionMismatch
     );
     assert!(!is_true(&rejected, "Ready"));
     assert!(
@@ -301,7 +301,10 @@ async fn rotating_to_a_dead_credential_keeps_the_active_one_working() {
         })
         .await;
     let status = cred.status.clone().unwrap();
-    assert_eq!(status.rejected.as_ref().unwrap().reason, "ConnectionLost");
+    assert_eq!(
+        status.rejected.as_ref().unwrap().reason,
+        RejectionReason::ConnectionLost
+    );
     assert!(
         status
             .rejected
@@ -313,10 +316,16 @@ async fn rotating_to_a_dead_credential_keeps_the_active_one_working() {
     assert_eq!(status.active_revision.as_deref(), Some(active.as_str()));
     assert_eq!(
         status.phase,
-        Some(Phase::Connected),
-        "the sync keeps running"
+        Some(Phase::RotationRejected),
+        "the phase describes the newest revision"
     );
+    assert!(is_true(&cred, "Connected"), "the sync keeps running");
     let ready = condition(&cred, "Ready").unwrap();
+    assert!(
+        ready.message.contains("stays active"),
+        "Ready says which credential stays active: {}",
+        ready.message
+    );
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "RotationRejected")
@@ -334,7 +343,8 @@ async fn rotating_to_a_dead_credential_keeps_the_active_one_working() {
     env.advance(Duration::from_secs(16 * 60)).await;
     eventually("the active credential is probed", || me() > probes).await;
     let cred = env.cred("procore-sync").await;
-    assert_eq!(phase(&cred), Some(Phase::Connected));
+    assert_eq!(phase(&cred), Some(Phase::RotationRejected));
+    assert!(is_true(&cred, "Connected"));
     env.shutdown().await;
 }
 
@@ -424,7 +434,7 @@ async fn a_missing_source_secret_or_key_is_reported_and_the_target_untouched() {
             condition(c, "Ready").is_some_and(|r| r.reason == "SecretNotFound")
         })
         .await;
-    assert_eq!(phase(&cred), Some(Phase::Pending));
+    assert_eq!(phase(&cred), Some(Phase::Misconfigured));
     env.wait_event("procore-sync", "SecretNotFound").await;
 
     env.apply_secret(
@@ -447,9 +457,10 @@ async fn a_missing_source_secret_or_key_is_reported_and_the_target_untouched() {
         .await;
     let ready = condition(&cred, "Ready").unwrap();
     assert!(ready.message.contains("client_secret"), "{}", ready.message);
-    assert_eq!(
-        phase(&cred),
-        Some(Phase::Connected),
+    assert!(ready.message.contains("stays active"), "{}", ready.message);
+    assert_eq!(phase(&cred), Some(Phase::Misconfigured), "action needed");
+    assert!(
+        is_true(&cred, "Connected"),
         "the active credential keeps working"
     );
     assert_eq!(
@@ -651,10 +662,8 @@ async fn a_crash_between_the_secret_write_and_the_status_write_converges_without
     let grants = emu.count("/oauth/token");
 
     // The status write that follows the target Secret write fails, as if the process died
-    // there: the "Rotating" status write goes through, the final one does not.
-    // Later retries fail the same way until the "process" is gone.
-    standin.fail_after(
-        1,
+    // there. Later retries fail the same way until the "process" is gone.
+    standin.fail_next(
         1000,
         RequestMatch::any()
             .verb(Verb::Patch)

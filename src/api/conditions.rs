@@ -72,23 +72,49 @@ pub mod reasons {
     pub const RESTART_TARGETS_FOUND: &str = "RestartTargetsFound";
     /// An Integration rolled its restart targets after a credential swap.
     pub const RESTARTED: &str = "Restarted";
+    /// The target Secret's content no longer matches what the operator validated and wrote
+    /// (a hand edit, another controller, a restore).
+    pub const TARGET_ALTERED: &str = "TargetAltered";
+    /// The target Secret was rewritten with validated material after it had been altered.
+    pub const TARGET_RESTORED: &str = "TargetRestored";
+    /// A Secret of the target's name exists and is not owned by this ConnectorCredential.
+    pub const TARGET_NOT_OWNED: &str = "TargetNotOwned";
 }
 
-/// The phase of a ConnectorCredential or an Integration: one word for `kubectl get`.
+/// The phase of a ConnectorCredential or an Integration: one word for `kubectl get`. Only
+/// `Pending` means "wait"; every phase but `Connected` and `Pending` needs a person to act.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
 pub enum Phase {
-    /// Not validated yet.
+    /// Not validated yet, or a validation is under way: wait.
     #[default]
     Pending,
     /// Validated and in use.
     Connected,
-    /// The provider rejects the credential; an account must be re-authenticated.
+    /// The provider rejects the credential in use (or cannot be reached for it), or the
+    /// target Secret was altered and cannot be restored: an account must be re-authenticated
+    /// or the target repaired.
     ConnectionLost,
     /// The account lacks required or previously held permissions.
     PermissionMismatch,
+    /// The newest source revision was refused by the provider (dead or invalid); the previous
+    /// credential stays in use.
+    RotationRejected,
+    /// The spec or the source Secret cannot work as written (missing Secret or key, unknown
+    /// parameter, a target Secret the operator does not own): fix the object.
+    Misconfigured,
 }
 
 impl Phase {
+    /// Every phase, in the order of [`Phase::severity`].
+    pub const ALL: [Phase; 6] = [
+        Phase::Connected,
+        Phase::Pending,
+        Phase::RotationRejected,
+        Phase::PermissionMismatch,
+        Phase::Misconfigured,
+        Phase::ConnectionLost,
+    ];
+
     /// The phase as it appears in YAML and printer columns.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,7 +122,28 @@ impl Phase {
             Phase::Connected => "Connected",
             Phase::ConnectionLost => "ConnectionLost",
             Phase::PermissionMismatch => "PermissionMismatch",
+            Phase::RotationRejected => "RotationRejected",
+            Phase::Misconfigured => "Misconfigured",
         }
+    }
+
+    /// How bad the phase is for a sync that depends on it (an Integration takes the worst of
+    /// its connectors): a rejected rotation leaves the old credential working, a lost
+    /// connection stops the sync.
+    pub fn severity(self) -> u8 {
+        match self {
+            Phase::Connected => 0,
+            Phase::Pending => 1,
+            Phase::RotationRejected => 2,
+            Phase::PermissionMismatch => 3,
+            Phase::Misconfigured => 4,
+            Phase::ConnectionLost => 5,
+        }
+    }
+
+    /// Whether a person must act (kstatus: Stalled; Argo CD: Degraded).
+    pub fn needs_action(self) -> bool {
+        !matches!(self, Phase::Connected | Phase::Pending)
     }
 }
 

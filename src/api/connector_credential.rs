@@ -361,6 +361,10 @@ pub struct ConnectorCredentialStatus {
     /// Consecutive transient failures since the last successful validation.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_failures: i32,
+    /// The active credential's health as its last probe or refresh established it. Absent
+    /// until a credential is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_health: Option<ActiveHealth>,
     /// Ready (the summary), Connected, PermissionMismatch, Rotating, ExpiringSoon,
     /// DeletionBlocked (deletion waits while Integrations use the credential), and Reconciling
     /// / Stalled (the same verdict for kstatus readers such as Flux).
@@ -380,6 +384,78 @@ pub struct Account {
     pub name: String,
 }
 
+impl Account {
+    /// What to call the account in messages: its name, else its id.
+    pub fn label(&self) -> &str {
+        if self.name.is_empty() {
+            &self.id
+        } else {
+            &self.name
+        }
+    }
+}
+
+/// The active credential's health.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveHealth {
+    /// Healthy; Lost (the provider rejects it: re-authenticate); Unreachable
+    /// (failureThreshold consecutive transient failures); PermissionMismatch (it no longer
+    /// holds a required permission); Misconfigured (the provider refused the request as the
+    /// spec configures it).
+    pub state: HealthState,
+    /// What the provider said, without any credential material; empty when Healthy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When the state last changed.
+    pub since: Time,
+}
+
+/// The states of [`ActiveHealth`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum HealthState {
+    /// The last probe or refresh succeeded.
+    Healthy,
+    /// The provider rejects the credential.
+    Lost,
+    /// The provider could not be reached failureThreshold times in a row.
+    Unreachable,
+    /// The account no longer holds a required permission.
+    PermissionMismatch,
+    /// The provider refused the request as configured (endpoint, params).
+    Misconfigured,
+}
+
+/// Why a source revision was refused.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub enum RejectionReason {
+    /// The provider rejected the credential itself (dead, revoked, wrong secret).
+    ConnectionLost,
+    /// The account lacks a required or previously held permission.
+    PermissionMismatch,
+    /// The source Secret lacks a key the auth type needs.
+    MissingKey,
+    /// The spec cannot work with this credential as written.
+    Misconfigured,
+    /// A reason written by another version of the operator.
+    #[serde(other)]
+    Other,
+}
+
+impl RejectionReason {
+    /// The reason as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionReason::ConnectionLost => "ConnectionLost",
+            RejectionReason::PermissionMismatch => "PermissionMismatch",
+            RejectionReason::MissingKey => "MissingKey",
+            RejectionReason::Misconfigured => "Misconfigured",
+            RejectionReason::Other => "Other",
+        }
+    }
+}
+
 /// A source revision that failed validation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -387,7 +463,7 @@ pub struct Rejection {
     /// sha256 digest of the rejected source Secret material.
     pub revision: String,
     /// ConnectionLost, PermissionMismatch, MissingKey or Misconfigured.
-    pub reason: String,
+    pub reason: RejectionReason,
     /// What was wrong, without any credential material.
     pub message: String,
     /// When the revision was rejected.

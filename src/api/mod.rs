@@ -7,8 +7,9 @@ pub mod integration;
 
 pub use conditions::Phase;
 pub use connector_credential::{
-    Account, AuthType, ConnectorCredential, ConnectorCredentialSpec, ConnectorCredentialStatus,
-    PermissionPolicy, Provider, Rejection, SecretKeys, SecretRef, TargetSpec, ValidationSpec,
+    Account, ActiveHealth, AuthType, ConnectorCredential, ConnectorCredentialSpec,
+    ConnectorCredentialStatus, HealthState, PermissionPolicy, Provider, Rejection, RejectionReason,
+    SecretKeys, SecretRef, TargetSpec, ValidationSpec,
 };
 pub use integration::{
     Connector, ConnectorStatus, CredentialRef, Integration, IntegrationSpec, IntegrationStatus,

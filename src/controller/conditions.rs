@@ -46,30 +46,19 @@ pub(crate) fn set(
     }
 }
 
-/// Ready reasons that need a person to act: kstatus readers should report Failed.
-const STALLED_REASONS: [&str; 8] = [
-    reasons::CONNECTION_LOST,
-    reasons::PROVIDER_UNREACHABLE,
-    reasons::PERMISSION_MISMATCH,
-    reasons::ROTATION_REJECTED,
-    reasons::SECRET_NOT_FOUND,
-    reasons::MISSING_KEY,
-    reasons::MISCONFIGURED,
-    reasons::CREDENTIAL_NOT_FOUND,
-];
-
 /// Mirrors a Ready verdict into the abnormal-true conditions kstatus (Flux, kpt, Config
 /// Sync) reads: `Stalled` when a person must act, `Reconciling` while work is under way,
 /// both False when Ready.
 pub(crate) fn set_kstatus(
     conditions: &mut Vec<Condition>,
     ready: bool,
+    needs_action: bool,
     reason: &str,
     message: &str,
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let stalled = !ready && STALLED_REASONS.contains(&reason);
+    let stalled = !ready && needs_action;
     let reconciling = !ready && !stalled;
     let (s_reason, s_msg) = if stalled {
         (reason, message)
@@ -107,6 +96,7 @@ pub(crate) fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Co
 }
 
 /// Whether condition `type_` is set and True.
+#[cfg(test)]
 pub(crate) fn is_true(conditions: &[Condition], type_: &str) -> bool {
     get(conditions, type_).is_some_and(|c| c.status == "True")
 }

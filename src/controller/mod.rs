@@ -2,7 +2,9 @@
 
 pub(crate) mod conditions;
 pub mod credential;
+pub(crate) mod events;
 pub mod integration;
+pub(crate) mod triggers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -80,15 +82,6 @@ where
 /// Wraps a kube error with the call that produced it.
 pub(crate) fn kube_err(call: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { call, source }
-}
-
-/// Options for running the controllers.
-#[derive(Clone)]
-pub struct Options {
-    /// Namespaces to watch; empty means all.
-    pub namespaces: Vec<String>,
-    /// Identifies this replica in events (`reportingInstance`).
-    pub instance: Option<String>,
 }
 
 /// Whether every running controller has listed its objects once (its cache is synced):
@@ -188,6 +181,8 @@ struct ObjectState {
     last_probe: Option<Timestamp>,
     /// Consecutive failed reconciles, for backoff.
     attempts: u32,
+    /// Refreshes in a row that returned a token living less than the minimum refresh gap.
+    short_tokens: u32,
 }
 
 /// What every reconcile gets.
@@ -198,6 +193,8 @@ pub struct Context {
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) caches: Arc<CacheSync>,
+    /// Secrets this process wrote, so their watch events do not wake their credentials.
+    pub(crate) own_writes: Arc<triggers::OwnWrites>,
     objects: Mutex<HashMap<String, ObjectState>>,
 }
 
@@ -221,6 +218,7 @@ impl Context {
             clock,
             metrics,
             caches: Arc::default(),
+            own_writes: Arc::default(),
             objects: Mutex::default(),
         }
     }
@@ -253,6 +251,29 @@ impl Context {
 
     pub(crate) fn set_last_probe(&self, key: &str, at: Timestamp) {
         self.objects().entry(key.to_owned()).or_default().last_probe = Some(at);
+    }
+
+    pub(crate) fn short_tokens(&self, key: &str) -> u32 {
+        self.objects().get(key).map_or(0, |s| s.short_tokens)
+    }
+
+    /// Counts a token that lives less than the minimum refresh gap, or resets the count.
+    pub(crate) fn token_issued(&self, key: &str, short: bool) {
+        let mut objects = self.objects();
+        let state = objects.entry(key.to_owned()).or_default();
+        state.short_tokens = if short {
+            state.short_tokens.saturating_add(1)
+        } else {
+            0
+        };
+    }
+
+    /// Makes the backoff continue from `failures` (what status recorded), so a restart does
+    /// not start the schedule over at one second.
+    pub(crate) fn seed_failures(&self, key: &str, failures: u32) {
+        let mut objects = self.objects();
+        let state = objects.entry(key.to_owned()).or_default();
+        state.attempts = state.attempts.max(failures.saturating_sub(1));
     }
 
     pub(crate) fn succeeded(&self, key: &str) {

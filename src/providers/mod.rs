@@ -222,6 +222,20 @@ impl Providers {
         outcome
     }
 
+    /// What no provider call can fix, checked without any call: the auth type, params and
+    /// endpoint the spec gives (the first step of every verify and refresh too).
+    pub fn check_spec(&self, spec: &ConnectorCredentialSpec) -> Result<(), VerifyError> {
+        let material = CredentialMaterial::default();
+        let required = BTreeSet::new();
+        preflight(&self.cx(&VerifyRequest {
+            key: "",
+            spec,
+            material: &material,
+            required: &required,
+            timeout: Duration::from_secs(1),
+        }))
+    }
+
     fn cx<'a>(&self, req: &VerifyRequest<'a>) -> Cx<'a> {
         Cx::new(
             self.http(req),
@@ -327,6 +341,39 @@ pub struct CredentialMaterial {
     pub api_key: Option<Redacted>,
 }
 
+/// One credential field of [`CredentialMaterial`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    /// OAuth2 client id.
+    ClientId,
+    /// OAuth2 client secret.
+    ClientSecret,
+    /// OAuth2 refresh token.
+    RefreshToken,
+    /// API key or token.
+    ApiKey,
+}
+
+impl Field {
+    /// Every field, in the order revisions digest them.
+    pub const ALL: [Field; 4] = [
+        Field::ClientId,
+        Field::ClientSecret,
+        Field::RefreshToken,
+        Field::ApiKey,
+    ];
+
+    /// The field's default Secret key (and its key in the target Secret).
+    pub fn key(self) -> &'static str {
+        match self {
+            Field::ClientId => "client_id",
+            Field::ClientSecret => "client_secret",
+            Field::RefreshToken => "refresh_token",
+            Field::ApiKey => "api_key",
+        }
+    }
+}
+
 /// The credential fields (default Secret key names) an auth type needs.
 pub fn required_fields(auth: AuthType) -> &'static [&'static str] {
     match auth {
@@ -380,6 +427,31 @@ impl CredentialMaterial {
             AuthType::ApiKey => material.api_key = read("api_key", &keys.api_key)?,
         }
         Ok(material)
+    }
+
+    /// Every field with its value, in [`Field::ALL`] order.
+    pub fn fields(&self) -> [(Field, &Option<Redacted>); 4] {
+        Field::ALL.map(|f| (f, self.get(f)))
+    }
+
+    /// One field's value.
+    pub fn get(&self, field: Field) -> &Option<Redacted> {
+        match field {
+            Field::ClientId => &self.client_id,
+            Field::ClientSecret => &self.client_secret,
+            Field::RefreshToken => &self.refresh_token,
+            Field::ApiKey => &self.api_key,
+        }
+    }
+
+    /// One field's value, to set.
+    pub fn field_mut(&mut self, field: Field) -> &mut Option<Redacted> {
+        match field {
+            Field::ClientId => &mut self.client_id,
+            Field::ClientSecret => &mut self.client_secret,
+            Field::RefreshToken => &mut self.refresh_token,
+            Field::ApiKey => &mut self.api_key,
+        }
     }
 
     /// A field the auth type needs, or Misconfigured(MissingKey) when absent.

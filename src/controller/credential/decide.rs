@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::target::AccessWindow;
 use crate::api::{ConnectorCredentialSpec, ConnectorCredentialStatus, duration};
-use crate::providers::MissingKey;
 
 /// The spec's durations, parsed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,28 +47,23 @@ impl Timing {
     }
 }
 
-/// The source Secret as read.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Source {
-    /// No such Secret.
-    Missing,
-    /// The Secret lacks a key the auth type needs.
-    MissingKey(MissingKey),
-    /// The Secret holds a complete credential with this revision.
-    Ready { revision: String },
-}
+/// How soon after a token was issued it may be refreshed, at the least. A provider that
+/// issues tokens which expire at once would otherwise be asked again in a loop.
+pub(crate) const MIN_REFRESH_GAP: Duration = Duration::from_secs(30);
 
-/// The target Secret as read.
+/// The target Secret as the decision sees it.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Target {
+pub(crate) enum View {
     /// No such Secret.
     Missing,
     /// A Secret of that name exists but this ConnectorCredential does not own it.
     Foreign,
-    /// Our Secret: the revision it holds and when its access token expires.
-    Present {
-        revision: Option<String>,
-        access_token_expires_at: Option<Timestamp>,
+    /// Ours, but its content is not what the operator wrote.
+    Altered,
+    /// Ours and intact: the revision it holds and its access token's window.
+    Intact {
+        revision: String,
+        access: Option<AccessWindow>,
     },
 }
 
@@ -78,10 +73,14 @@ pub(crate) struct Observed<'a> {
     pub generation: Option<i64>,
     pub status: &'a ConnectorCredentialStatus,
     pub timing: Timing,
-    pub source: &'a Source,
-    pub target: &'a Target,
+    /// The source revision, when the source Secret holds a complete credential.
+    pub source: Option<&'a str>,
+    pub target: &'a View,
     /// When the active credential was last probed successfully (status or this process).
     pub last_probe: Option<Timestamp>,
+    /// How many refreshes in a row returned a token that lives less than
+    /// [`MIN_REFRESH_GAP`]: each one doubles the wait before the next.
+    pub short_tokens: u32,
     pub now: Timestamp,
 }
 
@@ -93,8 +92,12 @@ pub(crate) enum Step {
     FinishSwap { revision: String },
     /// Validate this source revision and swap it in if it passes.
     Rotate { revision: String },
-    /// Probe the active credential.
-    Revalidate,
+    /// The target Secret was altered: validate this source revision (with the target's
+    /// still-intact fields) and write it back if it passes.
+    Restore { revision: String },
+    /// Probe the active credential; with `refresh`, its access token is due too, and the
+    /// tokens the probe's grant mints are kept (one token request serves both).
+    Revalidate { refresh: bool },
     /// Mint a new access token for the active credential.
     Refresh,
     /// Refuse to touch a Secret we do not own.
@@ -103,12 +106,10 @@ pub(crate) enum Step {
     Idle,
 }
 
-/// The decision: a step, whether the source Secret is unusable, and when to look again.
+/// The decision: a step, and when to look again.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Plan {
     pub step: Step,
-    /// Set when the source Secret cannot be used (missing, or missing a key).
-    pub source_problem: Option<Source>,
     /// The latest time the next reconcile should run, if anything is scheduled.
     pub wake_at: Option<Timestamp>,
 }
@@ -127,31 +128,71 @@ fn earliest(times: impl IntoIterator<Item = Option<Timestamp>>) -> Option<Timest
     times.into_iter().flatten().min()
 }
 
+/// When an access token with this window is refreshed: `refreshBefore` ahead of its
+/// expiry, but never before half its lifetime has passed (so at most two token requests
+/// per lifetime, however long `refreshBefore` is), and never sooner than
+/// [`MIN_REFRESH_GAP`] after it was issued, doubled for each short-lived token in a row up
+/// to the validation interval.
+pub(crate) fn refresh_at(
+    access: AccessWindow,
+    refresh_before: Duration,
+    short_tokens: u32,
+    interval: Duration,
+) -> Timestamp {
+    let natural = sub(access.expires_at, refresh_before);
+    let Some(issued) = access.issued_at else {
+        // Written by a version that did not record the issue time: the next refresh
+        // records it.
+        return natural;
+    };
+    let lifetime = Duration::try_from(access.expires_at.duration_since(issued)).unwrap_or_default();
+    let half = add(issued, lifetime / 2);
+    let gap = MIN_REFRESH_GAP
+        .saturating_mul(1u32 << short_tokens.min(16))
+        .min(interval.max(MIN_REFRESH_GAP));
+    natural.max(half).max(add(issued, gap))
+}
+
 /// Decides the next step. Pure: same inputs, same plan.
 pub(crate) fn decide(o: &Observed<'_>) -> Plan {
     let active = o.status.active_revision.as_deref();
     let spec_changed = o.status.observed_generation != o.generation;
-    let (candidate, source_problem) = match o.source {
-        Source::Ready { revision } => (Some(revision.as_str()), None),
-        other => (None, Some(other.clone())),
-    };
-    let plan = |step, wake_at| Plan {
-        step,
-        source_problem: source_problem.clone(),
-        wake_at,
+    let plan = |step, wake_at| Plan { step, wake_at };
+    // A revision rejected recently is retried only on the validation interval (the fix may
+    // be on the provider's side), or at once after a spec change, never in a hot loop.
+    let held = |candidate: &str| {
+        o.status
+            .rejected
+            .as_ref()
+            .filter(|r| r.revision == candidate && !spec_changed)
+            .map(|r| add(r.at.0, o.timing.interval))
+            .filter(|at| o.now < *at)
     };
 
-    let (target_revision, access_expiry) = match o.target {
-        Target::Foreign => return plan(Step::TargetNotOwned, None),
-        Target::Missing => (None, None),
-        Target::Present {
-            revision,
-            access_token_expires_at,
-        } => (revision.as_deref(), *access_token_expires_at),
+    let (target_revision, access) = match o.target {
+        View::Foreign => return plan(Step::TargetNotOwned, None),
+        View::Altered => {
+            // Nothing in an altered Secret is probed or refreshed; it is restored from the
+            // source (validated again), or left alone when the source cannot be used.
+            return match o.source {
+                Some(candidate) => match held(candidate) {
+                    Some(at) => plan(Step::Idle, Some(at)),
+                    None => plan(
+                        Step::Restore {
+                            revision: candidate.to_owned(),
+                        },
+                        None,
+                    ),
+                },
+                None => plan(Step::Idle, None),
+            };
+        }
+        View::Missing => (None, None),
+        View::Intact { revision, access } => (Some(revision.as_str()), *access),
     };
 
     // A rotation whose status write was lost: the target already holds the candidate.
-    if let Some(candidate) = candidate
+    if let Some(candidate) = o.source
         && target_revision == Some(candidate)
         && active != Some(candidate)
     {
@@ -163,22 +204,14 @@ pub(crate) fn decide(o: &Observed<'_>) -> Plan {
         );
     }
 
-    // A new revision (or a lost target Secret) to validate, unless it was rejected recently
-    // and nothing the user controls has changed since: the fix may be on the provider's side,
-    // so it is retried on the validation interval, never in a hot loop.
+    // A new revision (or a lost target Secret) to validate, unless it is held.
     let mut held_until = None;
-    if let Some(candidate) = candidate
-        && (active != Some(candidate) || matches!(o.target, Target::Missing))
+    if let Some(candidate) = o.source
+        && (active != Some(candidate) || target_revision.is_none())
     {
-        let retry_at = o
-            .status
-            .rejected
-            .as_ref()
-            .filter(|r| r.revision == candidate && !spec_changed)
-            .map(|r| add(r.at.0, o.timing.interval));
-        match retry_at {
-            Some(at) if o.now < at => held_until = Some(at),
-            _ => {
+        match held(candidate) {
+            Some(at) => held_until = Some(at),
+            None => {
                 return plan(
                     Step::Rotate {
                         revision: candidate.to_owned(),
@@ -189,20 +222,30 @@ pub(crate) fn decide(o: &Observed<'_>) -> Plan {
         }
     }
 
-    // Keeping the active credential alive.
-    if active.is_none() || target_revision.is_none() {
+    // Keeping the active credential alive: only the one the target Secret holds.
+    if active.is_none() || target_revision != active {
         return plan(Step::Idle, held_until);
     }
-    if spec_changed {
-        return plan(Step::Revalidate, None);
-    }
-    let refresh_at = access_expiry.map(|exp| sub(exp, o.timing.refresh_before));
-    if refresh_at.is_some_and(|at| at <= o.now) {
-        return plan(Step::Refresh, None);
-    }
+    let refresh = access.map(|a| {
+        refresh_at(
+            a,
+            o.timing.refresh_before,
+            o.short_tokens,
+            o.timing.interval,
+        )
+    });
+    let refresh_due = refresh.is_some_and(|at| at <= o.now);
     let probe_at = o.last_probe.map(|t| add(t, o.timing.interval));
-    if probe_at.is_none_or(|at| at <= o.now) {
-        return plan(Step::Revalidate, None);
+    if spec_changed || probe_at.is_none_or(|at| at <= o.now) {
+        return plan(
+            Step::Revalidate {
+                refresh: refresh_due,
+            },
+            None,
+        );
+    }
+    if refresh_due {
+        return plan(Step::Refresh, None);
     }
     // Wake when the ExpiringSoon window opens, so the condition flips on time.
     let warn_at = o
@@ -213,15 +256,14 @@ pub(crate) fn decide(o: &Observed<'_>) -> Plan {
         .filter(|at| *at > o.now);
     plan(
         Step::Idle,
-        earliest([probe_at, refresh_at, held_until, warn_at]),
+        earliest([probe_at, refresh, held_until, warn_at]),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Rejection;
-    use crate::providers::{KeyProblem, MissingKey};
+    use crate::api::{Rejection, RejectionReason};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     const A: &str = "sha256:aaaa";
@@ -229,6 +271,10 @@ mod tests {
 
     fn t(mins: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + mins * 60).unwrap()
+    }
+
+    fn secs(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
     }
 
     fn timing() -> Timing {
@@ -243,23 +289,20 @@ mod tests {
         }
     }
 
-    fn ready(rev: &str) -> Source {
-        Source::Ready {
+    fn ours(rev: &str, access: Option<(Timestamp, Timestamp)>) -> View {
+        View::Intact {
             revision: rev.into(),
-        }
-    }
-
-    fn ours(rev: &str, access_exp: Option<Timestamp>) -> Target {
-        Target::Present {
-            revision: Some(rev.into()),
-            access_token_expires_at: access_exp,
+            access: access.map(|(issued, exp)| AccessWindow {
+                issued_at: Some(issued),
+                expires_at: exp,
+            }),
         }
     }
 
     fn rejected(rev: &str, at: Timestamp) -> Option<Rejection> {
         Some(Rejection {
             revision: rev.into(),
-            reason: "PermissionMismatch".into(),
+            reason: RejectionReason::PermissionMismatch,
             message: "m".into(),
             at: Time(at),
         })
@@ -269,13 +312,13 @@ mod tests {
         name: &'static str,
         generation: i64,
         status: ConnectorCredentialStatus,
-        source: Source,
-        target: Target,
+        source: Option<&'static str>,
+        target: View,
         last_probe: Option<Timestamp>,
+        short_tokens: u32,
         now: Timestamp,
         want_step: Step,
         want_wake: Option<Timestamp>,
-        want_problem: bool,
     }
 
     fn row(name: &'static str) -> Row {
@@ -283,13 +326,13 @@ mod tests {
             name,
             generation: 1,
             status: active(A),
-            source: ready(A),
+            source: Some(A),
             target: ours(A, None),
             last_probe: Some(t(0)),
+            short_tokens: 0,
             now: t(5),
             want_step: Step::Idle,
             want_wake: Some(t(15)),
-            want_problem: false,
         }
     }
 
@@ -301,34 +344,24 @@ mod tests {
 
     #[test]
     fn every_branch_of_the_decision() {
-        let missing_key = Source::MissingKey(MissingKey {
-            field: "client_secret",
-            key: "client_secret".into(),
-            auth: crate::api::AuthType::ClientCredentials,
-            problem: KeyProblem::Absent,
-        });
         let rows = vec![
             row("steady state waits for the next probe"),
             Row {
-                status: ConnectorCredentialStatus {
-                    observed_generation: None,
-                    ..Default::default()
-                },
-                generation: 1,
-                target: Target::Missing,
+                status: ConnectorCredentialStatus::default(),
+                target: View::Missing,
                 last_probe: None,
                 want_step: rotate(A),
                 want_wake: None,
                 ..row("a new credential is validated")
             },
             Row {
-                source: ready(B),
+                source: Some(B),
                 want_step: rotate(B),
                 want_wake: None,
                 ..row("a changed source Secret is validated")
             },
             Row {
-                source: ready(B),
+                source: Some(B),
                 target: ours(B, None),
                 want_step: Step::FinishSwap { revision: B.into() },
                 want_wake: None,
@@ -339,7 +372,7 @@ mod tests {
                     rejected: rejected(B, t(0)),
                     ..active(A)
                 },
-                source: ready(B),
+                source: Some(B),
                 want_step: Step::Idle,
                 want_wake: Some(t(15)),
                 ..row("a rejected revision is held until the interval passes")
@@ -349,7 +382,7 @@ mod tests {
                     rejected: rejected(B, t(0)),
                     ..active(A)
                 },
-                source: ready(B),
+                source: Some(B),
                 now: t(15),
                 last_probe: Some(t(10)),
                 want_step: rotate(B),
@@ -362,7 +395,7 @@ mod tests {
                     ..active(A)
                 },
                 generation: 2,
-                source: ready(B),
+                source: Some(B),
                 want_step: rotate(B),
                 want_wake: None,
                 ..row("a rejected revision is retried at once after a spec change")
@@ -372,9 +405,9 @@ mod tests {
                     rejected: rejected(B, t(0)),
                     ..active(A)
                 },
-                source: ready(B),
+                source: Some(B),
                 last_probe: Some(t(-20)),
-                want_step: Step::Revalidate,
+                want_step: Step::Revalidate { refresh: false },
                 want_wake: None,
                 ..row("while a rejected revision is held, the active one is still probed")
             },
@@ -384,51 +417,88 @@ mod tests {
                     rejected: rejected(B, t(0)),
                     ..Default::default()
                 },
-                source: ready(B),
-                target: Target::Missing,
+                source: Some(B),
+                target: View::Missing,
                 want_step: Step::Idle,
                 want_wake: Some(t(15)),
                 ..row("a rejected first credential waits for the interval")
             },
             Row {
-                target: Target::Missing,
+                target: View::Missing,
                 want_step: rotate(A),
                 want_wake: None,
                 ..row("a deleted target Secret is restored only after validating again")
             },
             Row {
+                target: View::Altered,
+                want_step: Step::Restore { revision: A.into() },
+                want_wake: None,
+                ..row("an altered target Secret is restored from the source, validated again")
+            },
+            Row {
+                target: View::Altered,
+                status: ConnectorCredentialStatus {
+                    rejected: rejected(A, t(0)),
+                    ..active(A)
+                },
+                want_step: Step::Idle,
+                want_wake: Some(t(15)),
+                ..row("a restore the provider refused waits for the interval")
+            },
+            Row {
+                target: View::Altered,
+                last_probe: Some(t(-60)),
+                source: None,
+                want_step: Step::Idle,
+                want_wake: None,
+                ..row("an altered target without a usable source is never probed")
+            },
+            Row {
                 last_probe: Some(t(-10)),
-                want_step: Step::Revalidate,
+                want_step: Step::Revalidate { refresh: false },
                 want_wake: None,
                 ..row("the active credential is probed when the interval has passed")
             },
             Row {
                 last_probe: None,
-                want_step: Step::Revalidate,
+                want_step: Step::Revalidate { refresh: false },
                 want_wake: None,
                 ..row("after a restart with no probe on record, probe once")
             },
             Row {
                 generation: 2,
-                want_step: Step::Revalidate,
+                want_step: Step::Revalidate { refresh: false },
                 want_wake: None,
                 ..row("a spec change re-validates the active credential")
             },
             Row {
-                target: ours(A, Some(t(14))),
+                target: ours(A, Some((t(-46), t(14)))),
                 want_step: Step::Refresh,
                 want_wake: None,
                 ..row("an access token inside refreshBefore is refreshed")
             },
             Row {
-                target: ours(A, Some(t(60))),
+                target: ours(A, Some((t(-46), t(14)))),
+                last_probe: Some(t(-10)),
+                want_step: Step::Revalidate { refresh: true },
+                want_wake: None,
+                ..row("a probe and a refresh due together take one token request")
+            },
+            Row {
+                target: ours(A, Some((t(0), t(60)))),
                 want_wake: Some(t(15)),
                 ..row("an access token far from expiry is left alone")
             },
             Row {
-                target: ours(A, Some(t(20))),
+                target: ours(A, Some((t(-40), t(20)))),
                 want_wake: Some(t(10)),
                 ..row("the next wake is the refresh time when it comes first")
+            },
+            Row {
+                target: ours(A, Some((t(4), t(6)))),
+                want_wake: Some(t(5)),
+                now: t(4),
+                ..row("a two-minute token is refreshed at half its life, not at once")
             },
             Row {
                 status: ConnectorCredentialStatus {
@@ -439,32 +509,29 @@ mod tests {
                 ..row("the next wake opens the ExpiringSoon window on time")
             },
             Row {
-                source: Source::Missing,
-                want_problem: true,
+                source: None,
                 ..row("a deleted source Secret keeps the active credential running")
             },
             Row {
-                source: missing_key.clone(),
-                want_problem: true,
+                source: None,
                 last_probe: Some(t(-10)),
-                want_step: Step::Revalidate,
+                want_step: Step::Revalidate { refresh: false },
                 want_wake: None,
-                ..row("a source Secret missing a key does not stop probing the active one")
+                ..row("an unusable source Secret does not stop probing the active one")
             },
             Row {
                 status: ConnectorCredentialStatus {
                     observed_generation: Some(1),
                     ..Default::default()
                 },
-                source: Source::Missing,
-                target: Target::Missing,
-                want_problem: true,
+                source: None,
+                target: View::Missing,
                 want_wake: None,
                 ..row("no Secret and nothing active: wait for a change")
             },
             Row {
-                source: ready(B),
-                target: Target::Foreign,
+                source: Some(B),
+                target: View::Foreign,
                 want_step: Step::TargetNotOwned,
                 want_wake: None,
                 ..row("a target Secret we do not own is never written")
@@ -475,19 +542,95 @@ mod tests {
                 generation: Some(r.generation),
                 status: &r.status,
                 timing: timing(),
-                source: &r.source,
+                source: r.source,
                 target: &r.target,
                 last_probe: r.last_probe,
+                short_tokens: r.short_tokens,
                 now: r.now,
             });
             assert_eq!(plan.step, r.want_step, "{}", r.name);
             assert_eq!(plan.wake_at, r.want_wake, "{}: wake", r.name);
+        }
+    }
+
+    #[test]
+    fn refresh_times_follow_the_token_lifetime() {
+        let hour = Duration::from_secs(3600);
+        let ten_min = Duration::from_secs(600);
+        let window = |issued: i64, lifetime: i64| AccessWindow {
+            issued_at: Some(secs(issued)),
+            expires_at: secs(issued + lifetime),
+        };
+        // (what, window, refreshBefore, short tokens in a row, refresh at)
+        let rows = [
+            (
+                "1h token, 10m ahead",
+                window(0, 3600),
+                ten_min,
+                0,
+                secs(3000),
+            ),
+            (
+                "12m token, 10m ahead: half its life",
+                window(0, 720),
+                ten_min,
+                0,
+                secs(360),
+            ),
+            ("5m token (Keycloak)", window(0, 300), ten_min, 0, secs(150)),
+            ("60s token", window(0, 60), ten_min, 0, secs(30)),
+            ("10s token: the floor", window(0, 10), ten_min, 0, secs(30)),
+            ("expires at once", window(0, 0), ten_min, 0, secs(30)),
+            (
+                "third short token in a row",
+                window(0, 1),
+                ten_min,
+                3,
+                secs(240),
+            ),
+            (
+                "many short tokens: at most the interval",
+                window(0, 1),
+                ten_min,
+                12,
+                secs(900),
+            ),
+            (
+                "refreshBefore 0",
+                window(0, 3600),
+                Duration::ZERO,
+                0,
+                secs(3600),
+            ),
+            (
+                "24h token, 1h ahead",
+                window(0, 86400),
+                hour,
+                0,
+                secs(82800),
+            ),
+        ];
+        for (what, w, before, short, want) in rows {
             assert_eq!(
-                plan.source_problem.is_some(),
-                r.want_problem,
-                "{}: problem",
-                r.name
+                refresh_at(w, before, short, Duration::from_secs(900)),
+                want,
+                "{what}"
             );
+        }
+        // Whatever the settings: at most two refreshes per token lifetime.
+        for lifetime in [1, 30, 59, 60, 61, 120, 299, 300, 3599, 86400] {
+            for before in [0, 60, 300, 600, 3600, 86400] {
+                let at = refresh_at(
+                    window(0, lifetime),
+                    Duration::from_secs(before),
+                    0,
+                    Duration::from_secs(900),
+                );
+                assert!(
+                    at >= secs(lifetime / 2),
+                    "lifetime {lifetime}s, refreshBefore {before}s: {at}"
+                );
+            }
         }
     }
 

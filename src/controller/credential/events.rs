@@ -1,102 +1,94 @@
-//! Events for ConnectorCredentials: what changed, said once.
-//!
-//! Events are derived from condition transitions, not from each reconcile, so a flapping
-//! provider or a requeue loop cannot flood the API; kube's recorder folds repeats of the
-//! same event into a series.
+//! Events for ConnectorCredentials: what happened (the outcome of a provider step, said by
+//! [`super::react`]) and what changed (health, problems that need a person, expiry), each
+//! said once: a steady state, however often it is reconciled, publishes nothing.
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType};
-use tracing::warn;
-
-use crate::api::ConnectorCredentialStatus;
 use crate::api::conditions::{reasons, types};
-use crate::controller::Context;
+use crate::api::{ConnectorCredentialStatus, HealthState, Phase};
 use crate::controller::conditions::get;
+use crate::controller::events::Note;
 
-/// Publishes one event; a failure to publish is logged, never fatal.
-pub(crate) async fn publish(
-    ctx: &Context,
-    reference: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        // The Events API caps notes at 1 kB.
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, reference).await {
-        warn!(error = %err, reason, "could not publish event");
-    }
+/// Ready reasons that describe a problem a person must fix in the object or its Secrets.
+const PROBLEMS: [&str; 6] = [
+    reasons::MISCONFIGURED,
+    reasons::SECRET_NOT_FOUND,
+    reasons::MISSING_KEY,
+    reasons::TARGET_NOT_OWNED,
+    reasons::TARGET_ALTERED,
+    reasons::PROVIDER_UNREACHABLE,
+];
+
+fn health(status: &ConnectorCredentialStatus) -> Option<HealthState> {
+    status
+        .active_revision
+        .as_ref()
+        .and(status.active_health.as_ref())
+        .map(|h| h.state)
 }
 
-fn lost(status: &ConnectorCredentialStatus) -> Option<(&'static str, String)> {
-    let c = get(&status.conditions, types::CONNECTED)?;
-    let reason = [reasons::CONNECTION_LOST, reasons::PROVIDER_UNREACHABLE]
-        .into_iter()
-        .find(|r| c.status == "False" && c.reason == *r)?;
-    Some((reason, c.message.clone()))
+fn ready(status: &ConnectorCredentialStatus) -> Option<(&str, &str)> {
+    get(&status.conditions, types::READY).map(|c| (c.reason.as_str(), c.message.as_str()))
 }
 
-fn flipped_true(
-    old: &ConnectorCredentialStatus,
-    new: &ConnectorCredentialStatus,
-    type_: &str,
-) -> Option<String> {
-    let was = get(&old.conditions, type_).is_some_and(|c| c.status == "True");
-    let now = get(&new.conditions, type_).filter(|c| c.status == "True")?;
-    (!was).then(|| now.message.clone())
-}
-
-/// The events a status change deserves (rotation outcomes are published where they happen).
+/// The events a status change deserves. `swapped`: this reconcile swapped a credential in
+/// (its own event already says the connection works).
 pub(crate) fn transitions(
     old: &ConnectorCredentialStatus,
     new: &ConnectorCredentialStatus,
-) -> Vec<(EventType, &'static str, String)> {
+    swapped: bool,
+) -> Vec<Note> {
+    const PROBE: &str = "Probe";
     let mut out = Vec::new();
-    match (lost(old), lost(new)) {
-        (None, Some((reason, msg))) => out.push((EventType::Warning, reason, msg)),
-        (Some(_), None) if flipped_true(old, new, types::CONNECTED).is_some() => {
-            let msg = get(&new.conditions, types::CONNECTED)
-                .map(|c| format!("connection restored: {}", c.message))
-                .unwrap_or_default();
-            out.push((EventType::Normal, reasons::CONNECTED, msg));
-        }
+    let message = new
+        .active_health
+        .as_ref()
+        .map(|h| h.message.clone())
+        .unwrap_or_default();
+    match (health(old), health(new)) {
+        (before, Some(now)) if before != Some(now) => match now {
+            HealthState::Lost => out.push(Note::warning(reasons::CONNECTION_LOST, PROBE, message)),
+            HealthState::Unreachable => {
+                out.push(Note::warning(reasons::PROVIDER_UNREACHABLE, PROBE, message))
+            }
+            HealthState::PermissionMismatch => {
+                out.push(Note::warning(reasons::PERMISSION_MISMATCH, PROBE, message))
+            }
+            HealthState::Misconfigured => {
+                out.push(Note::warning(reasons::MISCONFIGURED, PROBE, message))
+            }
+            HealthState::Healthy if before.is_some() && !swapped => {
+                let who = new.account.as_ref().map_or("the account", |a| a.label());
+                out.push(Note::normal(
+                    reasons::CONNECTED,
+                    PROBE,
+                    format!("connection restored: authenticated as {who}"),
+                ));
+            }
+            HealthState::Healthy => {}
+        },
         _ => {}
     }
-    let rejected_for_permissions = new
-        .rejected
-        .as_ref()
-        .is_some_and(|r| r.reason == reasons::PERMISSION_MISMATCH);
-    if !rejected_for_permissions
-        && let Some(msg) = flipped_true(old, new, types::PERMISSION_MISMATCH)
+    // A problem in the object or its Secrets, announced when it appears or changes.
+    if new.phase.is_some_and(Phase::needs_action)
+        && let Some((reason, message)) = ready(new)
+        && let Some(reason) = PROBLEMS.into_iter().find(|r| *r == reason)
+        && ready(old) != Some((reason, message))
+        && !out.iter().any(|n| n.reason == reason)
     {
-        out.push((EventType::Warning, reasons::PERMISSION_MISMATCH, msg));
+        out.push(Note::warning(reason, "Reconcile", message));
     }
-    if let Some(msg) = flipped_true(old, new, types::EXPIRING_SOON) {
-        out.push((EventType::Warning, reasons::EXPIRING_SOON, msg));
+    fn expiring(
+        s: &ConnectorCredentialStatus,
+    ) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        get(&s.conditions, types::EXPIRING_SOON).filter(|c| c.status == "True")
     }
-    let ready_reason = |s: &ConnectorCredentialStatus| {
-        get(&s.conditions, types::READY).map(|c| (c.reason.clone(), c.message.clone()))
-    };
-    if let Some((reason, msg)) = ready_reason(new) {
-        let source_reason = [
-            reasons::SECRET_NOT_FOUND,
-            reasons::MISSING_KEY,
-            reasons::MISCONFIGURED,
-        ]
-        .into_iter()
-        .find(|r| *r == reason);
-        let was = ready_reason(old).map(|(r, _)| r);
-        if let Some(r) = source_reason
-            && was.as_deref() != Some(r)
-        {
-            out.push((EventType::Warning, r, msg));
-        }
+    if let Some(c) = expiring(new)
+        && expiring(old).is_none()
+    {
+        out.push(Note::warning(
+            reasons::EXPIRING_SOON,
+            "Reconcile",
+            c.message.clone(),
+        ));
     }
     out
 }
@@ -104,96 +96,123 @@ pub(crate) fn transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{Account, ActiveHealth};
     use crate::controller::conditions::set;
     use jiff::Timestamp;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    fn status(conds: &[(&str, bool, &str)]) -> ConnectorCredentialStatus {
-        let mut s = ConnectorCredentialStatus::default();
-        for (t, v, r) in conds {
-            set(
-                &mut s.conditions,
-                t,
-                *v,
-                r,
-                format!("{t} {r}"),
-                Some(1),
-                Timestamp::UNIX_EPOCH,
-            );
-        }
+    fn status(
+        health: Option<HealthState>,
+        phase: Phase,
+        ready: (&str, &str),
+    ) -> ConnectorCredentialStatus {
+        let mut s = ConnectorCredentialStatus {
+            phase: Some(phase),
+            active_revision: health.map(|_| "sha256:a".to_owned()),
+            account: Some(Account {
+                id: "1".into(),
+                name: "svc@acme.com".into(),
+            }),
+            active_health: health.map(|state| ActiveHealth {
+                state,
+                message: format!("{state:?} details"),
+                since: Time(Timestamp::UNIX_EPOCH),
+            }),
+            ..Default::default()
+        };
+        set(
+            &mut s.conditions,
+            types::READY,
+            phase == Phase::Connected,
+            ready.0,
+            ready.1,
+            Some(1),
+            Timestamp::UNIX_EPOCH,
+        );
         s
     }
 
-    fn reasons_of(events: &[(EventType, &'static str, String)]) -> Vec<&'static str> {
-        events.iter().map(|(_, r, _)| *r).collect()
+    fn said(notes: &[Note]) -> Vec<String> {
+        notes
+            .iter()
+            .map(|n| format!("{:?}/{}", n.type_, n.reason))
+            .collect()
     }
 
     #[test]
-    fn losing_and_regaining_the_connection_each_emit_once() {
-        let ok = status(&[
-            (types::CONNECTED, true, reasons::CONNECTED),
-            (types::READY, true, reasons::CONNECTED),
-        ]);
-        let lost = status(&[
-            (types::CONNECTED, false, reasons::CONNECTION_LOST),
-            (types::READY, false, reasons::CONNECTION_LOST),
-        ]);
-        let lost_events = transitions(&ok, &lost);
-        assert_eq!(reasons_of(&lost_events), [reasons::CONNECTION_LOST]);
-        assert_eq!(lost_events[0].0, EventType::Warning);
-        // Still lost: nothing new to say, however often it is reconciled.
-        assert!(transitions(&lost, &lost).is_empty());
-        let back = transitions(&lost, &ok);
-        assert_eq!(reasons_of(&back), [reasons::CONNECTED]);
-        assert_eq!(back[0].0, EventType::Normal);
-    }
-
-    #[test]
-    fn expiring_soon_and_source_problems_are_announced_on_the_flip() {
-        let ok = status(&[(types::READY, true, reasons::CONNECTED)]);
-        let expiring = status(&[
-            (types::READY, true, reasons::CONNECTED),
-            (types::EXPIRING_SOON, true, reasons::EXPIRING_SOON),
-        ]);
-        assert_eq!(
-            reasons_of(&transitions(&ok, &expiring)),
-            [reasons::EXPIRING_SOON]
+    fn each_change_is_said_once_and_a_steady_state_says_nothing() {
+        use HealthState::*;
+        let ok = status(Some(Healthy), Phase::Connected, ("Connected", "ok"));
+        let lost = status(
+            Some(Lost),
+            Phase::ConnectionLost,
+            ("ConnectionLost", "svc must re-authenticate"),
         );
-        assert!(transitions(&expiring, &expiring).is_empty());
-        let missing = status(&[(types::READY, false, reasons::SECRET_NOT_FOUND)]);
-        assert_eq!(
-            reasons_of(&transitions(&ok, &missing)),
-            [reasons::SECRET_NOT_FOUND]
+        let unreachable = status(
+            Some(Unreachable),
+            Phase::ConnectionLost,
+            ("ProviderUnreachable", "503 (3 failures)"),
         );
-        assert!(transitions(&missing, &missing).is_empty());
-    }
-
-    #[test]
-    fn a_rejected_rotation_is_not_announced_twice_as_permission_mismatch() {
-        let ok = status(&[(
-            types::PERMISSION_MISMATCH,
-            false,
-            reasons::PERMISSIONS_SATISFIED,
-        )]);
-        let mut rejected = status(&[(
-            types::PERMISSION_MISMATCH,
-            true,
-            reasons::PERMISSION_MISMATCH,
-        )]);
-        rejected.rejected = Some(crate::api::Rejection {
-            revision: "sha256:b".into(),
-            reason: reasons::PERMISSION_MISMATCH.into(),
-            message: "m".into(),
-            at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
-        });
+        let weak = status(
+            Some(PermissionMismatch),
+            Phase::PermissionMismatch,
+            ("PermissionMismatch", "lacks x"),
+        );
+        let no_secret = status(
+            Some(Healthy),
+            Phase::Misconfigured,
+            ("SecretNotFound", "the source Secret does not exist"),
+        );
+        let no_key = status(
+            Some(Healthy),
+            Phase::Misconfigured,
+            ("MissingKey", "source Secret: lacks client_secret"),
+        );
+        let altered = status(
+            Some(Healthy),
+            Phase::ConnectionLost,
+            ("TargetAltered", "target Secret x was changed"),
+        );
+        let fresh = ConnectorCredentialStatus::default();
+        let rows: Vec<(
+            &str,
+            &ConnectorCredentialStatus,
+            &ConnectorCredentialStatus,
+            &[&str],
+        )> = vec![
+            ("steady", &ok, &ok, &[]),
+            ("lost", &ok, &lost, &["Warning/ConnectionLost"]),
+            ("still lost", &lost, &lost, &[]),
+            ("back", &lost, &ok, &["Normal/Connected"]),
+            (
+                "unreachable",
+                &ok,
+                &unreachable,
+                &["Warning/ProviderUnreachable"],
+            ),
+            ("weaker", &ok, &weak, &["Warning/PermissionMismatch"]),
+            (
+                "source deleted",
+                &ok,
+                &no_secret,
+                &["Warning/SecretNotFound"],
+            ),
+            ("still deleted", &no_secret, &no_secret, &[]),
+            (
+                "then a key missing",
+                &no_secret,
+                &no_key,
+                &["Warning/MissingKey"],
+            ),
+            ("target altered", &ok, &altered, &["Warning/TargetAltered"]),
+            ("first connect (said by the swap)", &fresh, &ok, &[]),
+        ];
+        for (name, old, new, want) in rows {
+            assert_eq!(said(&transitions(old, new, false)), want, "{name}");
+        }
         assert!(
-            transitions(&ok, &rejected).is_empty(),
-            "RotationRejected is published where it happens"
-        );
-        let mut lost_perm = rejected.clone();
-        lost_perm.rejected = None;
-        assert_eq!(
-            reasons_of(&transitions(&ok, &lost_perm)),
-            [reasons::PERMISSION_MISMATCH]
+            transitions(&lost, &ok, true).is_empty(),
+            "a swap that fixes a lost connection says so itself"
         );
     }
 }

@@ -17,16 +17,16 @@ use std::sync::Mutex;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use super::{Guarded, events, write_status};
+use super::{Guarded, write_status};
 use crate::api::conditions::{reasons, types};
 use crate::api::{ConnectorCredential, Integration};
 use crate::controller::conditions::{self, get};
+use crate::controller::events::{Note, publish};
 use crate::controller::{Context, Error, FIELD_MANAGER, kube_err};
 
 /// The finalizer on a ConnectorCredential that an Integration references.
@@ -156,14 +156,8 @@ pub(super) async fn protect(
                     "ConnectorCredential {name} is still used by Integration {}; it is deleted once none uses it",
                     users.join(", ")
                 );
-                events::publish(
-                    ctx,
-                    &cred.object_ref(&()),
-                    EventType::Warning,
-                    reasons::IN_USE,
-                    note,
-                )
-                .await;
+                let note = Note::warning(reasons::IN_USE, "Protect", note);
+                publish(ctx, &cred.object_ref(&()), note).await;
             }
             return Ok(None);
         }

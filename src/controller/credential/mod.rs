@@ -1,20 +1,31 @@
 //! The ConnectorCredential controller: validate, then swap.
 //!
-//! One reconcile is a pipeline of named steps: [`read_source`] and [`target::inspect`] read
-//! the two Secrets, [`decide::decide`] (pure) plans, the provider verifies, [`target::write`]
-//! swaps, and [`write_status`] records the outcome. The target Secret only ever holds
-//! material that passed validation; [`target`] makes that a property of the types.
+//! One reconcile is a pipeline of named steps:
+//!
+//! 1. read: the source Secret ([`read::source`]: a [`read::Candidate`] with its revision)
+//!    and the target Secret ([`target::inspect`]: intact, altered, missing or foreign);
+//! 2. decide ([`decide::decide`], pure): the step and when to look again;
+//! 3. provider step ([`act`]): the only provider call, returning an [`act::Outcome`];
+//! 4. react ([`react::react`], pure): the status and events the outcome deserves;
+//! 5. apply: the target Secret first (a rotated refresh token must be persisted before
+//!    anything else), then status, then events.
+//!
+//! The target Secret only ever holds material that passed validation; [`target`] makes that
+//! a property of the types. The controller's own writes never wake it: status writes are
+//! filtered by generation and target writes by resourceVersion ([`super::triggers`]).
 
+pub(crate) mod act;
 pub(crate) mod decide;
 pub(crate) mod events;
 mod in_use;
+pub(crate) mod react;
+pub(crate) mod read;
 mod revision;
 pub(crate) mod status;
 pub(crate) mod target;
 
 pub use in_use::FINALIZER as IN_USE_FINALIZER;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,70 +36,28 @@ use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{debug, instrument, warn};
 
-use self::decide::{Observed, Source, Step, Timing};
-use self::status::Update;
-use super::{Context, Error, FIELD_MANAGER, kube_err};
+use self::act::{Outcome, ProviderStep};
+use self::decide::{MIN_REFRESH_GAP, Observed, Plan, Step, Timing, View};
+use self::react::Input;
+use self::target::Target;
+use super::events::{Note, publish};
+use super::triggers::{OwnWrites, spec_changes};
+use super::{Context, Error, kube_err};
 use crate::api::conditions::reasons;
-use crate::api::{ConnectorCredential, ConnectorCredentialStatus, Integration, PermissionPolicy};
-use crate::providers::{CredentialMaterial, VerifyError, VerifyRequest};
+use crate::api::{ConnectorCredential, ConnectorCredentialStatus, Integration};
 
 type Guarded = DeserializeGuard<ConnectorCredential>;
 
 /// This controller's name in metrics.
 const CONTROLLER: &str = "connectorcredential";
 
-/// How soon to look again after a reconcile that changed something: the follow-up finds the
-/// steady state and schedules the next probe.
+/// How soon to look again when a reconcile leaves more to do at once.
 const FOLLOW_UP: Duration = Duration::from_secs(1);
-
-/// Reads the source Secret and the credential material in it.
-async fn read_source(
-    secrets: &Api<Secret>,
-    cred: &ConnectorCredential,
-) -> Result<(Source, Option<CredentialMaterial>), Error> {
-    let name = &cred.spec.secret_ref.name;
-    let Some(secret) = secrets
-        .get_opt(name)
-        .await
-        .map_err(kube_err("get source Secret"))?
-    else {
-        return Ok((Source::Missing, None));
-    };
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    match CredentialMaterial::from_secret_data(cred.spec.auth, &cred.spec.secret_ref.keys, &data) {
-        Ok(material) => Ok((
-            Source::Ready {
-                revision: revision::of(&material),
-            },
-            Some(material),
-        )),
-        Err(missing) => Ok((Source::MissingKey(missing), None)),
-    }
-}
-
-/// What a new credential must hold: requiredPermissions, and under the Superset policy
-/// everything the active account held.
-fn required_for_rotation(cred: &ConnectorCredential) -> BTreeSet<String> {
-    let mut required: BTreeSet<String> = cred.spec.required_permissions.iter().cloned().collect();
-    if cred.spec.permission_policy == PermissionPolicy::Superset
-        && let Some(status) = &cred.status
-        && status.active_revision.is_some()
-    {
-        required.extend(status.permissions.iter().cloned());
-    }
-    required
-}
 
 /// Writes status with server-side apply, unless nothing but `lastValidated` changed.
 async fn write_status(
@@ -105,6 +74,11 @@ async fn write_status(
     Ok(true)
 }
 
+/// The per-object key for locks, backoff and probe bookkeeping.
+fn object_key(ns: &str, name: &str) -> String {
+    format!("credential:{ns}/{name}")
+}
+
 /// Reconciles one ConnectorCredential.
 #[instrument(skip_all, fields(credential = %guard.meta().namespace.as_deref().unwrap_or_default(), name = %guard.meta().name.as_deref().unwrap_or_default()))]
 pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -112,19 +86,12 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
     let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
         return Ok(Action::await_change());
     };
-    let key = format!("{ns}/{name}");
+    let key = object_key(&ns, &name);
     if let Err(invalid) = &guard.0 {
         warn!(error = %invalid, "malformed ConnectorCredential skipped");
-        let reference = guard.object_ref(&());
         let note = format!("the object does not match the ConnectorCredential schema: {invalid}");
-        events::publish(
-            &ctx,
-            &reference,
-            EventType::Warning,
-            reasons::MISCONFIGURED,
-            note,
-        )
-        .await;
+        let note = Note::warning(reasons::MISCONFIGURED, "Reconcile", note);
+        publish(&ctx, &guard.object_ref(&()), note).await;
         return Ok(Action::await_change());
     }
     let lock = ctx.object_lock(&key);
@@ -161,6 +128,19 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
     result
 }
 
+/// The decision's view of the target Secret.
+fn view(target: &Target) -> View {
+    match target {
+        Target::Missing => View::Missing,
+        Target::Foreign => View::Foreign,
+        Target::Altered(_) => View::Altered,
+        Target::Intact(active) => View::Intact {
+            revision: active.revision().to_owned(),
+            access: active.record().access,
+        },
+    }
+}
+
 async fn reconcile_credential(
     cred: &ConnectorCredential,
     api: &Api<ConnectorCredential>,
@@ -169,24 +149,24 @@ async fn reconcile_credential(
 ) -> Result<Action, Error> {
     let now = ctx.clock.now();
     let ns = cred.namespace().unwrap_or_default();
+    let name = cred.name_any();
     let generation = cred.meta().generation;
-    let reference = cred.object_ref(&());
-    let mut update = Update::new(cred.status.as_ref(), generation, now);
+    let target_name = cred.target_secret_name();
 
-    let timing = match Timing::from_spec(&cred.spec) {
-        Ok(t) => t,
-        Err(err) => {
-            update.misconfigured(&err.to_string());
-            update.summarize(&Timing::fallback(), None);
-            write_status(api, &cred.name_any(), cred.status.as_ref(), &update.status).await?;
-            return Ok(Action::await_change());
-        }
+    // The spec as written: what no provider call can fix is found before any call.
+    let (timing, mut spec_problem) = match Timing::from_spec(&cred.spec) {
+        Ok(t) => (t, None),
+        Err(err) => (Timing::fallback(), Some(err.to_string())),
     };
+    if spec_problem.is_none()
+        && let Err(err) = ctx.providers.check_spec(&cred.spec)
+    {
+        spec_problem = Some(err.to_string());
+    }
 
     // 1. Read the referenced Secrets.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let (source, material) = read_source(&secrets, cred).await?;
-    let target_name = cred.target_secret_name();
+    let source = read::source(&secrets, cred).await?;
     let target = target::inspect(
         secrets
             .get_opt(&target_name)
@@ -194,303 +174,132 @@ async fn reconcile_credential(
             .map_err(kube_err("get target Secret"))?,
         cred,
     );
+    let view = view(&target.state);
 
     // 2. Decide.
-    let last_probe = [
-        cred.status
-            .as_ref()
-            .and_then(|s| s.last_validated.as_ref())
-            .map(|t| t.0),
+    let status_now = cred.status.clone().unwrap_or_default();
+    let observe = |status: &ConnectorCredentialStatus, view: &View| {
+        decide::decide(&Observed {
+            generation,
+            status,
+            timing,
+            source: source.revision(),
+            target: view,
+            last_probe: last_probe(ctx, key, status),
+            short_tokens: ctx.short_tokens(key),
+            now,
+        })
+    };
+    let plan = if spec_problem.is_some() {
+        Plan {
+            step: Step::Idle,
+            wake_at: None,
+        }
+    } else {
+        observe(&status_now, &view)
+    };
+    debug!(step = ?plan.step, "decided");
+
+    // 3. The provider step.
+    let step = ProviderStep {
+        providers: &ctx.providers,
+        cred,
+        key,
+        timing,
+        now,
+    };
+    let outcome = step.run(&plan.step, &source, &target.state).await;
+
+    // 4. React.
+    let reaction = react::react(
+        &Input {
+            status: cred.status.as_ref(),
+            generation,
+            target_name: &target_name,
+            spec_problem: spec_problem.clone(),
+            source: &source,
+            target: &target.state,
+            view: &view,
+            plan: &plan,
+            timing,
+            now,
+        },
+        &outcome,
+    );
+
+    // 5. Apply: the target Secret, then status, then events.
+    if let Some(validated) = outcome.target_write() {
+        let written = target::write(&secrets, cred, target.secret.as_ref(), validated)
+            .await
+            .map_err(kube_err("write target Secret"))?;
+        ctx.own_writes
+            .wrote(&ns, &target_name, written.resource_version());
+        if let Some(lifetime) = act::issued_lifetime(validated) {
+            ctx.token_issued(key, lifetime < MIN_REFRESH_GAP);
+        }
+    }
+    // A dead credential is probed again on the interval too, not in a loop.
+    if let Outcome::Swapped { .. } | Outcome::Probed { .. } | Outcome::ActiveFailed { .. } =
+        &outcome
+    {
+        ctx.set_last_probe(key, now);
+    }
+    let provider = cred.spec.provider;
+    if let Outcome::Swapped { .. } | Outcome::Rejected { .. } = &outcome {
+        ctx.metrics
+            .rotation(provider, matches!(outcome, Outcome::Swapped { .. }));
+    }
+    ctx.metrics.credential(
+        &ns,
+        &name,
+        provider,
+        reaction.status.phase.unwrap_or_default(),
+        reaction.status.expires_at.as_ref().map(|t| t.0),
+        timing.expiry_warning,
+    );
+    write_status(api, &name, cred.status.as_ref(), &reaction.status).await?;
+    let reference = cred.object_ref(&());
+    for note in reaction.events {
+        publish(ctx, &reference, note).await;
+    }
+    if let Outcome::Transient { error, .. } = outcome {
+        ctx.seed_failures(key, reaction.status.consecutive_failures.max(0) as u32);
+        return Err(Error::Provider(error));
+    }
+
+    // When to look again: what the plan says once this outcome has landed.
+    let after = if spec_problem.is_some() {
+        Plan {
+            step: Step::Idle,
+            wake_at: None,
+        }
+    } else {
+        observe(&reaction.status, &reaction.view)
+    };
+    Ok(match after.step {
+        Step::Idle => match after.wake_at {
+            Some(at) => Action::requeue(until(now, at).clamp(FOLLOW_UP, timing.interval)),
+            // A safety net for a missed watch event while a credential is active.
+            None if reaction.status.active_revision.is_some() => Action::requeue(timing.interval),
+            None => Action::await_change(),
+        },
+        Step::TargetNotOwned => Action::await_change(),
+        other => {
+            debug!(step = ?other, "more to do at once");
+            Action::requeue(FOLLOW_UP)
+        }
+    })
+}
+
+/// When the active credential was last probed successfully: status, or this process.
+fn last_probe(ctx: &Context, key: &str, status: &ConnectorCredentialStatus) -> Option<Timestamp> {
+    [
+        status.last_validated.as_ref().map(|t| t.0),
         ctx.last_probe(key),
     ]
     .into_iter()
     .flatten()
-    .max();
-    let plan = decide::decide(&Observed {
-        generation,
-        status: cred
-            .status
-            .as_ref()
-            .unwrap_or(&ConnectorCredentialStatus::default()),
-        timing,
-        source: &source,
-        target: &target.state,
-        last_probe,
-        now,
-    });
-    tracing::debug!(step = ?plan.step, "decided");
-
-    // 3-4. Verify with the provider and swap.
-    let provider = cred.spec.provider;
-    let mut pass = Pass {
-        ctx,
-        cred,
-        key,
-        now,
-        timing,
-        secrets: &secrets,
-        target: &target,
-        update,
-        events: Vec::new(),
-    };
-    let outcome = match &plan.step {
-        Step::Idle => Ok(()),
-        Step::TargetNotOwned => {
-            pass.update.misconfigured(&format!(
-                "target Secret {target_name} exists but is not owned by this ConnectorCredential: \
-                 set spec.target.name to another name or delete that Secret"
-            ));
-            Ok(())
-        }
-        Step::FinishSwap { revision } => {
-            pass.finish_swap(revision);
-            Ok(())
-        }
-        Step::Rotate { revision } => {
-            let material = material
-                .as_ref()
-                .expect("decide plans a rotation only for a complete source Secret");
-            // Tell users a validation is under way before the provider call, which may take
-            // up to the timeout.
-            pass.update.validating(revision, provider.as_str());
-            let mut shown = Update::new(Some(&pass.update.status), generation, now);
-            shown.summarize(&timing, plan.source_problem.as_ref());
-            write_status(api, &cred.name_any(), cred.status.as_ref(), &shown.status).await?;
-            pass.rotate(revision, material).await?
-        }
-        Step::Revalidate | Step::Refresh => {
-            let active = target
-                .active
-                .as_ref()
-                .expect("decide plans maintenance only with an active credential");
-            pass.maintain(active, plan.step == Step::Refresh).await?
-        }
-    };
-    let Pass {
-        mut update,
-        events: direct_events,
-        ..
-    } = pass;
-
-    // 5. Write status and tell people what changed.
-    update.summarize(&timing, plan.source_problem.as_ref());
-    ctx.metrics.credential(
-        &ns,
-        &cred.name_any(),
-        provider,
-        update.status.phase.unwrap_or_default(),
-        update.status.expires_at.as_ref().map(|t| t.0),
-        timing.expiry_warning,
-    );
-    let old = cred.status.clone().unwrap_or_default();
-    write_status(api, &cred.name_any(), cred.status.as_ref(), &update.status).await?;
-    for (type_, reason, note) in direct_events {
-        events::publish(ctx, &reference, type_, reason, note).await;
-    }
-    for (type_, reason, note) in events::transitions(&old, &update.status) {
-        events::publish(ctx, &reference, type_, reason, note).await;
-    }
-    outcome.map_err(Error::Provider)?;
-
-    Ok(match (&plan.step, plan.wake_at) {
-        (Step::Idle, Some(at)) => Action::requeue(until(now, at).clamp(FOLLOW_UP, timing.interval)),
-        (Step::Idle, None) if update.status.active_revision.is_some() => {
-            Action::requeue(timing.interval)
-        }
-        (Step::Idle | Step::TargetNotOwned, None) => Action::await_change(),
-        _ => Action::requeue(FOLLOW_UP),
-    })
-}
-
-/// One reconcile's provider step: what it reads and the status it builds. Each method is
-/// one step of the pipeline; a transient provider failure comes back as `Ok(Err(..))` so
-/// the status is still written before the error reaches `error_policy`.
-struct Pass<'a> {
-    ctx: &'a Context,
-    cred: &'a ConnectorCredential,
-    key: &'a str,
-    now: Timestamp,
-    timing: Timing,
-    secrets: &'a Api<Secret>,
-    target: &'a target::Read,
-    update: Update,
-    events: Vec<(EventType, &'static str, String)>,
-}
-
-type StepResult = Result<Result<(), VerifyError>, Error>;
-
-impl Pass<'_> {
-    /// Finishes a swap whose status write was lost, from what the target Secret records.
-    fn finish_swap(&mut self, revision: &str) {
-        if let Some(active) = &self.target.active {
-            info!(revision = %status::short(revision), "finishing a swap interrupted before its status write");
-            self.update.swapped(revision, &active.record);
-            self.events.push((
-                EventType::Normal,
-                reasons::ROTATED,
-                format!("revision {} is active", status::short(revision)),
-            ));
-        }
-    }
-
-    async fn write_target(&self, validated: &target::Validated) -> Result<(), Error> {
-        target::write(
-            self.secrets,
-            self.cred,
-            self.target.secret.as_ref(),
-            validated,
-        )
-        .await
-        .map_err(kube_err("write target Secret"))?;
-        Ok(())
-    }
-
-    /// Validates a new source revision and swaps it in if it passes.
-    async fn rotate(&mut self, revision: &str, material: &CredentialMaterial) -> StepResult {
-        let provider = self.cred.spec.provider;
-        let required = required_for_rotation(self.cred);
-        let req = VerifyRequest {
-            key: self.key,
-            spec: &self.cred.spec,
-            material,
-            required: &required,
-            timeout: self.timing.timeout,
-        };
-        let first = self
-            .cred
-            .status
-            .as_ref()
-            .and_then(|s| s.active_revision.as_ref())
-            .is_none();
-        match target::validate(&self.ctx.providers, &req, revision, self.now).await {
-            Ok((validated, verified)) => {
-                self.write_target(&validated).await?;
-                info!(revision = %status::short(revision), account = %verified.account.id, "swapped in a validated credential");
-                self.ctx.metrics.rotation(provider, true);
-                self.update
-                    .swapped(validated.revision(), validated.record());
-                self.ctx.set_last_probe(self.key, self.now);
-                let who = account_name(&verified.account);
-                self.events.push(if first {
-                    (
-                        EventType::Normal,
-                        reasons::CONNECTED,
-                        format!("connected as {who}"),
-                    )
-                } else {
-                    (
-                        EventType::Normal,
-                        reasons::ROTATED,
-                        format!(
-                            "revision {} validated and swapped in; now authenticated as {who}",
-                            status::short(revision)
-                        ),
-                    )
-                });
-                Ok(Ok(()))
-            }
-            Err(err) if err.is_transient() => {
-                self.update
-                    .transient(&err, self.timing.failure_threshold, Some(revision));
-                Ok(Err(err))
-            }
-            Err(err) => {
-                info!(revision = %status::short(revision), reason = err.reason(), "rotation rejected");
-                self.ctx.metrics.rotation(provider, false);
-                self.update.rejected(revision, &err);
-                let message = self
-                    .update
-                    .status
-                    .rejected
-                    .as_ref()
-                    .map(|r| r.message.clone());
-                self.events.push((
-                    EventType::Warning,
-                    reasons::ROTATION_REJECTED,
-                    message.unwrap_or_default(),
-                ));
-                Ok(Ok(()))
-            }
-        }
-    }
-
-    /// Probes the active credential, or (with `refresh`) mints it a new access token.
-    async fn maintain(&mut self, active: &target::Active, refresh: bool) -> StepResult {
-        let required: BTreeSet<String> = self
-            .cred
-            .spec
-            .required_permissions
-            .iter()
-            .cloned()
-            .collect();
-        let req = VerifyRequest {
-            key: self.key,
-            spec: &self.cred.spec,
-            material: active.material(),
-            required: &required,
-            timeout: self.timing.timeout,
-        };
-        let result = if refresh {
-            match self.ctx.providers.refresh(&req).await {
-                Ok(tokens) => {
-                    let v = target::Validated::refreshed(active, tokens.clone(), self.now);
-                    self.write_target(&v).await?;
-                    self.update.refreshed(&tokens);
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            match self.ctx.providers.verify(&req).await {
-                Ok(verified) => {
-                    // A rotated refresh token must be persisted before anything else.
-                    if verified.tokens.refresh_token.is_some() {
-                        let v = target::Validated::revalidated(active, &verified, self.now);
-                        self.write_target(&v).await?;
-                        self.update.refreshed(&verified.tokens);
-                    }
-                    self.update.revalidated(&verified);
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
-        };
-        // A failure after the provider already rotated the refresh token (the grant worked,
-        // the probe did not): the spent token is dead, so the new one is persisted first.
-        if let Err(err) = &result
-            && let Some(tokens) = err.rotated()
-        {
-            let v = target::Validated::refreshed(active, tokens.clone(), self.now);
-            self.write_target(&v).await?;
-            self.update.refreshed(tokens);
-        }
-        match result {
-            Ok(()) => {
-                self.ctx.set_last_probe(self.key, self.now);
-                Ok(Ok(()))
-            }
-            Err(err) if err.is_transient() => {
-                self.update
-                    .transient(&err, self.timing.failure_threshold, None);
-                Ok(Err(err))
-            }
-            Err(err) => {
-                // Probe again on the interval, not in a loop: a dead credential stays dead
-                // until somebody re-authenticates.
-                self.ctx.set_last_probe(self.key, self.now);
-                self.update.active_failed(&err);
-                Ok(Ok(()))
-            }
-        }
-    }
-}
-
-fn account_name(account: &crate::api::Account) -> &str {
-    if account.name.is_empty() {
-        &account.id
-    } else {
-        &account.name
-    }
+    .max()
 }
 
 fn until(now: Timestamp, at: Timestamp) -> Duration {
@@ -500,22 +309,27 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
 /// Decides when to retry a failed reconcile: per-object exponential backoff with jitter,
 /// honouring the provider's Retry-After.
 pub fn error_policy(guard: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!(
-        "{}/{}",
+    let key = object_key(
         guard.meta().namespace.as_deref().unwrap_or_default(),
-        guard.meta().name.as_deref().unwrap_or_default()
+        guard.meta().name.as_deref().unwrap_or_default(),
     );
     let delay = ctx.failed(&key, err);
     warn!(credential = %key, reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-/// Maps a Secret to the ConnectorCredentials that read it (source) or own it (target).
+/// Maps a Secret to the ConnectorCredentials that read it (source) or own it (target),
+/// unless the event is this process's own write of a target Secret.
 fn credentials_for_secret(
     store: &Store<Guarded>,
-    ns: &str,
-    secret: &str,
+    own: &OwnWrites,
+    meta: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<Guarded>> {
+    let ns = meta.metadata.namespace.as_deref().unwrap_or_default();
+    let secret = meta.metadata.name.as_deref().unwrap_or_default();
+    if own.is_own(ns, secret, meta.metadata.resource_version.as_deref()) {
+        return Vec::new();
+    }
     store
         .state()
         .iter()
@@ -528,49 +342,56 @@ fn credentials_for_secret(
         .collect()
 }
 
+fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Builds the controller for one namespace (or all, with `None`).
-pub fn controller(client: kube::Client, namespace: Option<&str>) -> Controller<Guarded> {
-    let (creds, secrets, integrations): (
-        Api<Guarded>,
-        Api<PartialObjectMeta<Secret>>,
-        Api<DeserializeGuard<Integration>>,
-    ) = match namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client),
-        ),
-    };
-    let controller = Controller::new(creds, watcher::Config::default().any_semantic());
+pub fn controller(ctx: &Context, namespace: Option<&str>) -> Controller<Guarded> {
+    let client = &ctx.client;
+    let config = || watcher::Config::default().any_semantic();
+    let (store, writer) = reflector::store();
+    // Only spec changes and deletions wake a credential; its own status writes do not.
+    let credentials = spec_changes(
+        watcher(api::<Guarded>(client, namespace), config())
+            .default_backoff()
+            .reflect(writer),
+    );
+    let controller = Controller::for_stream(credentials, store);
     let store = controller.store();
     let seen = in_use::Seen::default();
+    let own = ctx.own_writes.clone();
+    // Integrations wake the credentials they reference (or referenced) for the in-use
+    // finalizer: only when their connectors change or they go, not on their status writes.
+    let integrations = spec_changes(
+        watcher(
+            api::<DeserializeGuard<Integration>>(client, namespace),
+            config(),
+        )
+        .default_backoff(),
+    );
     // Secrets are watched as metadata only: a rotated Secret triggers its credentials at once,
-    // while the data of unrelated Secrets is never transferred or cached. Integrations wake
-    // the credentials they reference (or referenced) for the in-use finalizer.
+    // while the data of unrelated Secrets is never transferred or cached.
+    let secrets = watcher(
+        api::<PartialObjectMeta<Secret>>(client, namespace),
+        config(),
+    )
+    .default_backoff()
+    .touched_objects();
     controller
-        .watches(
-            integrations,
-            watcher::Config::default().any_semantic(),
-            move |integration: DeserializeGuard<Integration>| {
-                in_use::credentials_for_integration(&seen, &integration)
-            },
-        )
-        .watches(
-            secrets,
-            watcher::Config::default().any_semantic(),
-            move |meta: PartialObjectMeta<Secret>| {
-                credentials_for_secret(
-                    &store,
-                    meta.metadata.namespace.as_deref().unwrap_or_default(),
-                    meta.metadata.name.as_deref().unwrap_or_default(),
-                )
-            },
-        )
+        .watches_stream(integrations, move |integration| {
+            in_use::credentials_for_integration(&seen, &integration)
+        })
+        .watches_stream(secrets, move |meta: PartialObjectMeta<Secret>| {
+            credentials_for_secret(&store, &own, &meta)
+        })
 }
 
 /// Runs the controller until `shutdown` resolves; `reconcile_all` re-reconciles everything
@@ -581,7 +402,7 @@ pub async fn run(
     reconcile_all: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let controller = controller(ctx.client.clone(), namespace.as_deref());
+    let controller = controller(&ctx, namespace.as_deref());
     let cache = ctx.caches.track();
     let store = controller.store();
     cache.synced_when(super::store_ready(store));

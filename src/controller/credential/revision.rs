@@ -13,16 +13,10 @@ use crate::providers::CredentialMaterial;
 /// concatenation.
 pub(crate) fn of(material: &CredentialMaterial) -> String {
     let mut hasher = Sha256::new();
-    let fields = [
-        ("client_id", &material.client_id),
-        ("client_secret", &material.client_secret),
-        ("refresh_token", &material.refresh_token),
-        ("api_key", &material.api_key),
-    ];
-    for (name, value) in fields {
+    for (field, value) in material.fields() {
         if let Some(value) = value {
             let value = value.expose().as_bytes();
-            hasher.update(name.as_bytes());
+            hasher.update(field.key().as_bytes());
             hasher.update([0]);
             hasher.update((value.len() as u64).to_be_bytes());
             hasher.update(value);

@@ -1,31 +1,38 @@
-//! How each outcome changes a ConnectorCredential's status, and the summary (phase, Ready,
-//! ExpiringSoon) derived from the rest.
+//! A ConnectorCredential's status: the facts each outcome records ([`Update`]), and what
+//! users read, rendered from those facts ([`render`]).
 //!
-//! Outcome functions only record facts (the active revision, the account, the last
-//! rejection, the Connected and PermissionMismatch conditions); [`summarize`] then derives
-//! phase and Ready the same way whatever happened, so the two can never disagree.
-
-use std::collections::BTreeSet;
+//! The facts are typed fields that persist between reconciles: the active revision, its
+//! account and permissions, `activeHealth`, the newest `rejected` revision, the count of
+//! consecutive transient failures. What is true only now (the source Secret, the target
+//! Secret, the spec) comes from the read as [`Fresh`]. [`render`] derives phase, Ready and
+//! every condition from both, in one place, so they cannot disagree; nothing is read back
+//! from a condition's reason.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::decide::{Source, Timing};
+use super::decide::Timing;
+use super::read::Source;
+use super::target::ActiveRecord;
 use crate::api::conditions::{reasons, types};
-use crate::api::{Account, ConnectorCredentialStatus, Phase, Rejection};
-use crate::controller::conditions::{self, get, is_true};
-use crate::providers::{Tokens, Verified, VerifyError};
+use crate::api::{
+    Account, ActiveHealth, ConnectorCredentialStatus, HealthState, Phase, Rejection,
+    RejectionReason,
+};
+use crate::controller::conditions;
+use crate::providers::{Misconfiguration, Verified, VerifyError};
 
 /// Short form of a revision for messages: `sha256:1a2b3c4d`.
 pub(crate) fn short(revision: &str) -> &str {
     revision.get(..15).unwrap_or(revision)
 }
 
-fn account_label(account: Option<&Account>) -> String {
-    match account {
-        Some(a) if !a.name.is_empty() => a.name.clone(),
-        Some(a) => a.id.clone(),
-        None => "the account".to_owned(),
+/// The account as status shows it: the ACCOUNT column reads `name`, so an account the
+/// provider names only by id is shown by its id.
+fn shown(account: &Account) -> Account {
+    Account {
+        id: account.id.clone(),
+        name: account.label().to_owned(),
     }
 }
 
@@ -39,381 +46,511 @@ fn missing_text(missing: &[String], unnamed: &str) -> String {
     }
 }
 
-/// The working copy of a status plus what every write stamps on it.
+/// Why a refused revision was refused.
+pub(crate) fn rejection_reason(err: &VerifyError) -> RejectionReason {
+    match err {
+        VerifyError::Dead { .. } => RejectionReason::ConnectionLost,
+        VerifyError::PermissionDenied { .. } => RejectionReason::PermissionMismatch,
+        VerifyError::Misconfigured {
+            problem: Misconfiguration::MissingKey(_),
+            ..
+        } => RejectionReason::MissingKey,
+        VerifyError::Misconfigured { .. } | VerifyError::Transient { .. } => {
+            RejectionReason::Misconfigured
+        }
+    }
+}
+
+/// The status being built by one reconcile: the old one with this reconcile's facts.
 pub(crate) struct Update {
     pub status: ConnectorCredentialStatus,
-    pub generation: Option<i64>,
-    pub now: Timestamp,
+    now: Timestamp,
 }
 
 impl Update {
-    pub fn new(
-        current: Option<&ConnectorCredentialStatus>,
-        generation: Option<i64>,
-        now: Timestamp,
-    ) -> Self {
+    pub fn new(current: Option<&ConnectorCredentialStatus>, now: Timestamp) -> Self {
         Self {
             status: current.cloned().unwrap_or_default(),
-            generation,
             now,
         }
     }
 
-    fn set(&mut self, type_: &str, value: bool, reason: &str, message: impl Into<String>) {
-        conditions::set(
-            &mut self.status.conditions,
-            type_,
-            value,
-            reason,
+    /// "revision sha256:… (account) stays active", for messages about a newer revision.
+    fn stays_active(&self) -> String {
+        match (&self.status.active_revision, &self.status.account) {
+            (Some(rev), Some(account)) => format!(
+                "; revision {} ({}) stays active",
+                short(rev),
+                account.label()
+            ),
+            (Some(rev), None) => format!("; revision {} stays active", short(rev)),
+            _ => String::new(),
+        }
+    }
+
+    fn health(&mut self, state: HealthState, message: String) {
+        let since = match &self.status.active_health {
+            Some(h) if h.state == state => h.since.clone(),
+            _ => Time(self.now),
+        };
+        self.status.active_health = Some(ActiveHealth {
+            state,
             message,
-            self.generation,
-            self.now,
-        );
-    }
-
-    fn connected(&mut self, account: &Account, revision: &str) {
-        let msg = format!(
-            "authenticated as {} (revision {})",
-            account_label(Some(account)),
-            short(revision)
-        );
-        self.set(types::CONNECTED, true, reasons::CONNECTED, msg);
-    }
-
-    fn permissions_ok(&mut self) {
-        self.set(
-            types::PERMISSION_MISMATCH,
-            false,
-            reasons::PERMISSIONS_SATISFIED,
-            "the account holds every required permission",
-        );
-    }
-
-    /// A new revision is being validated.
-    pub fn validating(&mut self, revision: &str, provider: &str) {
-        let msg = format!("validating revision {} with {provider}", short(revision));
-        self.set(types::ROTATING, true, reasons::VALIDATING, msg);
+            since,
+        });
     }
 
     /// A validated revision is in the target Secret: just written, or found there after a
-    /// previous run stopped before writing status (then `record` is what the target
-    /// Secret's annotations say).
+    /// previous run stopped before writing status.
     pub fn swapped(&mut self, revision: &str, record: &ActiveRecord) {
         let s = &mut self.status;
         s.active_revision = Some(revision.to_owned());
-        s.account = Some(record.account.clone());
+        s.account = Some(shown(&record.account));
         s.permissions = record.permissions.iter().cloned().collect();
         s.expires_at = record.credential_expires_at.map(Time);
-        s.access_token_expires_at = record.access_token_expires_at.map(Time);
+        s.access_token_expires_at = record.access.map(|a| Time(a.expires_at));
         s.last_validated = record.validated_at.map(Time);
-        s.last_rotated = record.validated_at.map(Time);
+        s.last_rotated = record.validated_at.or(Some(self.now)).map(Time);
         s.rejected = None;
         s.consecutive_failures = 0;
-        self.connected(&record.account, revision);
-        self.permissions_ok();
-        self.set(
-            types::ROTATING,
-            false,
-            reasons::ROTATED,
-            format!("revision {} is active", short(revision)),
-        );
+        self.health(HealthState::Healthy, String::new());
     }
 
     /// A candidate revision failed validation; the active credential (if any) stays.
     pub fn rejected(&mut self, revision: &str, err: &VerifyError) {
-        let has_active = self.status.active_revision.is_some();
-        let keep = if has_active {
-            "; the target Secret still holds the previous credential"
-        } else {
-            ""
+        let detail = match err {
+            VerifyError::PermissionDenied {
+                account, missing, ..
+            } => format!(
+                "{} lacks {}",
+                account.as_ref().map_or("the account", |a| a.label()),
+                missing_text(missing, "a permission the provider did not name")
+            ),
+            other => other.to_string(),
         };
-        let message = format!("revision {} rejected: {err}{keep}", short(revision));
+        let message = format!(
+            "revision {} rejected: {detail}{}",
+            short(revision),
+            self.stays_active()
+        );
         self.status.rejected = Some(Rejection {
             revision: revision.to_owned(),
-            reason: err.reason().to_owned(),
-            message: message.clone(),
+            reason: rejection_reason(err),
+            message,
             at: Time(self.now),
         });
         self.status.consecutive_failures = 0;
-        self.set(types::ROTATING, false, reasons::ROTATION_REJECTED, message);
-        match err {
-            VerifyError::PermissionDenied {
-                account, missing, ..
-            } => {
-                let msg = format!(
-                    "{} (revision {}) lacks {}",
-                    account_label(account.as_ref()),
-                    short(revision),
-                    missing_text(missing, "a permission the provider did not name")
-                );
-                self.set(
-                    types::PERMISSION_MISMATCH,
-                    true,
-                    reasons::PERMISSION_MISMATCH,
-                    msg,
-                );
-            }
-            VerifyError::Dead { .. } if !has_active => {
-                let msg = format!(
-                    "the credential in revision {} is dead: {err}",
-                    short(revision)
-                );
-                self.set(types::CONNECTED, false, reasons::CONNECTION_LOST, msg);
-            }
-            VerifyError::Misconfigured { .. } if !has_active => {
-                self.set(types::CONNECTED, false, err.reason(), err.to_string());
-            }
-            _ => {}
+    }
+
+    /// The source was reverted to the active revision: an older rejection is moot.
+    pub fn forget_rejection_unless(&mut self, source: Option<&str>) {
+        if self
+            .status
+            .rejected
+            .as_ref()
+            .is_some_and(|r| Some(r.revision.as_str()) != source)
+            && source.is_some()
+            && source == self.status.active_revision.as_deref()
+        {
+            self.status.rejected = None;
         }
     }
 
-    /// The active credential passed its scheduled probe.
+    /// The active credential passed its probe.
     pub fn revalidated(&mut self, verified: &Verified) {
-        let revision = self.status.active_revision.clone().unwrap_or_default();
         let s = &mut self.status;
-        s.account = Some(verified.account.clone());
+        s.account = Some(shown(&verified.account));
         s.permissions = verified.permissions.iter().cloned().collect();
         s.expires_at = verified.credential_expires_at.map(Time);
         s.last_validated = Some(Time(self.now));
         s.consecutive_failures = 0;
-        self.connected(&verified.account, &revision);
-        // A rejection's PermissionMismatch stays visible until the rejected revision is
-        // replaced; only the active credential's own mismatch is cleared here.
-        let rejected_for_permissions = self
-            .status
-            .rejected
-            .as_ref()
-            .is_some_and(|r| r.reason == reasons::PERMISSION_MISMATCH);
-        if !rejected_for_permissions {
-            self.permissions_ok();
-        }
+        self.health(HealthState::Healthy, String::new());
     }
 
-    /// The active credential's access token was refreshed.
-    pub fn refreshed(&mut self, tokens: &Tokens) {
-        self.status.access_token_expires_at = tokens.expires_at.map(Time);
+    /// The active credential's access token was refreshed: the grant worked, so a lost or
+    /// unreachable credential is back (permissions are not re-checked by a refresh).
+    pub fn refreshed(&mut self, access_expires_at: Option<Timestamp>) {
+        self.status.access_token_expires_at = access_expires_at.map(Time);
         self.status.consecutive_failures = 0;
+        let back = self
+            .status
+            .active_health
+            .as_ref()
+            .is_some_and(|h| matches!(h.state, HealthState::Lost | HealthState::Unreachable));
+        if back {
+            self.health(HealthState::Healthy, String::new());
+        }
     }
 
     /// The active credential failed its probe or refresh with a non-transient error.
     pub fn active_failed(&mut self, err: &VerifyError) {
-        let who = account_label(self.status.account.as_ref());
+        let who = self
+            .status
+            .account
+            .as_ref()
+            .map_or("the account", Account::label)
+            .to_owned();
         self.status.consecutive_failures = 0;
-        match err {
-            VerifyError::PermissionDenied { missing, .. } => {
-                let msg = format!(
+        let (state, message) = match err {
+            VerifyError::PermissionDenied { missing, .. } => (
+                HealthState::PermissionMismatch,
+                format!(
                     "{who} no longer holds {}",
                     missing_text(missing, "a required permission")
-                );
-                self.set(
-                    types::PERMISSION_MISMATCH,
-                    true,
-                    reasons::PERMISSION_MISMATCH,
-                    msg,
-                );
+                ),
+            ),
+            VerifyError::Dead { .. } => (
+                HealthState::Lost,
+                format!("{who} must re-authenticate: {err}"),
+            ),
+            VerifyError::Misconfigured { .. } | VerifyError::Transient { .. } => {
+                (HealthState::Misconfigured, err.to_string())
             }
-            VerifyError::Dead { .. } => {
-                let msg = format!("{who} must re-authenticate: {err}");
-                self.set(types::CONNECTED, false, reasons::CONNECTION_LOST, msg);
-            }
-            VerifyError::Misconfigured { .. } => {
-                self.set(types::CONNECTED, false, err.reason(), err.to_string());
-            }
-            VerifyError::Transient { .. } => {}
-        }
+        };
+        self.health(state, message);
     }
 
-    /// A transient provider failure; counts toward `failureThreshold`.
-    pub fn transient(&mut self, err: &VerifyError, threshold: u32, rotating: Option<&str>) {
+    /// A transient provider failure; counts toward `failureThreshold`. While a new revision
+    /// is validated the active credential is not at risk.
+    pub fn transient(&mut self, err: &VerifyError, threshold: u32, rotating: bool) {
         self.status.consecutive_failures = self.status.consecutive_failures.saturating_add(1);
         let n = self.status.consecutive_failures;
-        if let Some(revision) = rotating {
-            let msg = format!(
-                "validating revision {}: {err} ({n} of {threshold} failures)",
-                short(revision)
+        if !rotating && self.status.active_revision.is_some() && n as u32 >= threshold {
+            self.health(
+                HealthState::Unreachable,
+                format!("{err} ({n} consecutive failures)"),
             );
-            self.set(types::ROTATING, true, reasons::VALIDATING, msg);
-        }
-        let active_at_risk = rotating.is_none() || self.status.active_revision.is_none();
-        if active_at_risk && n as u32 >= threshold {
-            let msg = format!("{err} ({n} consecutive failures)");
-            self.set(types::CONNECTED, false, reasons::PROVIDER_UNREACHABLE, msg);
         }
     }
+}
 
-    /// The spec cannot work as written.
-    pub fn misconfigured(&mut self, message: &str) {
-        self.set(types::CONNECTED, false, reasons::MISCONFIGURED, message);
-        if self.status.active_revision.is_some() {
-            // The active credential keeps working; Ready carries the problem.
-            self.set(types::ROTATING, false, reasons::MISCONFIGURED, message);
-        }
+/// What is true now, from this reconcile's read, beside the persisted facts.
+pub(crate) struct Fresh<'a> {
+    /// The spec cannot work as written (durations, params, auth type, endpoint).
+    pub spec_problem: Option<String>,
+    pub source: &'a Source,
+    pub target: TargetFact,
+    /// The transient failure this reconcile met, if any.
+    pub transient: Option<String>,
+}
+
+/// The target Secret, as far as status is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TargetFact {
+    /// Missing or intact.
+    Usable,
+    /// A Secret of the target's name exists and is not ours.
+    Foreign { name: String },
+    /// Ours but altered, and not (yet) restored.
+    Altered { name: String, changed: Vec<String> },
+}
+
+/// The summary: phase, Ready's reason and message.
+struct Verdict {
+    phase: Phase,
+    reason: &'static str,
+    message: String,
+}
+
+fn verdict(phase: Phase, reason: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        phase,
+        reason,
+        message: message.into(),
     }
+}
 
-    /// Derives observedGeneration, phase, Ready and ExpiringSoon from everything else.
-    pub fn summarize(&mut self, timing: &Timing, source_problem: Option<&Source>) {
-        self.status.observed_generation = self.generation;
-        // Every condition was re-evaluated against this generation, set in this reconcile or
-        // not.
-        for c in &mut self.status.conditions {
-            c.observed_generation = self.generation;
-        }
-        let source_issue = source_problem.map(|p| match p {
-            Source::Missing => (
-                reasons::SECRET_NOT_FOUND,
-                "the source Secret does not exist".to_owned(),
-            ),
-            Source::MissingKey(k) => (reasons::MISSING_KEY, format!("source Secret: {k}")),
-            Source::Ready { .. } => (reasons::PENDING, String::new()),
-        });
-        if let Some((reason, msg)) = &source_issue
-            && self.status.active_revision.is_none()
-        {
-            self.set(types::CONNECTED, false, reason, msg.clone());
-        }
-        if get(&self.status.conditions, types::CONNECTED).is_none() {
-            self.set(
-                types::CONNECTED,
-                false,
-                reasons::PENDING,
-                "not validated yet",
-            );
-        }
-        if get(&self.status.conditions, types::PERMISSION_MISMATCH).is_none() {
-            self.set(
-                types::PERMISSION_MISMATCH,
-                false,
-                reasons::PENDING,
-                "not validated yet",
-            );
-        }
-        if get(&self.status.conditions, types::ROTATING).is_none() {
-            self.set(
-                types::ROTATING,
-                false,
-                reasons::IDLE,
-                "no rotation in progress",
-            );
-        }
-
-        let conds = &self.status.conditions;
-        let connected = get(conds, types::CONNECTED).cloned();
-        let mismatch = is_true(conds, types::PERMISSION_MISMATCH);
-        let phase = match &connected {
-            Some(c)
-                if c.status == "False"
-                    && (c.reason == reasons::CONNECTION_LOST
-                        || c.reason == reasons::PROVIDER_UNREACHABLE) =>
-            {
-                Phase::ConnectionLost
-            }
-            _ if mismatch => Phase::PermissionMismatch,
-            Some(c) if c.status == "True" => Phase::Connected,
-            _ => Phase::Pending,
-        };
-        self.status.phase = Some(phase);
-
-        let rotating = get(conds, types::ROTATING)
-            .filter(|c| c.status == "True")
-            .cloned();
-        let mismatch_msg = get(conds, types::PERMISSION_MISMATCH).map(|c| c.message.clone());
-        let (ready, reason, message) = if let Some((reason, msg)) = source_issue {
-            (false, reason, msg)
-        } else if phase != Phase::Connected {
-            match (phase, &connected) {
-                (Phase::PermissionMismatch, _) => (
-                    false,
-                    reasons::PERMISSION_MISMATCH,
-                    mismatch_msg.unwrap_or_default(),
-                ),
-                (_, Some(c)) => (false, reason_const(&c.reason), c.message.clone()),
-                (_, None) => (false, reasons::PENDING, "not validated yet".to_owned()),
-            }
-        } else if let Some(rejected) = &self.status.rejected {
-            (false, reasons::ROTATION_REJECTED, rejected.message.clone())
-        } else if let Some(c) = rotating {
-            (false, reasons::VALIDATING, c.message)
+/// Derives observedGeneration, phase and every condition from the facts.
+pub(crate) fn render(
+    update: &mut Update,
+    fresh: &Fresh<'_>,
+    timing: &Timing,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let stays = update.stays_active();
+    let s = &mut update.status;
+    s.observed_generation = generation;
+    let active = s.active_revision.clone();
+    let account = s.account.as_ref().map(|a| a.label().to_owned());
+    let who = account.clone().unwrap_or_else(|| "the account".to_owned());
+    let health = s.active_health.clone().filter(|_| active.is_some());
+    let source_rev = fresh.source.revision();
+    let rejected = s
+        .rejected
+        .clone()
+        .filter(|r| source_rev == Some(r.revision.as_str()));
+    let validating = source_rev
+        .filter(|r| active.as_deref() != Some(*r) && rejected.is_none())
+        .map(str::to_owned);
+    let failures = s.consecutive_failures;
+    let threshold = timing.failure_threshold;
+    let unreachable_first = active.is_none() && failures as u32 >= threshold;
+    let source_problem = match fresh.source {
+        Source::Missing => Some((
+            reasons::SECRET_NOT_FOUND,
+            "the source Secret does not exist".to_owned(),
+        )),
+        Source::MissingKey(k) => Some((reasons::MISSING_KEY, format!("source Secret: {k}"))),
+        Source::Ready { .. } => None,
+    };
+    let transient = fresh
+        .transient
+        .as_deref()
+        .map(|t| format!(": {t}"))
+        .unwrap_or_default();
+    let validating_msg = validating.as_ref().map(|r| {
+        let tries = if failures > 0 {
+            format!(" ({failures} of {threshold} failures)")
         } else {
-            let msg = connected.map(|c| c.message).unwrap_or_default();
-            (true, reasons::CONNECTED, msg)
+            String::new()
         };
-        self.set(types::READY, ready, reason, message.clone());
+        format!("validating revision {}{transient}{tries}", short(r))
+    });
+    let altered_msg = match &fresh.target {
+        TargetFact::Altered { name, changed } => {
+            let why = if let Some((_, msg)) = &source_problem {
+                format!("cannot restore it: {msg}")
+            } else if let Some(r) = &rejected {
+                format!("cannot restore it: {}", r.message)
+            } else {
+                "restoring the validated credential".to_owned()
+            };
+            Some(format!(
+                "target Secret {name} was changed outside the operator ({}); {why}",
+                changed.join(", ")
+            ))
+        }
+        _ => None,
+    };
 
-        // The same verdict in the abnormal-true conditions kstatus (Flux) reads.
-        let (generation, now) = (self.generation, self.now);
-        conditions::set_kstatus(
-            &mut self.status.conditions,
-            ready,
+    // Connected: can the sync's credential reach its provider?
+    let connected = match (&fresh.target, &active, &health) {
+        (TargetFact::Foreign { name }, _, _) => (
+            false,
+            reasons::TARGET_NOT_OWNED,
+            format!("target Secret {name} exists but is not owned by this ConnectorCredential"),
+        ),
+        (_, Some(_), _) if altered_msg.is_some() => (
+            false,
+            reasons::TARGET_ALTERED,
+            altered_msg.clone().unwrap_or_default(),
+        ),
+        (_, Some(rev), Some(h)) => match h.state {
+            HealthState::Lost => (false, reasons::CONNECTION_LOST, h.message.clone()),
+            HealthState::Unreachable => (false, reasons::PROVIDER_UNREACHABLE, h.message.clone()),
+            HealthState::Misconfigured => (false, reasons::MISCONFIGURED, h.message.clone()),
+            HealthState::Healthy | HealthState::PermissionMismatch => (
+                true,
+                reasons::CONNECTED,
+                format!("authenticated as {who} (revision {})", short(rev)),
+            ),
+        },
+        (_, Some(rev), None) => (
+            true,
+            reasons::CONNECTED,
+            format!("authenticated as {who} (revision {})", short(rev)),
+        ),
+        (_, None, _) => {
+            if let Some(p) = &fresh.spec_problem {
+                (false, reasons::MISCONFIGURED, p.clone())
+            } else if let Some((reason, msg)) = &source_problem {
+                (false, *reason, msg.clone())
+            } else if let Some(r) = &rejected {
+                let reason = match r.reason {
+                    RejectionReason::ConnectionLost => reasons::CONNECTION_LOST,
+                    RejectionReason::PermissionMismatch => reasons::PERMISSION_MISMATCH,
+                    RejectionReason::MissingKey => reasons::MISSING_KEY,
+                    RejectionReason::Misconfigured | RejectionReason::Other => {
+                        reasons::MISCONFIGURED
+                    }
+                };
+                (false, reason, r.message.clone())
+            } else if unreachable_first {
+                (
+                    false,
+                    reasons::PROVIDER_UNREACHABLE,
+                    validating_msg.clone().unwrap_or_default(),
+                )
+            } else {
+                (
+                    false,
+                    reasons::PENDING,
+                    validating_msg
+                        .clone()
+                        .unwrap_or_else(|| "not validated yet".to_owned()),
+                )
+            }
+        }
+    };
+
+    let permission = if let Some(r) = rejected
+        .as_ref()
+        .filter(|r| r.reason == RejectionReason::PermissionMismatch)
+    {
+        (true, reasons::PERMISSION_MISMATCH, r.message.clone())
+    } else if let Some(h) = health
+        .as_ref()
+        .filter(|h| h.state == HealthState::PermissionMismatch)
+    {
+        (true, reasons::PERMISSION_MISMATCH, h.message.clone())
+    } else if active.is_some() {
+        (
+            false,
+            reasons::PERMISSIONS_SATISFIED,
+            "the account holds every required permission".to_owned(),
+        )
+    } else {
+        (false, reasons::PENDING, "not validated yet".to_owned())
+    };
+
+    let rotating = if let Some(msg) = &validating_msg {
+        (true, reasons::VALIDATING, msg.clone())
+    } else if let Some(r) = &rejected {
+        (false, reasons::ROTATION_REJECTED, r.message.clone())
+    } else if let Some(rev) = &active {
+        (
+            false,
+            reasons::ROTATED,
+            format!("revision {} is active", short(rev)),
+        )
+    } else {
+        (false, reasons::IDLE, "no rotation in progress".to_owned())
+    };
+
+    // The summary, by precedence: what stops the sync first, then what needs a person,
+    // then what is under way.
+    let v = if let Some(p) = &fresh.spec_problem {
+        verdict(Phase::Misconfigured, reasons::MISCONFIGURED, p.clone())
+    } else if let TargetFact::Foreign { .. } = &fresh.target {
+        verdict(Phase::Misconfigured, connected.1, connected.2.clone())
+    } else if let Some(h) = health.as_ref().filter(|h| h.state != HealthState::Healthy) {
+        match h.state {
+            HealthState::Lost => verdict(
+                Phase::ConnectionLost,
+                reasons::CONNECTION_LOST,
+                h.message.clone(),
+            ),
+            HealthState::Unreachable => verdict(
+                Phase::ConnectionLost,
+                reasons::PROVIDER_UNREACHABLE,
+                h.message.clone(),
+            ),
+            HealthState::Misconfigured => verdict(
+                Phase::Misconfigured,
+                reasons::MISCONFIGURED,
+                h.message.clone(),
+            ),
+            HealthState::PermissionMismatch | HealthState::Healthy => verdict(
+                Phase::PermissionMismatch,
+                reasons::PERMISSION_MISMATCH,
+                h.message.clone(),
+            ),
+        }
+    } else if let Some(msg) = altered_msg.filter(|_| active.is_some()) {
+        verdict(Phase::ConnectionLost, reasons::TARGET_ALTERED, msg)
+    } else if let Some((reason, msg)) = &source_problem {
+        verdict(Phase::Misconfigured, reason, format!("{msg}{stays}"))
+    } else if let Some(r) = &rejected {
+        let (phase, reason) = match (r.reason, active.is_some()) {
+            (RejectionReason::PermissionMismatch, _) => {
+                (Phase::PermissionMismatch, reasons::PERMISSION_MISMATCH)
+            }
+            (RejectionReason::ConnectionLost, true) => {
+                (Phase::RotationRejected, reasons::ROTATION_REJECTED)
+            }
+            (RejectionReason::ConnectionLost, false) => {
+                (Phase::ConnectionLost, reasons::CONNECTION_LOST)
+            }
+            (RejectionReason::MissingKey, _) => (Phase::Misconfigured, reasons::MISSING_KEY),
+            (RejectionReason::Misconfigured | RejectionReason::Other, _) => {
+                (Phase::Misconfigured, reasons::MISCONFIGURED)
+            }
+        };
+        verdict(phase, reason, r.message.clone())
+    } else if unreachable_first {
+        verdict(
+            Phase::ConnectionLost,
+            reasons::PROVIDER_UNREACHABLE,
+            connected.2.clone(),
+        )
+    } else if let Some(msg) = &validating_msg {
+        verdict(Phase::Pending, reasons::VALIDATING, format!("{msg}{stays}"))
+    } else if active.is_some() {
+        verdict(Phase::Connected, reasons::CONNECTED, connected.2.clone())
+    } else {
+        verdict(Phase::Pending, reasons::PENDING, connected.2.clone())
+    };
+    s.phase = Some(v.phase);
+
+    let mut set = |type_: &str, value: bool, reason: &str, message: String| {
+        conditions::set(
+            &mut s.conditions,
+            type_,
+            value,
             reason,
-            &message,
+            message,
             generation,
             now,
         );
+    };
+    set(types::CONNECTED, connected.0, connected.1, connected.2);
+    set(
+        types::PERMISSION_MISMATCH,
+        permission.0,
+        permission.1,
+        permission.2,
+    );
+    set(types::ROTATING, rotating.0, rotating.1, rotating.2);
+    let ready = v.phase == Phase::Connected;
+    set(types::READY, ready, v.reason, v.message.clone());
 
-        let warn_from = self.status.expires_at.as_ref().map(|t| {
-            t.0.saturating_sub(
-                jiff::SignedDuration::try_from(timing.expiry_warning)
-                    .unwrap_or(jiff::SignedDuration::MAX),
-            )
-            .unwrap_or(t.0)
-        });
-        match (&self.status.expires_at, warn_from) {
-            (Some(exp), Some(from)) if self.now >= from => {
-                let who = account_label(self.status.account.as_ref());
-                let msg = format!("the credential for {who} expires at {}", exp.0);
-                self.set(types::EXPIRING_SOON, true, reasons::EXPIRING_SOON, msg);
-            }
-            (Some(exp), _) => {
-                let msg = format!("the credential expires at {}", exp.0);
-                self.set(types::EXPIRING_SOON, false, reasons::NOT_EXPIRING, msg);
-            }
-            (None, _) => self.set(
-                types::EXPIRING_SOON,
-                false,
-                reasons::NOT_EXPIRING,
-                "the provider reports no expiry for this credential",
-            ),
-        }
-    }
-}
-
-/// Maps a condition reason read back from status onto its constant (status strings are
-/// owned; the reason vocabulary is static).
-fn reason_const(reason: &str) -> &'static str {
-    [
-        reasons::CONNECTION_LOST,
-        reasons::PROVIDER_UNREACHABLE,
-        reasons::SECRET_NOT_FOUND,
-        reasons::MISSING_KEY,
-        reasons::MISCONFIGURED,
-        reasons::CONNECTED,
-    ]
-    .into_iter()
-    .find(|r| *r == reason)
-    .unwrap_or(reasons::PENDING)
-}
-
-/// What the target Secret's annotations record about the credential it holds, so a status
-/// lost in a crash can be rebuilt without asking the provider again.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct ActiveRecord {
-    pub account: Account,
-    pub permissions: BTreeSet<String>,
-    pub credential_expires_at: Option<Timestamp>,
-    pub access_token_expires_at: Option<Timestamp>,
-    pub validated_at: Option<Timestamp>,
-}
-
-impl ActiveRecord {
-    /// What a provider verdict at `now` establishes about a credential.
-    pub fn of(verified: &Verified, now: Timestamp) -> Self {
-        Self {
-            account: verified.account.clone(),
-            permissions: verified.permissions.clone(),
-            credential_expires_at: verified.credential_expires_at,
-            access_token_expires_at: verified.tokens.expires_at,
-            validated_at: Some(now),
-        }
+    let warn_from = s.expires_at.as_ref().map(|t| {
+        t.0.saturating_sub(
+            jiff::SignedDuration::try_from(timing.expiry_warning)
+                .unwrap_or(jiff::SignedDuration::MAX),
+        )
+        .unwrap_or(t.0)
+    });
+    let expiring = match (&s.expires_at, warn_from) {
+        (Some(exp), Some(from)) if now >= from => (
+            true,
+            reasons::EXPIRING_SOON,
+            format!("the credential for {who} expires at {}", exp.0),
+        ),
+        (Some(exp), _) => (
+            false,
+            reasons::NOT_EXPIRING,
+            format!("the credential expires at {}", exp.0),
+        ),
+        (None, _) => (
+            false,
+            reasons::NOT_EXPIRING,
+            "the provider reports no expiry for this credential".to_owned(),
+        ),
+    };
+    conditions::set(
+        &mut s.conditions,
+        types::EXPIRING_SOON,
+        expiring.0,
+        expiring.1,
+        expiring.2,
+        generation,
+        now,
+    );
+    conditions::set_kstatus(
+        &mut s.conditions,
+        ready,
+        v.phase.needs_action(),
+        v.reason,
+        &v.message,
+        generation,
+        now,
+    );
+    // Every condition was re-evaluated against this generation, set here or not
+    // (DeletionBlocked is owned by the in-use step).
+    for c in &mut s.conditions {
+        c.observed_generation = generation;
     }
 }
 
@@ -428,357 +565,4 @@ pub(crate) fn differs_beyond_last_validated(
         ..s.clone()
     };
     strip(a) != strip(b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::Provider;
-    use crate::providers::{DeadCause, Tokens, TransientKind};
-
-    fn now() -> Timestamp {
-        Timestamp::from_second(1_800_000_000).unwrap()
-    }
-
-    fn verified(id: &str, perms: &[&str]) -> Verified {
-        Verified {
-            account: Account {
-                id: id.into(),
-                name: format!("{id}@acme.com"),
-            },
-            permissions: perms.iter().map(|p| p.to_string()).collect(),
-            tokens: Tokens::default(),
-            credential_expires_at: None,
-        }
-    }
-
-    fn dead() -> VerifyError {
-        VerifyError::Dead {
-            provider: Provider::Procore,
-            call: "POST token endpoint",
-            status: Some(400),
-            code: Some("invalid_grant".into()),
-            cause: DeadCause::InvalidGrant,
-            rotated: None,
-        }
-    }
-
-    fn denied(missing: &[&str]) -> VerifyError {
-        VerifyError::PermissionDenied {
-            provider: Provider::Procore,
-            account: Some(Account {
-                id: "900".into(),
-                name: "jane@acme.com".into(),
-            }),
-            missing: missing.iter().map(|m| m.to_string()).collect(),
-            granted: BTreeSet::new(),
-            call: None,
-            status: None,
-            code: None,
-            rotated: None,
-        }
-    }
-
-    fn transient() -> VerifyError {
-        VerifyError::Transient {
-            provider: Provider::Procore,
-            call: "GET /rest/v1.0/me",
-            kind: TransientKind::Unavailable,
-            status: Some(503),
-            code: None,
-            retry_after: None,
-            rotated: None,
-        }
-    }
-
-    /// A status with an active credential for account 4567.
-    fn connected() -> ConnectorCredentialStatus {
-        let mut u = Update::new(None, Some(1), now());
-        u.swapped(
-            "sha256:aaaa",
-            &ActiveRecord::of(&verified("4567", &["documents:admin"]), now()),
-        );
-        u.summarize(&Timing::fallback(), None);
-        u.status
-    }
-
-    fn cond<'a>(
-        s: &'a ConnectorCredentialStatus,
-        t: &str,
-    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-        get(&s.conditions, t).unwrap_or_else(|| panic!("no {t} condition"))
-    }
-
-    #[test]
-    fn outcomes_map_to_phase_ready_and_kstatus_conditions() {
-        type Apply = fn(&mut Update);
-        /// name, start, outcome, source problem, phase, Ready reason, Stalled, Reconciling
-        type Row = (
-            &'static str,
-            Option<ConnectorCredentialStatus>,
-            Apply,
-            Option<Source>,
-            Phase,
-            &'static str,
-            bool,
-            bool,
-        );
-        let rows: Vec<Row> = vec![
-            // name, start, outcome, source problem, phase, Ready reason, Stalled, Reconciling
-            (
-                "first swap",
-                None,
-                |u| {
-                    u.swapped(
-                        "sha256:aaaa",
-                        &ActiveRecord::of(&verified("4567", &[]), now()),
-                    )
-                },
-                None,
-                Phase::Connected,
-                reasons::CONNECTED,
-                false,
-                false,
-            ),
-            (
-                "validating a first credential",
-                None,
-                |u| u.validating("sha256:aaaa", "procore"),
-                None,
-                Phase::Pending,
-                reasons::PENDING,
-                false,
-                true,
-            ),
-            (
-                "validating a rotation",
-                Some(connected()),
-                |u| u.validating("sha256:bbbb", "procore"),
-                None,
-                Phase::Connected,
-                reasons::VALIDATING,
-                false,
-                true,
-            ),
-            (
-                "rotation rejected for permissions",
-                Some(connected()),
-                |u| u.rejected("sha256:bbbb", &denied(&["documents:admin"])),
-                None,
-                Phase::PermissionMismatch,
-                reasons::PERMISSION_MISMATCH,
-                true,
-                false,
-            ),
-            (
-                "rotation rejected as dead",
-                Some(connected()),
-                |u| u.rejected("sha256:bbbb", &dead()),
-                None,
-                Phase::Connected,
-                reasons::ROTATION_REJECTED,
-                true,
-                false,
-            ),
-            (
-                "first credential dead",
-                None,
-                |u| u.rejected("sha256:aaaa", &dead()),
-                None,
-                Phase::ConnectionLost,
-                reasons::CONNECTION_LOST,
-                true,
-                false,
-            ),
-            (
-                "active credential dies",
-                Some(connected()),
-                |u| u.active_failed(&dead()),
-                None,
-                Phase::ConnectionLost,
-                reasons::CONNECTION_LOST,
-                true,
-                false,
-            ),
-            (
-                "active credential loses a permission",
-                Some(connected()),
-                |u| u.active_failed(&denied(&["documents:admin"])),
-                None,
-                Phase::PermissionMismatch,
-                reasons::PERMISSION_MISMATCH,
-                true,
-                false,
-            ),
-            (
-                "one transient failure",
-                Some(connected()),
-                |u| u.transient(&transient(), 3, None),
-                None,
-                Phase::Connected,
-                reasons::CONNECTED,
-                false,
-                false,
-            ),
-            (
-                "source Secret deleted",
-                Some(connected()),
-                |_| {},
-                Some(Source::Missing),
-                Phase::Connected,
-                reasons::SECRET_NOT_FOUND,
-                true,
-                false,
-            ),
-            (
-                "no Secret, nothing active",
-                None,
-                |_| {},
-                Some(Source::Missing),
-                Phase::Pending,
-                reasons::SECRET_NOT_FOUND,
-                true,
-                false,
-            ),
-        ];
-        for (name, start, apply, problem, phase, ready_reason, stalled, reconciling) in rows {
-            let mut u = Update::new(start.as_ref(), Some(2), now());
-            apply(&mut u);
-            u.summarize(&Timing::fallback(), problem.as_ref());
-            let s = &u.status;
-            assert_eq!(s.phase, Some(phase), "{name}: phase");
-            let ready = cond(s, types::READY);
-            assert_eq!(
-                ready.reason, ready_reason,
-                "{name}: Ready reason ({})",
-                ready.message
-            );
-            assert_eq!(
-                ready.status == "True",
-                ready_reason == reasons::CONNECTED,
-                "{name}: Ready status"
-            );
-            assert_eq!(
-                cond(s, types::STALLED).status == "True",
-                stalled,
-                "{name}: Stalled"
-            );
-            assert_eq!(
-                cond(s, types::RECONCILING).status == "True",
-                reconciling,
-                "{name}: Reconciling"
-            );
-            assert_eq!(s.observed_generation, Some(2), "{name}");
-            assert!(
-                s.conditions
-                    .iter()
-                    .all(|c| c.observed_generation == Some(2)),
-                "{name}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_failure_threshold_turns_transient_failures_into_connection_lost() {
-        let mut status = connected();
-        for n in 1..=3 {
-            let mut u = Update::new(Some(&status), Some(1), now());
-            u.transient(&transient(), 3, None);
-            u.summarize(&Timing::fallback(), None);
-            status = u.status;
-            let want = if n < 3 {
-                Phase::Connected
-            } else {
-                Phase::ConnectionLost
-            };
-            assert_eq!(status.phase, Some(want), "after {n} failures");
-            assert_eq!(status.consecutive_failures, n);
-        }
-        assert_eq!(
-            cond(&status, types::CONNECTED).reason,
-            reasons::PROVIDER_UNREACHABLE
-        );
-        // A success resets the count and the phase.
-        let mut u = Update::new(Some(&status), Some(1), now());
-        u.revalidated(&verified("4567", &["documents:admin"]));
-        u.summarize(&Timing::fallback(), None);
-        assert_eq!(
-            (u.status.phase, u.status.consecutive_failures),
-            (Some(Phase::Connected), 0)
-        );
-    }
-
-    #[test]
-    fn transient_failures_while_rotating_never_mark_the_active_credential_lost() {
-        let mut status = connected();
-        for _ in 0..5 {
-            let mut u = Update::new(Some(&status), Some(1), now());
-            u.transient(&transient(), 3, Some("sha256:bbbb"));
-            u.summarize(&Timing::fallback(), None);
-            status = u.status;
-        }
-        assert_eq!(status.phase, Some(Phase::Connected));
-        assert!(cond(&status, types::ROTATING).message.contains("5 of 3"));
-    }
-
-    #[test]
-    fn a_successful_rotation_clears_the_rejection_and_the_mismatch() {
-        let mut u = Update::new(Some(&connected()), Some(1), now());
-        u.rejected("sha256:bbbb", &denied(&["documents:admin"]));
-        u.summarize(&Timing::fallback(), None);
-        let rejected = u.status;
-        assert!(rejected.rejected.is_some());
-        let mut u = Update::new(Some(&rejected), Some(1), now());
-        u.swapped(
-            "sha256:cccc",
-            &ActiveRecord::of(&verified("4568", &["documents:admin"]), now()),
-        );
-        u.summarize(&Timing::fallback(), None);
-        assert!(u.status.rejected.is_none());
-        assert_eq!(cond(&u.status, types::PERMISSION_MISMATCH).status, "False");
-        assert_eq!(cond(&u.status, types::READY).status, "True");
-        assert_eq!(u.status.active_revision.as_deref(), Some("sha256:cccc"));
-    }
-
-    #[test]
-    fn expiring_soon_follows_the_warning_window() {
-        let mut status = connected();
-        let exp = now()
-            .checked_add(jiff::SignedDuration::from_hours(100))
-            .unwrap();
-        status.expires_at = Some(Time(exp));
-        let mut u = Update::new(Some(&status), Some(1), now());
-        u.summarize(&Timing::fallback(), None);
-        assert_eq!(
-            cond(&u.status, types::EXPIRING_SOON).status,
-            "True",
-            "100h left, 336h window"
-        );
-        let timing = Timing {
-            expiry_warning: std::time::Duration::from_secs(24 * 3600),
-            ..Timing::fallback()
-        };
-        let mut u = Update::new(Some(&status), Some(1), now());
-        u.summarize(&timing, None);
-        assert_eq!(
-            cond(&u.status, types::EXPIRING_SOON).status,
-            "False",
-            "100h left, 24h window"
-        );
-    }
-
-    #[test]
-    fn messages_name_the_account_and_the_missing_permissions_but_no_secret() {
-        let mut u = Update::new(Some(&connected()), Some(1), now());
-        u.active_failed(&dead());
-        let msg = &cond(&u.status, types::CONNECTED).message;
-        assert!(msg.contains("4567@acme.com must re-authenticate"), "{msg}");
-        let mut u = Update::new(Some(&connected()), Some(1), now());
-        u.rejected("sha256:bbbb", &denied(&["documents:admin", "project:5"]));
-        let msg = &cond(&u.status, types::PERMISSION_MISMATCH).message;
-        assert!(
-            msg.contains("jane@acme.com") && msg.contains("documents:admin, project:5"),
-            "{msg}"
-        );
-    }
 }

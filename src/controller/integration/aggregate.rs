@@ -11,7 +11,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::api::conditions::{reasons, types};
-use crate::api::{Connector, ConnectorCredential, ConnectorStatus, Phase};
+use crate::api::{
+    Connector, ConnectorCredential, ConnectorCredentialStatus, ConnectorStatus, HealthState, Phase,
+};
 use crate::controller::conditions::{self, get};
 use crate::providers::missing_permissions;
 
@@ -26,11 +28,14 @@ pub(crate) enum Found<'a> {
 }
 
 /// One connector as observed: the status entry plus the reason behind its phase (for
-/// conditions) and the credential's current active revision (for restarts).
+/// conditions), whether its credential connects now, whether a person must act, and the
+/// credential's current active revision (for restarts).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Observed {
     pub status: ConnectorStatus,
     pub reason: &'static str,
+    pub connected: bool,
+    pub needs_action: bool,
     pub revision: Option<String>,
 }
 
@@ -40,33 +45,11 @@ impl Observed {
     }
 }
 
-/// How bad a phase is; the Integration takes the worst.
-fn severity(phase: Phase) -> u8 {
-    match phase {
-        Phase::Connected => 0,
-        Phase::Pending => 1,
-        Phase::PermissionMismatch => 2,
-        Phase::ConnectionLost => 3,
-    }
-}
-
-fn account_label(cred: &ConnectorCredential) -> Option<String> {
-    let account = cred.status.as_ref()?.account.as_ref()?;
-    Some(if account.name.is_empty() {
-        account.id.clone()
-    } else {
-        account.name.clone()
-    })
-}
-
-/// The message (or, when empty, the reason) of the credential's condition `type_`.
-fn condition_detail(cred: &ConnectorCredential, type_: &str) -> Option<String> {
-    let c = get(&cred.status.as_ref()?.conditions, type_)?;
-    Some(if c.message.is_empty() {
-        c.reason.clone()
-    } else {
-        c.message.clone()
-    })
+/// The credential's Ready message: what it says about itself.
+fn ready_message(status: &ConnectorCredentialStatus) -> Option<String> {
+    get(&status.conditions, types::READY)
+        .map(|c| c.message.clone())
+        .filter(|m| !m.is_empty())
 }
 
 /// One connector's status from its credential.
@@ -80,22 +63,27 @@ pub(crate) fn connector(connector: &Connector, found: Found<'_>) -> Observed {
     };
     let cred = match found {
         Found::Missing => {
+            // Pending, not failed: GitOps may create the credential after the Integration.
             status.phase = Some(Phase::Pending);
             status.message = Some(format!("ConnectorCredential {credential} not found"));
             return Observed {
                 status,
                 reason: reasons::CREDENTIAL_NOT_FOUND,
+                connected: false,
+                needs_action: true,
                 revision: None,
             };
         }
         Found::Malformed(error) => {
-            status.phase = Some(Phase::Pending);
+            status.phase = Some(Phase::Misconfigured);
             status.message = Some(format!(
                 "ConnectorCredential {credential} does not match its schema: {error}"
             ));
             return Observed {
                 status,
                 reason: reasons::MISCONFIGURED,
+                connected: false,
+                needs_action: true,
                 revision: None,
             };
         }
@@ -103,7 +91,7 @@ pub(crate) fn connector(connector: &Connector, found: Found<'_>) -> Observed {
     };
 
     let cred_status = cred.status.clone().unwrap_or_default();
-    let account = account_label(cred);
+    let account = cred_status.account.as_ref().map(|a| a.label().to_owned());
     status.account = account.clone();
     if account.is_some() {
         let granted: BTreeSet<String> = cred_status.permissions.iter().cloned().collect();
@@ -113,40 +101,55 @@ pub(crate) fn connector(connector: &Connector, found: Found<'_>) -> Observed {
     let who = account
         .clone()
         .unwrap_or_else(|| format!("the account of ConnectorCredential {credential}"));
+    let health = cred_status
+        .active_health
+        .as_ref()
+        .filter(|_| cred_status.active_revision.is_some())
+        .map(|h| h.state);
+    let phase = cred_status.phase.unwrap_or_default();
+    // The sync runs on the active credential: it connects unless that one is lost.
+    let connected = cred_status.active_revision.is_some()
+        && phase != Phase::ConnectionLost
+        && matches!(
+            health,
+            None | Some(HealthState::Healthy | HealthState::PermissionMismatch)
+        );
+    let detail = ready_message(&cred_status).unwrap_or_else(|| phase.as_str().to_owned());
+    let about = format!("ConnectorCredential {credential}: {detail}");
 
-    let (phase, reason, message) = match cred_status.phase.unwrap_or_default() {
-        Phase::ConnectionLost => {
-            let connected = get(&cred_status.conditions, types::CONNECTED);
-            let detail = condition_detail(cred, types::CONNECTED)
-                .unwrap_or_else(|| reasons::CONNECTION_LOST.to_owned());
-            let unreachable = connected.is_some_and(|c| c.reason == reasons::PROVIDER_UNREACHABLE);
-            if unreachable {
-                (
-                    Phase::ConnectionLost,
-                    reasons::PROVIDER_UNREACHABLE,
-                    format!(
-                        "{name}: the provider cannot be reached for {who} (ConnectorCredential {credential}: {detail})"
-                    ),
-                )
-            } else {
-                (
-                    Phase::ConnectionLost,
-                    reasons::CONNECTION_LOST,
-                    format!(
-                        "{name}: {who} must re-authenticate (ConnectorCredential {credential}: {detail})"
-                    ),
-                )
-            }
-        }
-        Phase::PermissionMismatch => {
-            let detail = condition_detail(cred, types::PERMISSION_MISMATCH)
-                .unwrap_or_else(|| reasons::PERMISSION_MISMATCH.to_owned());
-            (
-                Phase::PermissionMismatch,
-                reasons::PERMISSION_MISMATCH,
-                format!("{name}: ConnectorCredential {credential}: {detail}"),
-            )
-        }
+    let (phase, reason, message) = match phase {
+        Phase::ConnectionLost => match health {
+            Some(HealthState::Unreachable) => (
+                Phase::ConnectionLost,
+                reasons::PROVIDER_UNREACHABLE,
+                format!("{name}: the provider cannot be reached for {who} ({about})"),
+            ),
+            Some(HealthState::Lost) | None => (
+                Phase::ConnectionLost,
+                reasons::CONNECTION_LOST,
+                format!("{name}: {who} must re-authenticate ({about})"),
+            ),
+            Some(_) => (
+                Phase::ConnectionLost,
+                reasons::CONNECTION_LOST,
+                format!("{name}: {about}"),
+            ),
+        },
+        Phase::PermissionMismatch => (
+            Phase::PermissionMismatch,
+            reasons::PERMISSION_MISMATCH,
+            format!("{name}: {about}"),
+        ),
+        Phase::RotationRejected => (
+            Phase::RotationRejected,
+            reasons::ROTATION_REJECTED,
+            format!("{name}: {about}"),
+        ),
+        Phase::Misconfigured => (
+            Phase::Misconfigured,
+            reasons::MISCONFIGURED,
+            format!("{name}: {about}"),
+        ),
         Phase::Connected if !status.missing_permissions.is_empty() => (
             Phase::PermissionMismatch,
             reasons::PERMISSION_MISMATCH,
@@ -156,21 +159,19 @@ pub(crate) fn connector(connector: &Connector, found: Found<'_>) -> Observed {
             ),
         ),
         Phase::Connected => (Phase::Connected, reasons::CONNECTED, String::new()),
-        Phase::Pending => {
-            let detail = condition_detail(cred, types::READY)
-                .unwrap_or_else(|| "not validated yet".to_owned());
-            (
-                Phase::Pending,
-                reasons::PENDING,
-                format!("{name}: ConnectorCredential {credential} is not connected yet: {detail}"),
-            )
-        }
+        Phase::Pending => (
+            Phase::Pending,
+            reasons::PENDING,
+            format!("{name}: ConnectorCredential {credential} is not connected yet: {detail}"),
+        ),
     };
     status.phase = Some(phase);
     status.message = (!message.is_empty()).then_some(message);
     Observed {
         status,
         reason,
+        connected,
+        needs_action: phase.needs_action(),
         revision: cred_status.active_revision,
     }
 }
@@ -207,38 +208,25 @@ pub(crate) fn summarize(
     let phase = observed
         .iter()
         .map(Observed::phase)
-        .max_by_key(|p| severity(*p))
+        .max_by_key(|p| p.severity())
         .unwrap_or_default();
 
-    let lost: Vec<_> = observed
-        .iter()
-        .filter(|o| o.phase() == Phase::ConnectionLost)
-        .collect();
-    let pending: Vec<_> = observed
-        .iter()
-        .filter(|o| o.phase() == Phase::Pending)
-        .collect();
-    if let Some(first) = lost.first() {
-        set(
+    // Connected: the connectors whose credential does not connect now, worst first.
+    let mut down: Vec<&Observed> = observed.iter().filter(|o| !o.connected).collect();
+    down.sort_by_key(|o| std::cmp::Reverse(o.phase().severity()));
+    match down.first() {
+        Some(first) => set(
             types::CONNECTED,
             false,
             first.reason,
-            messages(lost.iter().copied()),
-        );
-    } else if let Some(first) = pending.first() {
-        set(
-            types::CONNECTED,
-            false,
-            first.reason,
-            messages(pending.iter().copied()),
-        );
-    } else {
-        set(
+            messages(down.iter().copied()),
+        ),
+        None => set(
             types::CONNECTED,
             true,
             reasons::CONNECTED,
             format!("all {total} connectors are connected"),
-        );
+        ),
     }
 
     let mismatched: Vec<_> = observed
@@ -288,7 +276,16 @@ pub(crate) fn summarize(
         (false, reason, messages(not_connected))
     };
     set(types::READY, ready, reason, message.clone());
-    conditions::set_kstatus(conds, ready, reason, &message, generation, now);
+    let needs_action = observed.iter().any(|o| o.needs_action);
+    conditions::set_kstatus(
+        conds,
+        ready,
+        needs_action,
+        reason,
+        &message,
+        generation,
+        now,
+    );
 
     Summary {
         phase,
@@ -331,20 +328,25 @@ mod tests {
         let mut cred = ConnectorCredential::new(name, spec);
         let now = Timestamp::from_second(1_700_000_000).unwrap();
         let mut conds = Vec::new();
-        let (status, reason, msg) = match phase {
-            Phase::Connected | Phase::PermissionMismatch => (
+        let (ready, reason, msg, health) = match phase {
+            Phase::Connected => (
                 true,
                 reasons::CONNECTED,
                 format!("authenticated as {PROCORE_ACCOUNT}"),
+                HealthState::Healthy,
             ),
             Phase::ConnectionLost => (
                 false,
                 reasons::CONNECTION_LOST,
                 format!("{PROCORE_ACCOUNT} must re-authenticate: invalid_client"),
+                HealthState::Lost,
             ),
-            Phase::Pending => (false, reasons::PENDING, "not validated yet".into()),
+            other => (false, reasons::PENDING, "not validated yet".into(), {
+                assert_eq!(other, Phase::Pending, "the matrix uses three phases");
+                HealthState::Healthy
+            }),
         };
-        conditions::set(&mut conds, types::CONNECTED, status, reason, msg, None, now);
+        conditions::set(&mut conds, types::READY, ready, reason, msg, None, now);
         cred.status = Some(ConnectorCredentialStatus {
             phase: Some(phase),
             account: (phase != Phase::Pending).then(|| Account {
@@ -353,6 +355,11 @@ mod tests {
             }),
             permissions: permissions.iter().map(|s| s.to_string()).collect(),
             active_revision: (phase != Phase::Pending).then(|| format!("sha256:{name}")),
+            active_health: (phase != Phase::Pending).then(|| crate::api::ActiveHealth {
+                state: health,
+                message: String::new(),
+                since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+            }),
             conditions: conds,
             ..Default::default()
         });

@@ -1,11 +1,10 @@
 //! Events for Integrations, derived from status transitions only (old status vs new), so a
 //! flapping provider or a requeue loop cannot flood the API: each phase change is said once.
 
-use kube::runtime::events::EventType;
-
 use crate::api::conditions::{reasons, types};
 use crate::api::{IntegrationStatus, Phase};
 use crate::controller::conditions::get;
+use crate::controller::events::Note;
 
 fn message(status: &IntegrationStatus, type_: &str) -> String {
     get(&status.conditions, type_)
@@ -18,22 +17,30 @@ fn reason<'a>(status: &'a IntegrationStatus, type_: &str) -> Option<&'a str> {
 }
 
 /// The events a status change deserves.
-pub(crate) fn transitions(
-    old: &IntegrationStatus,
-    new: &IntegrationStatus,
-) -> Vec<(EventType, &'static str, String)> {
+pub(crate) fn transitions(old: &IntegrationStatus, new: &IntegrationStatus) -> Vec<Note> {
+    const ACTION: &str = "Aggregate";
     let mut out = Vec::new();
     if old.phase != new.phase {
         match new.phase {
-            Some(Phase::ConnectionLost) => out.push((
-                EventType::Warning,
+            Some(Phase::ConnectionLost) => out.push(Note::warning(
                 reasons::CONNECTION_LOST,
+                ACTION,
                 message(new, types::CONNECTED),
             )),
-            Some(Phase::PermissionMismatch) => out.push((
-                EventType::Warning,
+            Some(Phase::PermissionMismatch) => out.push(Note::warning(
                 reasons::PERMISSION_MISMATCH,
+                ACTION,
                 message(new, types::PERMISSION_MISMATCH),
+            )),
+            Some(Phase::RotationRejected) => out.push(Note::warning(
+                reasons::ROTATION_REJECTED,
+                ACTION,
+                message(new, types::READY),
+            )),
+            Some(Phase::Misconfigured) => out.push(Note::warning(
+                reasons::MISCONFIGURED,
+                ACTION,
+                message(new, types::READY),
             )),
             Some(Phase::Connected) => {
                 let note = if old.phase.is_some_and(|p| p != Phase::Pending) {
@@ -41,7 +48,7 @@ pub(crate) fn transitions(
                 } else {
                     message(new, types::CONNECTED)
                 };
-                out.push((EventType::Normal, reasons::CONNECTED, note));
+                out.push(Note::normal(reasons::CONNECTED, ACTION, note));
             }
             Some(Phase::Pending) | None => {}
         }
@@ -49,9 +56,9 @@ pub(crate) fn transitions(
     let not_found =
         |s: &IntegrationStatus| reason(s, types::CONNECTED) == Some(reasons::CREDENTIAL_NOT_FOUND);
     if not_found(new) && !not_found(old) {
-        out.push((
-            EventType::Warning,
+        out.push(Note::warning(
             reasons::CREDENTIAL_NOT_FOUND,
+            ACTION,
             message(new, types::CONNECTED),
         ));
     }
@@ -63,9 +70,9 @@ pub(crate) fn transitions(
     if let Some(missing) = targets(new)
         && targets(old).as_ref() != Some(&missing)
     {
-        out.push((
-            EventType::Warning,
+        out.push(Note::warning(
             reasons::RESTART_TARGET_NOT_FOUND,
+            ACTION,
             missing,
         ));
     }
@@ -150,7 +157,7 @@ mod tests {
         let reasons_of = |old: &IntegrationStatus, new: &IntegrationStatus| {
             transitions(old, new)
                 .into_iter()
-                .map(|(t, r, _)| format!("{t:?}/{r}"))
+                .map(|n| format!("{:?}/{}", n.type_, n.reason))
                 .collect::<Vec<_>>()
         };
         let table: [(&str, &IntegrationStatus, &IntegrationStatus, &[&str]); 9] = [
@@ -182,7 +189,7 @@ mod tests {
         for (name, old, new, want) in table {
             assert_eq!(reasons_of(old, new), want, "{name}");
         }
-        let (_, _, note) = &transitions(&connected, &lost)[0];
+        let note = &transitions(&connected, &lost)[0].note;
         assert_eq!(note, "procore: a@b must re-authenticate");
     }
 }

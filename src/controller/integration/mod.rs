@@ -23,7 +23,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
@@ -33,7 +32,7 @@ use tracing::{info, instrument, warn};
 use self::aggregate::Found;
 use self::index::Index;
 use self::restart::Action as Restart;
-use super::credential::events::publish;
+use super::events::{Note, publish};
 use super::{Context, Error, FIELD_MANAGER, kube_err};
 use crate::api::conditions::{reasons, types};
 use crate::api::{ConnectorCredential, Integration, IntegrationStatus, RestartKind, RestartTarget};
@@ -207,14 +206,8 @@ async fn reconcile(guard: Arc<Guarded>, state: Arc<State>) -> Result<Action, Err
     if let Err(invalid) = &guard.0 {
         warn!(error = %invalid, "malformed Integration skipped");
         let note = format!("the object does not match the Integration schema: {invalid}");
-        publish(
-            ctx,
-            &guard.object_ref(&()),
-            EventType::Warning,
-            reasons::MISCONFIGURED,
-            note,
-        )
-        .await;
+        let note = Note::warning(reasons::MISCONFIGURED, "Reconcile", note);
+        publish(ctx, &guard.object_ref(&()), note).await;
         return Ok(Action::await_change());
     }
     let lock = ctx.object_lock(&key);
@@ -403,11 +396,12 @@ async fn reconcile_integration(
             .collect();
         if !targets.is_empty() {
             let note = format!("rolled {} for {revisions}", targets.join(", "));
-            publish(ctx, &reference, EventType::Normal, reasons::RESTARTED, note).await;
+            let note = Note::normal(reasons::RESTARTED, "Restart", note);
+            publish(ctx, &reference, note).await;
         }
     }
-    for (type_, reason, note) in events::transitions(&old, &status) {
-        publish(ctx, &reference, type_, reason, note).await;
+    for note in events::transitions(&old, &status) {
+        publish(ctx, &reference, note).await;
     }
 
     Ok(match plan.action {
