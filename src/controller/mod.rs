@@ -4,6 +4,8 @@ pub(crate) mod conditions;
 pub mod credential;
 pub(crate) mod events;
 pub mod integration;
+#[cfg(test)]
+mod simulation;
 pub(crate) mod triggers;
 
 use std::collections::HashMap;

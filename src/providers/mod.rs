@@ -102,6 +102,17 @@ pub struct Providers {
     discovery: oauth2::DiscoveryCache,
     clock: Arc<dyn Clock>,
     metrics: Option<Arc<Metrics>>,
+    /// Answers in place of the providers' HTTP APIs: simulations of the controllers over
+    /// long stretches of virtual time, where no socket may wait on the wall clock.
+    #[cfg(test)]
+    script: Option<Arc<dyn Script>>,
+}
+
+/// A scripted provider: answers `verify` and `refresh` without any HTTP.
+#[cfg(test)]
+pub(crate) trait Script: Send + Sync {
+    fn verify(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Result<Verified, VerifyError>>;
+    fn refresh(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Result<Tokens, VerifyError>>;
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -132,7 +143,16 @@ impl Providers {
             discovery: oauth2::DiscoveryCache::default(),
             clock: Arc::new(SystemClock),
             metrics: None,
+            #[cfg(test)]
+            script: None,
         }
+    }
+
+    /// Answers every verify and refresh from `script` instead of the providers' APIs.
+    #[cfg(test)]
+    pub(crate) fn scripted(mut self, script: Arc<dyn Script>) -> Self {
+        self.script = Some(script);
+        self
     }
 
     /// Computes token and credential expiries on `clock` (the controllers' clock).
@@ -151,6 +171,10 @@ impl Providers {
     /// permission in `req.required` is held.
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> Result<Verified, VerifyError> {
+        #[cfg(test)]
+        if let Some(script) = &self.script {
+            return script.verify(req).await;
+        }
         let provider = req.spec.provider;
         let outcome: Result<Verified, VerifyError> = async {
             let cx = self.cx(req);
@@ -205,6 +229,10 @@ impl Providers {
     /// grant, so a refresh token is never spent twice.
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
     pub async fn refresh(&self, req: &VerifyRequest<'_>) -> Result<Tokens, VerifyError> {
+        #[cfg(test)]
+        if let Some(script) = &self.script {
+            return script.refresh(req).await;
+        }
         let outcome = async {
             preflight(&self.cx(req))?;
             if req.spec.auth == AuthType::ApiKey {
