@@ -168,7 +168,6 @@ async fn run(hold: bool) -> Result<()> {
     sb.table().await?;
     sb.show_target("procore-sync-active").await?;
     // Swaps within the debounce window (10s) roll the workload once, when it closes.
-    sb.advance(Duration::from_secs(11));
     sb.wait_rollout().await?;
 
     step("3. Rotate procore-sync to jane@acme.com, who lacks documents:admin");
@@ -409,11 +408,15 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Waits until the restart target's pod template carries the operator's annotations.
+    /// Lets simulated time run (a second every 100 ms) until the restart target's pod
+    /// template carries the operator's annotations. Time keeps running rather than jumping
+    /// once: the Integration may see the swap only after the jump, and its debounce window
+    /// opens when it does.
     async fn wait_rollout(&self) -> Result<()> {
         let api = Api::<Deployment>::namespaced(self.client.clone(), NS);
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
+            self.clock.advance(Duration::from_secs(1));
             let d = api.get("procore-sharepoint-sync").await?;
             let annotations = d
                 .spec
@@ -430,7 +433,7 @@ impl Sandbox {
             if tokio::time::Instant::now() > deadline {
                 return Err("the restart target was never rolled".into());
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
