@@ -197,8 +197,15 @@ pub struct Context {
     pub(crate) caches: Arc<CacheSync>,
     /// Secrets this process wrote, so their watch events do not wake their credentials.
     pub(crate) own_writes: Arc<triggers::OwnWrites>,
+    /// The credential controllers' caches of Integrations, by watched namespace (`None`:
+    /// all), for the in-use finalizer; read instead of listing Integrations per reconcile.
+    pub(crate) integration_caches: Mutex<Vec<(Option<String>, IntegrationCache)>>,
     objects: Mutex<HashMap<String, ObjectState>>,
 }
+
+/// A reflector cache of Integrations (malformed ones included, so they never block a watch).
+pub(crate) type IntegrationCache =
+    kube::runtime::reflector::Store<kube::core::DeserializeGuard<crate::api::Integration>>;
 
 impl Context {
     /// A context for controllers talking to `client` and the providers through `providers`.
@@ -221,8 +228,19 @@ impl Context {
             metrics,
             caches: Arc::default(),
             own_writes: Arc::default(),
+            integration_caches: Mutex::default(),
             objects: Mutex::default(),
         }
+    }
+
+    /// The Integration cache that covers namespace `ns`, if a credential controller keeps one.
+    pub(crate) fn integration_cache(&self, ns: &str) -> Option<IntegrationCache> {
+        self.integration_caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == ns))
+            .map(|(_, cache)| cache.clone())
     }
 
     /// Whether the controllers running on this context have synced their caches.

@@ -7,9 +7,13 @@
 //! [`Script`] on the same clock: tokens that live from 1 second to 24 hours, rotating refresh
 //! tokens with reuse detection, credentials that die, fail, hang or are rate limited.
 //!
-//! Every hour the test counts, per credential, reconciles (each starts with a fresh GET of
-//! the object), provider calls (token grants among them) and API writes, and checks them
+//! Every hour the test counts, per credential, reconciles (each reads the credential's
+//! source Secret), provider calls (token grants among them) and API writes, and checks them
 //! against the budget stated in [`budget`].
+#![allow(
+    clippy::result_large_err,
+    reason = "the scripted provider answers in the providers' own error type"
+)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,7 +21,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use http::Method;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -633,13 +636,16 @@ async fn thirty_days_of_every_kind_of_provider_stay_within_budget() {
         let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
         for r in &requests {
             if let Some(name) = name_in_path(&r.path, "connectorcredentials") {
-                let c = counts.entry(name.to_owned()).or_default();
-                if r.method == Method::GET && r.verb == Verb::Get {
-                    c.reconciles += 1;
-                }
                 if r.verb.is_write() {
-                    c.writes += 1;
+                    counts.entry(name.to_owned()).or_default().writes += 1;
                 }
+            } else if let Some(secret) = name_in_path(&r.path, "secrets")
+                && let Some(name) = secret.strip_suffix("-src")
+                && r.verb == Verb::Get
+            {
+                // Every reconcile reads its source Secret (the Integration controller reads
+                // the credentials it aggregates, so their GETs do not count reconciles).
+                counts.entry(name.to_owned()).or_default().reconciles += 1;
             } else if let Some(secret) = name_in_path(&r.path, "secrets")
                 && let Some(name) = secret.strip_suffix("-active")
                 && r.verb.is_write()
@@ -744,8 +750,21 @@ async fn thirty_days_of_every_kind_of_provider_stay_within_budget() {
             );
         }
     }
+    // The Integration: its resync every 5 minutes (12 an hour), plus a wake per change its
+    // credentials show (more while they connect, and around the scripted changes); never
+    // their token refreshes.
     for (hour, n) in integration_reconciles.iter().enumerate() {
-        assert!(*n <= 12, "Integration reconciled {n} times in hour {hour}");
+        let budget = if hour == 0 {
+            24
+        } else if eventful.contains(&hour) || eventful.contains(&(hour.saturating_sub(1))) {
+            20
+        } else {
+            14
+        };
+        assert!(
+            *n <= budget,
+            "Integration reconciled {n} times in hour {hour} (budget {budget})"
+        );
     }
     for (hour, n) in event_writes.iter().enumerate() {
         assert!(*n <= 3 * cases.len(), "{n} event writes in hour {hour}");

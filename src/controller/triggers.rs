@@ -47,13 +47,29 @@ pub(crate) fn spec_changes<K>(
 where
     K: Resource,
 {
-    let mut seen: HashMap<String, Fingerprint> = HashMap::new();
+    changes(events, fingerprint)
+}
+
+/// The objects of a watch whose `project`ion changed (or that are new), and the ones
+/// deleted: a watcher that wakes only on what its reader looks at.
+pub(crate) fn changes<K, F>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    project: impl Fn(&K) -> F,
+) -> impl Stream<Item = Result<K, watcher::Error>>
+where
+    K: Resource,
+    F: PartialEq,
+{
+    let mut seen: HashMap<String, F> = HashMap::new();
     events.flat_map(move |event| {
         let out = match event {
             Err(err) => Some(Err(err)),
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
-                let now = fingerprint(&obj);
-                (seen.insert(key(&obj), now) != Some(now)).then_some(Ok(obj))
+                let now = project(&obj);
+                let key = key(&obj);
+                let changed = seen.get(&key) != Some(&now);
+                seen.insert(key, now);
+                changed.then_some(Ok(obj))
             }
             Ok(watcher::Event::Delete(obj)) => {
                 seen.remove(&key(&obj));

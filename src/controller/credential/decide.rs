@@ -9,7 +9,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::target::AccessWindow;
-use crate::api::{ConnectorCredentialSpec, ConnectorCredentialStatus, duration};
+use crate::api::{ConnectorCredentialSpec, ConnectorCredentialStatus, HealthState, duration};
 
 /// The spec's durations, parsed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +226,14 @@ pub(crate) fn decide(o: &Observed<'_>) -> Plan {
     if active.is_none() || target_revision != active {
         return plan(Step::Idle, held_until);
     }
-    let refresh = access.map(|a| {
+    // A credential the provider refused is not refreshed again (the refresh would be refused
+    // the same way, in a loop): it is probed on the interval until it works again.
+    let lost = o
+        .status
+        .active_health
+        .as_ref()
+        .is_some_and(|h| h.state == HealthState::Lost);
+    let refresh = access.filter(|_| !lost).map(|a| {
         refresh_at(
             a,
             o.timing.refresh_before,
@@ -483,6 +490,20 @@ mod tests {
                 want_step: Step::Revalidate { refresh: true },
                 want_wake: None,
                 ..row("a probe and a refresh due together take one token request")
+            },
+            Row {
+                status: ConnectorCredentialStatus {
+                    active_health: Some(crate::api::ActiveHealth {
+                        state: HealthState::Lost,
+                        message: "m".into(),
+                        since: Time(t(0)),
+                    }),
+                    ..active(A)
+                },
+                target: ours(A, Some((t(-60), t(-1)))),
+                want_step: Step::Idle,
+                want_wake: Some(t(15)),
+                ..row("a refused credential with an expired token waits for the next probe")
             },
             Row {
                 target: ours(A, Some((t(0), t(60)))),

@@ -67,11 +67,17 @@ pub(crate) fn transitions(
         },
         _ => {}
     }
-    // A problem in the object or its Secrets, announced when it appears or changes.
+    // A problem in the object or its Secrets, announced when it appears or changes. An
+    // unreachable provider is announced once per outage: its message counts the attempts.
+    let same = |old: Option<(&str, &str)>, reason: &str, message: &str| {
+        old.is_some_and(|(r, m)| {
+            r == reason && (m == message || r == reasons::PROVIDER_UNREACHABLE)
+        })
+    };
     if new.phase.is_some_and(Phase::needs_action)
         && let Some((reason, message)) = ready(new)
         && let Some(reason) = PROBLEMS.into_iter().find(|r| *r == reason)
-        && ready(old) != Some((reason, message))
+        && !same(ready(old), reason, message)
         && !out.iter().any(|n| n.reason == reason)
     {
         out.push(Note::warning(reason, "Reconcile", message));
@@ -174,6 +180,14 @@ mod tests {
             ("TargetAltered", "target Secret x was changed"),
         );
         let fresh = ConnectorCredentialStatus::default();
+        let down = |failures: u32| {
+            status(
+                None,
+                Phase::ConnectionLost,
+                ("ProviderUnreachable", &format!("503 ({failures} failures)")),
+            )
+        };
+        let (down3, down4) = (down(3), down(4));
         let rows: Vec<(
             &str,
             &ConnectorCredentialStatus,
@@ -206,6 +220,13 @@ mod tests {
             ),
             ("target altered", &ok, &altered, &["Warning/TargetAltered"]),
             ("first connect (said by the swap)", &fresh, &ok, &[]),
+            (
+                "never connected, provider down",
+                &fresh,
+                &down3,
+                &["Warning/ProviderUnreachable"],
+            ),
+            ("one more failed attempt", &down3, &down4, &[]),
         ];
         for (name, old, new, want) in rows {
             assert_eq!(said(&transitions(old, new, false)), want, "{name}");

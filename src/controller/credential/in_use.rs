@@ -53,28 +53,44 @@ fn step(has_finalizer: bool, deleting: bool, used: bool) -> Step {
     }
 }
 
-/// The Integrations in `ns` (not themselves being deleted) that reference `credential`.
+/// The Integrations in `ns` (not themselves being deleted) that reference `credential`,
+/// from the controller's Integration cache once it has synced (a listing where no cache is
+/// kept). An Integration the cache has not seen yet wakes the credential when it arrives.
 async fn users(ctx: &Context, ns: &str, credential: &str) -> Result<Vec<String>, Error> {
-    let api: Api<DeserializeGuard<Integration>> = Api::namespaced(ctx.client.clone(), ns);
-    let list = match api.list(&ListParams::default()).await {
-        Ok(list) => list,
-        // The Integration CRD is not installed: nothing can reference the credential.
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Vec::new()),
-        Err(source) => return Err(kube_err("list Integrations")(source)),
-    };
-    let users: BTreeSet<String> = list
-        .items
-        .iter()
-        .filter_map(|g| g.0.as_ref().ok())
-        .filter(|i| i.meta().deletion_timestamp.is_none())
-        .filter(|i| {
-            i.spec
+    let refers = |i: &Integration| {
+        i.meta().deletion_timestamp.is_none()
+            && i.spec
                 .connectors
                 .iter()
                 .any(|c| c.credential_ref.name == credential)
-        })
-        .map(|i| i.name_any())
-        .collect();
+    };
+    let users: BTreeSet<String> = match ctx.integration_cache(ns) {
+        Some(cache) => {
+            crate::controller::store_ready(cache.clone()).await;
+            cache
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok())
+                .filter(|i| i.namespace().as_deref() == Some(ns) && refers(i))
+                .map(|i| i.name_any())
+                .collect()
+        }
+        None => {
+            let api: Api<DeserializeGuard<Integration>> = Api::namespaced(ctx.client.clone(), ns);
+            let list = match api.list(&ListParams::default()).await {
+                Ok(list) => list,
+                // The Integration CRD is not installed: nothing can reference the credential.
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Vec::new()),
+                Err(source) => return Err(kube_err("list Integrations")(source)),
+            };
+            list.items
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok())
+                .filter(|i| refers(i))
+                .map(|i| i.name_any())
+                .collect()
+        }
+    };
     Ok(users.into_iter().collect())
 }
 

@@ -370,12 +370,25 @@ pub fn controller(ctx: &Context, namespace: Option<&str>) -> Controller<Guarded>
     let own = ctx.own_writes.clone();
     // Integrations wake the credentials they reference (or referenced) for the in-use
     // finalizer: only when their connectors change or they go, not on their status writes.
+    // They are cached too, so the finalizer decision reads the cache instead of a listing.
+    let (integration_cache, integration_writer) = reflector::store();
+    {
+        // A controller built again (a new leadership term) replaces its predecessor's cache.
+        let mut caches = ctx
+            .integration_caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let scope = namespace.map(str::to_owned);
+        caches.retain(|(s, _)| *s != scope);
+        caches.push((scope, integration_cache));
+    }
     let integrations = spec_changes(
         watcher(
             api::<DeserializeGuard<Integration>>(client, namespace),
             config(),
         )
-        .default_backoff(),
+        .default_backoff()
+        .reflect(integration_writer),
     );
     // Secrets are watched as metadata only: a rotated Secret triggers its credentials at once,
     // while the data of unrelated Secrets is never transferred or cached.

@@ -21,12 +21,13 @@ use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use self::aggregate::Found;
@@ -444,9 +445,35 @@ fn integrations_for_credential(
         .collect()
 }
 
+/// What an Integration reads of a credential: a change to anything else (a token refresh's
+/// new expiry, a probe time) does not wake the Integrations that use it.
+fn aggregated(cred: &DeserializeGuard<ConnectorCredential>) -> String {
+    let meta = &cred.meta();
+    let seen = cred.0.as_ref().map(|c| {
+        let s = c.status.clone().unwrap_or_default();
+        json!({
+            "provider": c.spec.provider,
+            "phase": s.phase,
+            "account": s.account,
+            "permissions": s.permissions,
+            "activeRevision": s.active_revision,
+            "health": s.active_health.as_ref().map(|h| h.state),
+            "conditions": s.conditions.iter()
+                .map(|c| (&c.type_, &c.status, &c.reason, &c.message))
+                .collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "generation": meta.generation,
+        "deleting": meta.deletion_timestamp.is_some(),
+        "seen": seen.unwrap_or(serde_json::Value::Null),
+    })
+    .to_string()
+}
+
 fn controller(ctx: &Context, namespace: Option<&str>, index: Arc<Index>) -> Controller<Guarded> {
     let client = ctx.client.clone();
-    let (integrations, creds): (Api<Guarded>, Api<PartialObjectMeta<ConnectorCredential>>) =
+    let (integrations, creds): (Api<Guarded>, Api<DeserializeGuard<ConnectorCredential>>) =
         match namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
@@ -456,20 +483,19 @@ fn controller(ctx: &Context, namespace: Option<&str>, index: Arc<Index>) -> Cont
         };
     let controller = Controller::new(integrations, watcher::Config::default().any_semantic());
     let store = controller.store();
-    // Credentials are watched as metadata only: any change (status included) bumps the
-    // resourceVersion, which is all the trigger needs.
-    controller.watches(
-        creds,
-        watcher::Config::default().any_semantic(),
-        move |meta: PartialObjectMeta<ConnectorCredential>| {
-            integrations_for_credential(
-                &index,
-                &store,
-                meta.metadata.namespace.as_deref().unwrap_or_default(),
-                meta.metadata.name.as_deref().unwrap_or_default(),
-            )
-        },
-    )
+    // Credentials wake their Integrations only when something the aggregate reads changes.
+    let creds = super::triggers::changes(
+        watcher(creds, watcher::Config::default().any_semantic()).default_backoff(),
+        aggregated,
+    );
+    controller.watches_stream(creds, move |cred: DeserializeGuard<ConnectorCredential>| {
+        integrations_for_credential(
+            &index,
+            &store,
+            cred.meta().namespace.as_deref().unwrap_or_default(),
+            cred.meta().name.as_deref().unwrap_or_default(),
+        )
+    })
 }
 
 /// Runs the controller with default [`Settings`] until `shutdown` resolves; `reconcile_all`

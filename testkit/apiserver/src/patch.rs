@@ -33,9 +33,12 @@ impl PatchType {
 /// Parses a patch body: YAML (a JSON superset) for apply, JSON otherwise.
 pub(crate) fn parse_body(kind: PatchType, body: &[u8]) -> Result<Value, ApiError> {
     let parsed = match kind {
-        PatchType::Apply => std::str::from_utf8(body)
-            .map_err(|e| e.to_string())
-            .and_then(|s| serde_saphyr::from_str::<Value>(s).map_err(|e| e.to_string())),
+        // Most clients send JSON (kube, client-go); only YAML needs the slower parser.
+        PatchType::Apply => serde_json::from_slice::<Value>(body).or_else(|_| {
+            std::str::from_utf8(body)
+                .map_err(|e| e.to_string())
+                .and_then(|s| serde_saphyr::from_str::<Value>(s).map_err(|e| e.to_string()))
+        }),
         _ => serde_json::from_slice::<Value>(body).map_err(|e| e.to_string()),
     };
     parsed.map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))

@@ -16,6 +16,19 @@ use crate::errors::Cause;
 pub(crate) struct CrdSchema {
     pub raw: Value,
     compiled: CompiledSchema,
+    /// Whether any CEL rule sits outside `spec` (at the root, in `status`, ...).
+    rules_outside_spec: bool,
+}
+
+/// Whether `schema` (or anything under it) carries `x-kubernetes-validations`.
+fn has_rules(schema: &Value) -> bool {
+    match schema {
+        Value::Object(map) => {
+            map.contains_key("x-kubernetes-validations") || map.values().any(has_rules)
+        }
+        Value::Array(items) => items.iter().any(has_rules),
+        _ => false,
+    }
 }
 
 impl CrdSchema {
@@ -29,7 +42,20 @@ impl CrdSchema {
                 .collect();
             return Err(format!("CEL rules do not compile: {}", errors.join("; ")));
         }
-        Ok(Self { raw, compiled })
+        let rules_outside_spec = raw.get("x-kubernetes-validations").is_some()
+            || raw
+                .get("properties")
+                .and_then(Value::as_object)
+                .is_some_and(|props| {
+                    props
+                        .iter()
+                        .any(|(name, sub)| name != "spec" && has_rules(sub))
+                });
+        Ok(Self {
+            raw,
+            compiled,
+            rules_outside_spec,
+        })
     }
 
     /// Prunes, defaults and validates `object`; `old` is the stored object on updates (for
@@ -44,7 +70,13 @@ impl CrdSchema {
         let object = apply_defaults(&self.raw, &object);
         let mut causes = Vec::new();
         check(&self.raw, &object, "", &mut causes);
+        // Validation ratcheting (GA since Kubernetes 1.30): errors on values an update left
+        // unchanged are dropped, so when every rule sits in `spec` and the spec is unchanged
+        // (a status write, a label), no rule can fail and none is evaluated.
+        let ratcheted = !self.rules_outside_spec
+            && old.is_some_and(|old| old.get("spec") == object.get("spec"));
         if causes.is_empty()
+            && !ratcheted
             && let Err(errors) = validator.validate_compiled(&self.compiled, &object, old)
         {
             for e in errors {
@@ -91,6 +123,24 @@ fn json_type(v: &Value) -> &'static str {
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     }
+}
+
+/// Whether `s` matches the schema `pattern`; each pattern is compiled once per thread.
+fn pattern_matches(pattern: &str, s: &str) -> Result<bool, regex_lite::Error> {
+    thread_local! {
+        static COMPILED: std::cell::RefCell<std::collections::HashMap<String, regex_lite::Regex>> =
+            Default::default();
+    }
+    COMPILED.with(|compiled| {
+        let mut compiled = compiled.borrow_mut();
+        if let Some(re) = compiled.get(pattern) {
+            return Ok(re.is_match(s));
+        }
+        let re = regex_lite::Regex::new(pattern)?;
+        let matched = re.is_match(s);
+        compiled.insert(pattern.to_owned(), re);
+        Ok(matched)
+    })
 }
 
 fn flag(schema: &Value, name: &str) -> bool {
@@ -228,8 +278,8 @@ fn check(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Cause>) {
                 );
             }
             if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
-                match regex_lite::Regex::new(pattern) {
-                    Ok(re) if re.is_match(s) => {}
+                match pattern_matches(pattern, s) {
+                    Ok(true) => {}
                     Ok(_) => invalid(
                         "FieldValueInvalid",
                         format!(

@@ -184,6 +184,8 @@ pub struct State {
     pub api_keys: HashMap<String, String>,
     /// What refresh grants do.
     pub refresh_policy: RefreshPolicy,
+    /// Token requests by the client id they presented (granted or not).
+    pub grant_attempts: HashMap<String, usize>,
     serial: u64,
 }
 
@@ -197,6 +199,7 @@ impl State {
             refresh_tokens: HashMap::new(),
             api_keys: HashMap::new(),
             refresh_policy: RefreshPolicy::Keep,
+            grant_attempts: HashMap::new(),
             serial: 0,
         }
     }
@@ -229,6 +232,7 @@ impl State {
                 form.get("client_secret").cloned(),
             ),
         };
+        *self.grant_attempts.entry(client_id.clone()).or_default() += 1;
         let client = self
             .clients
             .get(&client_id)
@@ -457,5 +461,10 @@ impl<F: crate::server::Flavor> crate::server::Emulator<F> {
     /// How many access tokens were issued.
     pub fn access_tokens_issued(&self) -> usize {
         self.with_state(|s| s.access_tokens.len())
+    }
+
+    /// How many token requests presented `client_id`, granted or refused.
+    pub fn grant_attempts(&self, client_id: &str) -> usize {
+        self.with_state(|s| s.grant_attempts.get(client_id).copied().unwrap_or(0))
     }
 }
