@@ -94,12 +94,7 @@ impl Default for Metrics {
     }
 }
 
-const PHASES: [Phase; 4] = [
-    Phase::Pending,
-    Phase::Connected,
-    Phase::ConnectionLost,
-    Phase::PermissionMismatch,
-];
+const PHASES: [Phase; 6] = Phase::ALL;
 
 impl Metrics {
     /// A fresh registry with every metric registered.

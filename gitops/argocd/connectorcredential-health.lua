@@ -1,8 +1,8 @@
 -- Argo CD health check for reconnect.dev/v1alpha1 ConnectorCredential (Lua 5.1, as Argo CD runs it).
 -- Progressing until the operator has observed the current spec; then Healthy when Ready is
--- True, Degraded when the credential's connection is lost or its account lacks permissions
--- (the Ready message names the account to re-authenticate), and Progressing otherwise
--- (Pending: first validation, rotation in flight, source Secret not there yet).
+-- True, Degraded when a person must act (connection lost, permissions lacking, a rotation
+-- rejected, a spec or Secret that cannot work; the Ready message says what and who), and
+-- Progressing otherwise (Pending: first validation, rotation in flight).
 local hs = {}
 
 local function find_condition(conditions, wanted)
@@ -45,7 +45,8 @@ end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = message
-elseif status.phase == "ConnectionLost" or status.phase == "PermissionMismatch" then
+elseif status.phase == "ConnectionLost" or status.phase == "PermissionMismatch"
+    or status.phase == "RotationRejected" or status.phase == "Misconfigured" then
   hs.status = "Degraded"
   if message == "" then
     message = status.phase

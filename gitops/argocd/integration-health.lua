@@ -45,7 +45,8 @@ end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = message
-elseif status.phase == "ConnectionLost" or status.phase == "PermissionMismatch" then
+elseif status.phase == "ConnectionLost" or status.phase == "PermissionMismatch"
+    or status.phase == "RotationRejected" or status.phase == "Misconfigured" then
   hs.status = "Degraded"
   if message == "" then
     message = status.phase

@@ -152,6 +152,28 @@ const CASES = [
   ],
   ["degraded phase without a Ready condition", 2, { observedGeneration: 2, phase: "ConnectionLost" }, "Degraded", "ConnectionLost"],
   [
+    "rotation rejected: the old credential runs, but a person must fix the new one",
+    2,
+    {
+      observedGeneration: 2,
+      phase: "RotationRejected",
+      conditions: [condition("Ready", "False", "RotationRejected", "revision sha256:cd rejected: invalid_client; revision sha256:ab (svc-sync@acme.com) stays active", 2)],
+    },
+    "Degraded",
+    "revision sha256:cd rejected: invalid_client; revision sha256:ab (svc-sync@acme.com) stays active",
+  ],
+  [
+    "misconfigured: the source Secret lacks a key",
+    2,
+    {
+      observedGeneration: 2,
+      phase: "Misconfigured",
+      conditions: [condition("Ready", "False", "MissingKey", "source Secret procore-src lacks client_secret", 2)],
+    },
+    "Degraded",
+    "source Secret procore-src lacks client_secret",
+  ],
+  [
     "pending: first validation",
     1,
     {
