@@ -468,6 +468,11 @@ pub struct Rejection {
     pub message: String,
     /// When the revision was rejected.
     pub at: Time,
+    /// The validation spent the revision's rotating refresh token (the provider issued a
+    /// new one with the refusal): the revision is retried only when the source Secret or the
+    /// spec changes, never with the spent token on the validation interval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spent: bool,
 }
 
 fn is_zero(n: &i32) -> bool {

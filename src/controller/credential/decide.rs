@@ -159,13 +159,22 @@ pub(crate) fn decide(o: &Observed<'_>) -> Plan {
     let spec_changed = o.status.observed_generation != o.generation;
     let plan = |step, wake_at| Plan { step, wake_at };
     // A revision rejected recently is retried only on the validation interval (the fix may
-    // be on the provider's side), or at once after a spec change, never in a hot loop.
+    // be on the provider's side), or at once after a spec change, never in a hot loop. One
+    // whose rotating refresh token the validation spent waits for a change: presenting the
+    // spent token again would be refused, and providers with reuse detection would revoke
+    // the chain.
     let held = |candidate: &str| {
         o.status
             .rejected
             .as_ref()
             .filter(|r| r.revision == candidate && !spec_changed)
-            .map(|r| add(r.at.0, o.timing.interval))
+            .map(|r| {
+                if r.spent {
+                    Timestamp::MAX
+                } else {
+                    add(r.at.0, o.timing.interval)
+                }
+            })
             .filter(|at| o.now < *at)
     };
 
@@ -312,6 +321,7 @@ mod tests {
             reason: RejectionReason::PermissionMismatch,
             message: "m".into(),
             at: Time(at),
+            spent: false,
         })
     }
 
@@ -395,6 +405,18 @@ mod tests {
                 want_step: rotate(B),
                 want_wake: None,
                 ..row("a rejected revision is retried once the interval passed")
+            },
+            Row {
+                status: ConnectorCredentialStatus {
+                    rejected: rejected(B, t(0)).map(|r| Rejection { spent: true, ..r }),
+                    ..active(A)
+                },
+                source: Some(B),
+                now: t(60 * 24),
+                last_probe: Some(t(60 * 24 - 1)),
+                want_step: Step::Idle,
+                want_wake: Some(t(60 * 24 + 14)),
+                ..row("a revision whose refresh token was spent is never retried as it is")
             },
             Row {
                 status: ConnectorCredentialStatus {

@@ -138,6 +138,7 @@ impl Update {
             reason: rejection_reason(err),
             message,
             at: Time(self.now),
+            spent: err.rotated().is_some(),
         });
         self.status.consecutive_failures = 0;
     }
