@@ -827,7 +827,12 @@ async fn thirty_days_of_every_kind_of_provider_stay_within_budget() {
     let reused = sim.state().reused.clone();
     assert!(reused.is_empty(), "refresh tokens used twice: {reused:?}");
 
-    // Where everything ended up.
+    // Where everything ended up, once every scripted change has happened (a shorter span,
+    // for a quick look, checks the budgets only).
+    if days() < 16 {
+        println!("final states not checked: the scripted changes run until day 16");
+        return;
+    }
     let expect = [
         ("tokens-1s", Phase::Connected),
         ("tokens-60s", Phase::Connected),
