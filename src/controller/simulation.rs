@@ -139,13 +139,7 @@ impl Sim {
     ) -> (Option<Behaviour>, Result<Tokens, VerifyError>, Duration) {
         let provider = req.spec.provider;
         let now = self.clock.now();
-        let client = req
-            .material
-            .get(Field::ClientId)
-            .as_ref()
-            .or(req.material.get(Field::ApiKey).as_ref())
-            .map(|v| v.expose().to_owned())
-            .unwrap_or_default();
+        let client = client_of(req);
         let mut state = self.state();
         let behaviour = state.clients.get(&client).copied();
         let transient = |kind, status, retry_after| {
@@ -232,17 +226,21 @@ impl Sim {
     }
 }
 
+/// The client a call presents: its client id, or its API key.
+fn client_of(req: &VerifyRequest<'_>) -> String {
+    req.material
+        .get(Field::ClientId)
+        .as_ref()
+        .or(req.material.get(Field::ApiKey).as_ref())
+        .map(|v| v.expose().to_owned())
+        .unwrap_or_default()
+}
+
 impl Script for Sim {
     fn verify(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Result<Verified, VerifyError>> {
         let (behaviour, tokens, delay) = self.answer(req);
         let provider = req.spec.provider;
-        let client = req
-            .material
-            .get(Field::ClientId)
-            .as_ref()
-            .or(req.material.get(Field::ApiKey).as_ref())
-            .map(|v| v.expose().to_owned())
-            .unwrap_or_default();
+        let client = client_of(req);
         let required: BTreeSet<String> = req.required.clone();
         async move {
             tokio::time::sleep(delay).await;
