@@ -4,11 +4,13 @@
 //! [`ApiServer`] holds the state. Use it as a tower `Service` ([`ApiServer::client`] builds a
 //! `kube::Client` with no sockets), or [`ApiServer::serve`] it over plain HTTP on loopback with
 //! a kubeconfig for the operator binary and kubectl. [`TestCluster`] is the switch every
-//! end-to-end test starts from: a real cluster when `RECONNECT_TEST_KUBECONFIG` is set, this
-//! stand-in otherwise.
+//! end-to-end test starts from: the cluster `RECONNECT_TEST_KUBECONFIG` names, else a real
+//! control plane started once per test process when `KUBEBUILDER_ASSETS` names a folder with
+//! `kube-apiserver` and `etcd` (the envtest convention), else this stand-in.
 
 #![warn(missing_docs)]
 
+mod envtest;
 mod errors;
 mod faults;
 mod harness;
@@ -17,6 +19,7 @@ mod patch;
 mod render;
 mod resources;
 mod routes;
+mod scratch;
 mod selectors;
 mod server;
 mod service;
@@ -31,7 +34,10 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 pub use faults::{RequestMatch, RequestRecord, Verb};
-pub use harness::{KUBECONFIG_ENV, TEST_NAMESPACE_LABEL, TestCluster, crds_dir, test_cluster};
+pub use harness::{
+    ASSETS_ENV, Backend, KUBECONFIG_ENV, SKIP_LOG_ENV, TEST_NAMESPACE_LABEL, TestCluster, backend,
+    control_plane_startup, crds_dir, test_cluster,
+};
 pub use server::ServedApiServer;
 pub use service::ResponseBody;
 

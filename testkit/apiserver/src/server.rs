@@ -71,11 +71,10 @@ current-context: reconnect-standin
 pub(crate) async fn serve(api: ApiServer) -> std::io::Result<ServedApiServer> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let kubeconfig = std::env::temp_dir().join(format!(
-        "reconnect-apiserver-{}-{}.kubeconfig",
-        std::process::id(),
-        addr.port()
-    ));
+    // In the process's scratch directory, so that it goes even when the process is killed.
+    let kubeconfig = crate::scratch::dir()
+        .map_err(std::io::Error::other)?
+        .join(format!("served-{}.kubeconfig", addr.port()));
     std::fs::write(&kubeconfig, kubeconfig_yaml(&format!("http://{addr}")))?;
     let task = tokio::spawn(async move {
         // Connections live in this set, so aborting the accept task closes them too.
