@@ -23,6 +23,40 @@ pub(crate) struct ApiError {
     pub details: Option<Value>,
 }
 
+/// `details` naming an object: kube-apiserver omits an empty group.
+fn object_details(rt: &ResourceType, name: &str) -> Value {
+    let mut details = json!({"name": name, "kind": rt.plural});
+    if !rt.group.is_empty() {
+        details["group"] = json!(rt.group);
+    }
+    details
+}
+
+fn summary(causes: &[Cause]) -> String {
+    let summary: Vec<String> = causes
+        .iter()
+        .map(|c| {
+            if c.field.is_empty() {
+                c.message.clone()
+            } else {
+                format!("{}: {}", c.field, c.message)
+            }
+        })
+        .collect();
+    if summary.len() == 1 {
+        summary[0].clone()
+    } else {
+        format!("[{}]", summary.join(", "))
+    }
+}
+
+fn causes_json(causes: Vec<Cause>) -> Vec<Value> {
+    causes
+        .into_iter()
+        .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+        .collect()
+}
+
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -44,7 +78,7 @@ impl ApiError {
             "NotFound",
             format!("{} \"{name}\" not found", rt.group_resource()),
         )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        .with_details(object_details(rt, name))
     }
 
     pub(crate) fn namespace_not_found(namespace: &str) -> Self {
@@ -66,12 +100,14 @@ impl ApiError {
         )
     }
 
-    pub(crate) fn resource_not_found(path: &str) -> Self {
+    /// A path that names no resource: kube-apiserver does not repeat the path.
+    pub(crate) fn resource_not_found() -> Self {
         Self::new(
             404,
             "NotFound",
-            format!("the server could not find the requested resource ({path})"),
+            "the server could not find the requested resource",
         )
+        .with_details(json!({}))
     }
 
     pub(crate) fn already_exists(rt: &ResourceType, name: &str) -> Self {
@@ -80,7 +116,7 @@ impl ApiError {
             "AlreadyExists",
             format!("{} \"{name}\" already exists", rt.group_resource()),
         )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        .with_details(object_details(rt, name))
     }
 
     pub(crate) fn conflict(rt: &ResourceType, name: &str, why: &str) -> Self {
@@ -92,7 +128,7 @@ impl ApiError {
                 rt.group_resource()
             ),
         )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        .with_details(object_details(rt, name))
     }
 
     /// A 409 Conflict with a message of its own (server-side apply field conflicts).
@@ -109,31 +145,53 @@ impl ApiError {
     }
 
     pub(crate) fn invalid(rt: &ResourceType, name: &str, causes: Vec<Cause>) -> Self {
-        let summary: Vec<String> = causes
-            .iter()
-            .map(|c| {
-                if c.field.is_empty() {
-                    c.message.clone()
-                } else {
-                    format!("{}: {}", c.field, c.message)
-                }
-            })
-            .collect();
-        let summary = if summary.len() == 1 {
-            summary[0].clone()
-        } else {
-            format!("[{}]", summary.join(", "))
-        };
-        let causes: Vec<Value> = causes
-            .into_iter()
-            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
-            .collect();
+        let message = format!(
+            "{} \"{name}\" is invalid: {}",
+            rt.qualified_kind(),
+            summary(&causes)
+        );
+        let mut details = json!({"name": name, "kind": rt.kind, "causes": causes_json(causes)});
+        if !rt.group.is_empty() {
+            details["group"] = json!(rt.group);
+        }
+        Self::new(422, "Invalid", message).with_details(details)
+    }
+
+    /// A `422 Invalid` for an update that must carry a resourceVersion (custom resources and
+    /// CRDs do not allow unconditional updates). kube-apiserver names the resource, not the
+    /// kind, here.
+    pub(crate) fn resource_version_required(rt: &ResourceType, name: &str) -> Self {
+        let causes = vec![Cause {
+            reason: "FieldValueInvalid",
+            field: "metadata.resourceVersion".into(),
+            message: "Invalid value: 0: must be specified for an update".into(),
+        }];
+        let message = format!(
+            "{} \"{name}\" is invalid: {}",
+            rt.group_resource(),
+            summary(&causes)
+        );
+        let mut details = object_details(rt, name);
+        details["causes"] = json!(causes_json(causes));
+        Self::new(422, "Invalid", message).with_details(details)
+    }
+
+    /// A `422 Invalid` for request options (`ListOptions`, `PatchOptions`, ...).
+    pub(crate) fn invalid_options(kind: &str, causes: Vec<Cause>) -> Self {
+        let message = format!("{kind}.meta.k8s.io \"\" is invalid: {}", summary(&causes));
+        Self::new(422, "Invalid", message).with_details(
+            json!({"group": "meta.k8s.io", "kind": kind, "causes": causes_json(causes)}),
+        )
+    }
+
+    /// A JSON patch whose `test` failed or whose path does not exist.
+    pub(crate) fn patch_failed() -> Self {
         Self::new(
             422,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {summary}", rt.qualified_kind()),
+            "the server rejected our request due to an error in our request",
         )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}))
+        .with_details(json!({}))
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -148,7 +206,7 @@ impl ApiError {
         Self::new(
             504,
             "Timeout",
-            format!("Too large resource version: {requested}, current: {current}"),
+            format!("Timeout: Too large resource version: {requested}, current: {current}"),
         )
         .with_details(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}))
     }
@@ -165,10 +223,6 @@ impl ApiError {
                 "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type:?})"
             ),
         )
-    }
-
-    pub(crate) fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", message)
     }
 
     /// The error an injected fault answers with: the reason kube-apiserver gives that code.
@@ -214,11 +268,13 @@ impl ApiError {
 
 /// The `Status` a successful immediate delete returns.
 pub(crate) fn deleted_status(rt: &ResourceType, name: &str, uid: &str) -> Value {
+    let mut details = object_details(rt, name);
+    details["uid"] = json!(uid);
     json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Success",
-        "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": uid},
+        "details": details,
     })
 }

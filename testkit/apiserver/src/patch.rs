@@ -57,14 +57,8 @@ pub(crate) fn patch(
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
-            json_patch::patch(&mut doc, &ops).map_err(|e| {
-                let mut err = ApiError::internal(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                ));
-                err.code = 422;
-                err.reason = "Invalid";
-                err
-            })?;
+            // kube-apiserver does not say which operation failed.
+            json_patch::patch(&mut doc, &ops).map_err(|_| ApiError::patch_failed())?;
         }
         PatchType::Strategic => strategic_merge(&mut doc, patch),
         PatchType::Apply => apply(&mut doc, patch, schema),

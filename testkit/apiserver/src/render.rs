@@ -150,7 +150,20 @@ impl Presentation {
                 json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": metadata, "items": items})
             }
             Format::Full => {
-                let items: Vec<Value> = items.into_iter().map(|o| self.object(o)).collect();
+                // Items of built-in (typed) lists carry no apiVersion and kind; those of custom
+                // resources (unstructured) do.
+                let custom = self.rt.is_custom();
+                let items: Vec<Value> = items
+                    .into_iter()
+                    .map(|o| {
+                        let mut item = self.object(o);
+                        if !custom && let Some(map) = item.as_object_mut() {
+                            map.remove("apiVersion");
+                            map.remove("kind");
+                        }
+                        item
+                    })
+                    .collect();
                 json!({"apiVersion": self.api_version, "kind": format!("{}List", self.rt.kind), "metadata": metadata, "items": items})
             }
         }

@@ -78,6 +78,12 @@ impl ResourceType {
         self.schema.is_some()
     }
 
+    /// Whether a PUT without `metadata.resourceVersion` is accepted. kube-apiserver refuses
+    /// it for custom resources and CRDs; the built-in types served here allow it.
+    pub(crate) fn allows_unconditional_update(&self) -> bool {
+        !self.is_custom() && !(self.group == CRD_GROUP && self.plural == CRD_PLURAL)
+    }
+
     fn discovery_entry(&self) -> Vec<Value> {
         let mut verbs = vec![
             "create",

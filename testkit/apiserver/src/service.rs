@@ -20,7 +20,7 @@ use crate::patch::PatchType;
 use crate::render::Presentation;
 use crate::routes::{self, Query, ResourcePath, Route};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{DeleteOptions, Filter, ListQuery, PatchOptions, WatchStart};
+use crate::store::{DeleteOptions, Filter, ListQuery, PatchOptions, Propagation, WatchStart};
 use crate::watch::{self, WatchOptions};
 use crate::{ApiServer, Inner, Verb, lock};
 
@@ -134,7 +134,7 @@ fn dispatch(
     let state = inner.state();
     let found = |doc: Option<Value>| {
         doc.map(|d| json_response(200, &d))
-            .ok_or_else(|| ApiError::resource_not_found(parts.uri.path()))
+            .ok_or_else(|| ApiError::resource_not_found())
     };
     match route {
         Route::Version => Ok(json_response(
@@ -151,7 +151,7 @@ fn dispatch(
         Route::ResourceList { group, version } => {
             found(state.registry.resource_list(&group, &version))
         }
-        Route::Unknown => Err(ApiError::resource_not_found(parts.uri.path())),
+        Route::Unknown => Err(ApiError::resource_not_found()),
         Route::Resource(path) => {
             drop(state);
             resource(inner, parts, path, verb, query, body)
@@ -167,7 +167,7 @@ fn resource(
     query: &Query,
     body: &Bytes,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let not_found = || ApiError::resource_not_found(parts.uri.path());
+    let not_found = || ApiError::resource_not_found();
     let rt = inner
         .state()
         .registry
@@ -217,9 +217,15 @@ fn resource(
             Ok(json_response(201, &view.object(object)))
         }
         (Verb::Update, Some(name)) => {
-            let object = inner
-                .state()
-                .update(&rt, ns, name, parse_body()?, status_only)?;
+            let body = parse_body()?;
+            let unconditional = body
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty);
+            if unconditional && !rt.allows_unconditional_update() {
+                return Err(ApiError::resource_version_required(&rt, name));
+            }
+            let object = inner.state().update(&rt, ns, name, body, status_only)?;
             Ok(json_response(200, &view.object(object)))
         }
         (Verb::Patch, Some(name)) => {
@@ -249,10 +255,14 @@ fn resource(
             Ok(json_response(200, &result))
         }
         (Verb::DeleteCollection, None) => {
-            inner.state().delete_collection(&filter()?);
+            // Like kube-apiserver: the list of what was deleted.
+            let mut state = inner.state();
+            let deleted = state.delete_collection(&filter()?);
+            let rv = state.resource_version();
+            drop(state);
             Ok(json_response(
                 200,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+                &view.list(deleted, json!({"resourceVersion": rv.to_string()})),
             ))
         }
         _ => Err(ApiError::method_not_allowed(format!(
@@ -278,12 +288,33 @@ fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError
     };
     let policy =
         text("/propagationPolicy").or_else(|| query.get("propagationPolicy").map(str::to_string));
+    let propagation = match policy.as_deref() {
+        Some("Orphan") => Propagation::Orphan,
+        Some("Foreground") => Propagation::Foreground,
+        Some("Background") => Propagation::Background,
+        Some(other) => {
+            return Err(ApiError::invalid_options(
+                "DeleteOptions",
+                vec![crate::errors::Cause {
+                    reason: "FieldValueNotSupported",
+                    field: "propagationPolicy".into(),
+                    message: format!(
+                        "Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                    ),
+                }],
+            ));
+        }
+        None if options.get("orphanDependents") == Some(&json!(true))
+            || query.get("orphanDependents") == Some("true") =>
+        {
+            Propagation::Orphan
+        }
+        None => Propagation::Background,
+    };
     Ok(DeleteOptions {
         precondition_uid: text("/preconditions/uid"),
         precondition_rv: text("/preconditions/resourceVersion"),
-        // Foreground deletion is treated as Background: dependents go either way.
-        orphan: policy.as_deref() == Some("Orphan")
-            || options.get("orphanDependents") == Some(&json!(true)),
+        propagation,
     })
 }
 

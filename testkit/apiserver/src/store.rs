@@ -20,6 +20,11 @@ use crate::patch::{self, PatchType};
 use crate::resources::{CRD_GROUP, CRD_PLURAL, Registry, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
 
+/// Finalizer of an object deleted with `propagationPolicy: Orphan`.
+const ORPHAN_FINALIZER: &str = "orphan";
+/// Finalizer of an object deleted with `propagationPolicy: Foreground`.
+const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
 /// (resource store key `group/plural`, namespace or "", name).
 pub(crate) type Key = (String, String, String);
 
@@ -120,12 +125,24 @@ pub(crate) struct ListPage {
     pub remaining: usize,
 }
 
+/// What happens to an object's dependents when it is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Propagation {
+    /// The object goes at once; the garbage collector deletes the dependents afterwards.
+    #[default]
+    Background,
+    /// The object stays (finalizer `foregroundDeletion`) until its dependents are gone.
+    Foreground,
+    /// The object stays (finalizer `orphan`) until its dependents' references are removed.
+    Orphan,
+}
+
 /// Delete parameters after parsing.
 #[derive(Debug, Default)]
 pub(crate) struct DeleteOptions {
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
-    pub orphan: bool,
+    pub propagation: Propagation,
 }
 
 /// Server-side apply parameters from the query string.
@@ -188,6 +205,11 @@ pub(crate) fn now_rfc3339() -> String {
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }
+
+/// kube-apiserver's explanation of a bad DNS-1123 label (namespace names).
+const DNS_LABEL_RULE: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+/// kube-apiserver's explanation of a bad DNS-1123 subdomain (most object names).
+const DNS_SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -267,6 +289,24 @@ fn label_and_annotation_causes(object: &Value) -> Vec<Cause> {
         });
     }
     causes
+}
+
+/// What decoding into `ObjectMeta` does to metadata: empty or null labels, annotations,
+/// finalizers and ownerReferences disappear (they are `omitempty`).
+fn normalize_metadata(object: &mut Value) {
+    if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in ["labels", "annotations", "finalizers", "ownerReferences"] {
+            let empty = m.get(field).is_some_and(|v| {
+                v.is_null()
+                    || v.as_object().is_some_and(Map::is_empty)
+                    || v.as_array().is_some_and(Vec::is_empty)
+            });
+            if empty {
+                m.remove(field);
+            }
+        }
+        m.retain(|_, v| !v.is_null());
+    }
 }
 
 /// The object without the parts whose change does not bump `metadata.generation`.
@@ -465,8 +505,13 @@ impl State {
         } else {
             match (requested, query.resource_version_match.as_deref()) {
                 (None, Some(_)) => {
-                    return Err(ApiError::bad_request(
-                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                    return Err(ApiError::invalid_options(
+                        "ListOptions",
+                        vec![Cause {
+                            reason: "FieldValueForbidden",
+                            field: "resourceVersionMatch".into(),
+                            message: "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+                        }],
                     ));
                 }
                 (Some(rv), Some("Exact")) => {
@@ -608,24 +653,23 @@ impl State {
         old: Option<&Value>,
     ) -> Result<Value, ApiError> {
         let name = meta(&object, "name").unwrap_or_default();
-        let name_ok = if rt.plural == "namespaces" {
-            is_dns_label(&name)
+        let name_problem = if rt.plural == "namespaces" {
+            (!is_dns_label(&name)).then_some(DNS_LABEL_RULE)
         } else {
-            is_dns_subdomain(&name)
+            (!is_dns_subdomain(&name)).then_some(DNS_SUBDOMAIN_RULE)
         };
-        if !name_ok {
+        if let Some(rule) = name_problem {
             return Err(ApiError::invalid(
                 rt,
                 &name,
                 vec![Cause {
                     reason: "FieldValueInvalid",
                     field: "metadata.name".into(),
-                    message: format!(
-                        "Invalid value: {name:?}: a lowercase RFC 1123 name must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-                    ),
+                    message: format!("Invalid value: {name:?}: {rule}"),
                 }],
             ));
         }
+        normalize_metadata(&mut object);
         let metadata_causes = label_and_annotation_causes(&object);
         if !metadata_causes.is_empty() {
             return Err(ApiError::invalid(rt, &name, metadata_causes));
@@ -666,9 +710,26 @@ impl State {
                 if object.get("type").is_none_or(Value::is_null) {
                     object["type"] = json!("Opaque");
                 }
+                if object
+                    .get("data")
+                    .is_some_and(|d| d.is_null() || d.as_object().is_some_and(Map::is_empty))
+                    && let Some(o) = object.as_object_mut()
+                {
+                    o.remove("data");
+                }
             }
-            "namespaces" if object.pointer("/status/phase").is_none() => {
-                object["status"] = json!({"phase": "Active"});
+            "namespaces" => {
+                // The namespace's name is always a label, and its finalizer is the namespace
+                // controller's.
+                let m = meta_mut(&mut object);
+                let labels = m.entry("labels").or_insert_with(|| json!({}));
+                labels["kubernetes.io/metadata.name"] = json!(name);
+                if object.pointer("/spec/finalizers").is_none() {
+                    object["spec"] = json!({"finalizers": ["kubernetes"]});
+                }
+                if object.pointer("/status/phase").is_none() {
+                    object["status"] = json!({"phase": "Active"});
+                }
             }
             _ => {}
         }
@@ -716,9 +777,9 @@ impl State {
                     rt.plural
                 ))
             })?;
-            if let Some(given) = meta(&object, "namespace").filter(|g| !g.is_empty() && g != ns) {
+            if meta(&object, "namespace").is_some_and(|g| !g.is_empty() && g != ns) {
                 return Err(ApiError::bad_request(format!(
-                    "the namespace of the provided object ({given}) does not match the namespace sent on the request ({ns})"
+                    "the namespace of the provided object does not match the namespace sent on the request"
                 )));
             }
             self.check_namespace(ns)?;
@@ -764,10 +825,13 @@ impl State {
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
             "managedFields",
-            "generation",
             "selfLink",
         ] {
             m.remove(server_owned);
+        }
+        // Types without a generation keep what the client sent, as kube-apiserver does.
+        if rt.tracks_generation {
+            m.remove("generation");
         }
         if rt.tracks_generation {
             m.insert("generation".into(), json!(1));
@@ -965,12 +1029,14 @@ impl State {
             return Err(err);
         }
         if kind == PatchType::Apply && field_manager.is_none_or(str::is_empty) {
-            let mut err = ApiError::bad_request(
-                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
-            );
-            err.code = 422;
-            err.reason = "Invalid";
-            return Err(err);
+            return Err(ApiError::invalid_options(
+                "PatchOptions",
+                vec![Cause {
+                    reason: "FieldValueRequired",
+                    field: "fieldManager".into(),
+                    message: "Required value: is required for apply patch".into(),
+                }],
+            ));
         }
         let patch_doc = patch::parse_body(kind, body)?;
         if kind != PatchType::Json && !patch_doc.is_object() {
@@ -1096,52 +1162,119 @@ impl State {
                 ),
             ));
         }
-        if options.orphan {
-            self.orphan_dependents(&uid);
-        }
-        let outcome = self.delete_key(key.clone());
-        self.collect_garbage();
-        Ok(match outcome {
-            Some(_) => match self.objects.get(&key) {
-                Some(still_there) => still_there.clone(),
-                None => deleted_status(rt, name, &uid),
-            },
-            None => deleted_status(rt, name, &uid),
-        })
+        let response = match options.propagation {
+            Propagation::Background => {
+                let outcome = self.delete_key(key.clone(), None);
+                self.collect_garbage();
+                // A namespace is answered as marked for termination (its finalizer), whether
+                // or not it is already gone here.
+                match outcome {
+                    Some(still_there) => still_there,
+                    None => deleted_status(rt, name, &uid),
+                }
+            }
+            policy => {
+                // kube-apiserver adds the finalizer and answers with the object; the garbage
+                // collector then handles the dependents and removes the finalizer. Here that
+                // happens at once, with the same sequence of events.
+                let finalizer = if policy == Propagation::Orphan {
+                    ORPHAN_FINALIZER
+                } else {
+                    FOREGROUND_FINALIZER
+                };
+                let marked = self
+                    .delete_key(key.clone(), Some(finalizer))
+                    .unwrap_or_else(|| deleted_status(rt, name, &uid));
+                if policy == Propagation::Orphan {
+                    self.orphan_dependents(&uid);
+                } else {
+                    self.collect_garbage_without(Some(&uid));
+                }
+                self.remove_finalizer(&key, finalizer);
+                self.collect_garbage();
+                marked
+            }
+        };
+        Ok(response)
     }
 
-    /// Deletes every object of the collection that the filter selects.
-    pub(crate) fn delete_collection(&mut self, filter: &Filter) {
+    /// Takes a garbage-collection finalizer off an object and removes the object when no
+    /// finalizers are left.
+    fn remove_finalizer(&mut self, key: &Key, finalizer: &str) {
+        let Some(mut object) = self.objects.get(key).cloned() else {
+            return;
+        };
+        if let Some(list) = object
+            .pointer_mut("/metadata/finalizers")
+            .and_then(Value::as_array_mut)
+        {
+            list.retain(|f| f.as_str() != Some(finalizer));
+        }
+        normalize_metadata(&mut object);
+        let done = finalizers(&object).is_empty();
+        self.commit(key.clone(), Some(object));
+        if done {
+            self.remove(key.clone());
+        }
+    }
+
+    /// Deletes every object of the collection that the filter selects; returns them as they
+    /// were when deleted (marked for deletion when finalizers hold them).
+    pub(crate) fn delete_collection(&mut self, filter: &Filter) -> Vec<Value> {
         let keys: Vec<Key> = self
             .objects
             .iter()
             .filter(|(k, v)| filter.matches(k, v))
             .map(|(k, _)| k.clone())
             .collect();
+        let mut deleted = Vec::new();
         for key in keys {
-            self.delete_key(key);
+            let before = self.objects.get(&key).cloned();
+            match self.delete_key(key, None) {
+                Some(marked) => deleted.push(marked),
+                None => deleted.extend(before),
+            }
         }
         self.collect_garbage();
+        deleted
     }
 
-    /// Starts deleting an object: with finalizers (or for a namespace) it is marked with a
-    /// deletionTimestamp and kept; otherwise removed. Returns the object still stored, if any.
-    fn delete_key(&mut self, key: Key) -> Option<Value> {
+    /// Starts deleting an object: with finalizers (or for a namespace, or with `finalizer`,
+    /// which is added) it is marked with a deletionTimestamp, its generation bumped, and kept;
+    /// otherwise removed. Returns the object still stored, if any.
+    fn delete_key(&mut self, key: Key, finalizer: Option<&str>) -> Option<Value> {
         let object = self.objects.get(&key)?.clone();
         let is_namespace = key.0 == "/namespaces";
-        if finalizers(&object).is_empty() && !is_namespace {
+        if finalizers(&object).is_empty() && !is_namespace && finalizer.is_none() {
             self.remove(key);
             return None;
         }
-        if meta(&object, "deletionTimestamp").is_some() {
-            return Some(object);
-        }
+        let deleting = meta(&object, "deletionTimestamp").is_some();
         let mut marked = object;
-        let m = meta_mut(&mut marked);
-        m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-        m.insert("deletionGracePeriodSeconds".into(), json!(0));
-        if is_namespace {
-            marked["status"] = json!({"phase": "Terminating"});
+        if let Some(finalizer) = finalizer
+            && !finalizers(&marked).iter().any(|f| f == finalizer)
+        {
+            let m = meta_mut(&mut marked);
+            let list = m.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut() {
+                list.push(json!(finalizer));
+            }
+        }
+        if !deleting {
+            let m = meta_mut(&mut marked);
+            m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+            if !is_namespace {
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            }
+            if let Some(generation) = m.get("generation").and_then(Value::as_i64) {
+                m.insert("generation".into(), json!(generation + 1));
+            }
+            if is_namespace {
+                marked["status"] = json!({"phase": "Terminating"});
+            }
+        }
+        if Some(&marked) == self.objects.get(&key) {
+            return Some(marked);
         }
         Some(self.commit(key, Some(marked)))
     }
@@ -1189,6 +1322,7 @@ impl State {
             {
                 refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid));
             }
+            normalize_metadata(&mut object);
             self.commit(key, Some(object));
         }
     }
@@ -1197,11 +1331,18 @@ impl State {
     /// point after every deletion: dependents whose owners are all gone are deleted, dangling
     /// owner references are dropped, terminating namespaces are emptied and then removed.
     fn collect_garbage(&mut self) {
+        self.collect_garbage_without(None);
+    }
+
+    /// [`State::collect_garbage`] as if the object with uid `gone` (being deleted in the
+    /// foreground) were already gone.
+    fn collect_garbage_without(&mut self, gone: Option<&str>) {
         loop {
             let uids: HashSet<String> = self
                 .objects
                 .values()
                 .filter_map(|v| meta(v, "uid"))
+                .filter(|u| Some(u.as_str()) != gone)
                 .collect();
             let terminating: HashSet<String> = self
                 .objects
@@ -1232,7 +1373,7 @@ impl State {
             }
             for (key, delete) in work {
                 if delete {
-                    self.delete_key(key);
+                    self.delete_key(key, None);
                 } else {
                     let mut object = self.objects[&key].clone();
                     if let Some(refs) = object
@@ -1245,6 +1386,7 @@ impl State {
                                 .is_some_and(|u| uids.contains(u))
                         });
                     }
+                    normalize_metadata(&mut object);
                     self.commit(key, Some(object));
                 }
             }

@@ -1247,9 +1247,16 @@ async fn finalizers_hold_deletion_until_removed() {
         .watch(&WatchParams::default(), &rv(&created))
         .await
         .unwrap();
-    api.delete("fin", &DeleteParams::default()).await.unwrap();
+    let answer = api.delete("fin", &DeleteParams::default()).await.unwrap();
     let held = api.get("fin").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
+    // The delete answers with the object it kept; marking it bumps the generation.
+    let marked = answer.left().expect("the object, not a Status");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        (created.metadata.generation, held.metadata.generation),
+        (Some(1), Some(2))
+    );
     // No new finalizers while deleting.
     let err = status(
         api.patch(
@@ -1972,5 +1979,344 @@ async fn kube_event_recorder_creates_then_patches_a_series() {
     );
     assert_eq!(ours[0].series.as_ref().map(|s| s.count), Some(2));
     assert_eq!(ours[0].reason.as_deref(), Some("RotationRejected"));
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn orphan_and_foreground_deletes_answer_with_the_object_holding_a_gc_finalizer() {
+    let cluster = test_cluster().await;
+    let api = credentials(&cluster);
+    let owned_secret = |name: &str, owner: &DynamicObject| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": [{
+            "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
+            "name": owner.metadata.name, "uid": owner.metadata.uid, "blockOwnerDeletion": true,
+        }]}}))
+        .unwrap()
+    };
+    for (policy, finalizer) in [
+        (PropagationPolicy::Orphan, "orphan"),
+        (PropagationPolicy::Foreground, "foregroundDeletion"),
+    ] {
+        let name = finalizer.to_lowercase();
+        let owner = api
+            .create(&PostParams::default(), &credential(&name))
+            .await
+            .unwrap();
+        let dependent = secrets(&cluster)
+            .create(
+                &PostParams::default(),
+                &owned_secret(&format!("{name}-dep"), &owner),
+            )
+            .await
+            .unwrap();
+        let orphan = matches!(policy, PropagationPolicy::Orphan);
+        let params = DeleteParams {
+            propagation_policy: Some(policy),
+            ..Default::default()
+        };
+        let answer = api.delete(&name, &params).await.unwrap();
+        let marked = answer.left().expect("the object, not a Status");
+        assert!(marked.metadata.deletion_timestamp.is_some());
+        assert_eq!(
+            marked.metadata.finalizers.as_deref(),
+            Some(&[finalizer.to_string()][..])
+        );
+        assert_eq!(marked.metadata.generation, Some(2));
+        // Then the garbage collector finishes: the owner goes, the dependent loses its
+        // reference (orphan) or goes first (foreground).
+        let uid = owner.metadata.uid.clone().unwrap();
+        tokio::time::timeout(
+            WAIT,
+            await_condition(api.clone(), &name, conditions::is_deleted(&uid)),
+        )
+        .await
+        .expect("owner gone")
+        .unwrap();
+        let dependent_name = dependent.metadata.name.clone().unwrap();
+        let left = secrets(&cluster).get_opt(&dependent_name).await.unwrap();
+        if orphan {
+            assert!(
+                left.unwrap().metadata.owner_references.is_none(),
+                "an orphaned dependent keeps no (empty) ownerReferences"
+            );
+        } else {
+            assert!(
+                left.is_none(),
+                "foreground deletion removed the dependent first"
+            );
+        }
+    }
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn delete_collection_answers_with_the_deleted_objects() {
+    let cluster = test_cluster().await;
+    let api = secrets(&cluster);
+    for name in ["dc1", "dc2", "keep"] {
+        let group = if name == "keep" { "no" } else { "yes" };
+        api.create(&PostParams::default(), &secret(name, json!({"dc": group})))
+            .await
+            .unwrap();
+    }
+    let answer = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("dc=yes"),
+        )
+        .await
+        .unwrap();
+    let deleted = answer.left().expect("a SecretList, not a Status");
+    assert_eq!(names(&deleted.items), vec!["dc1", "dc2"]);
+    assert_eq!(
+        names(&api.list(&ListParams::default()).await.unwrap().items),
+        vec!["keep"]
+    );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn namespaces_carry_their_name_label_and_the_kubernetes_finalizer() {
+    let cluster = test_cluster().await;
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    let ns = namespaces.get(&cluster.namespace).await.unwrap();
+    assert_eq!(
+        ns.metadata.labels.as_ref().unwrap()["kubernetes.io/metadata.name"],
+        cluster.namespace
+    );
+    assert_eq!(
+        ns.spec.and_then(|s| s.finalizers),
+        Some(vec!["kubernetes".to_string()])
+    );
+    // The label cannot be changed: the server puts it back.
+    let relabelled = namespaces
+        .patch(
+            &cluster.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"kubernetes.io/metadata.name": "other"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        relabelled.metadata.labels.unwrap()["kubernetes.io/metadata.name"],
+        cluster.namespace
+    );
+    // Deleting answers with the namespace, now terminating.
+    let other = format!("{}-del", cluster.namespace);
+    let created: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": other, "labels": {"reconnect.dev/test-namespace": "true"}}}),
+    )
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &created)
+        .await
+        .unwrap();
+    let answer = namespaces
+        .delete(&other, &DeleteParams::default())
+        .await
+        .unwrap();
+    let terminating = answer.left().expect("the Namespace, not a Status");
+    assert_eq!(
+        terminating.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn custom_resources_refuse_updates_without_a_resource_version() {
+    let cluster = test_cluster().await;
+    let api = credentials(&cluster);
+    let created = api
+        .create(&PostParams::default(), &credential("unconditional"))
+        .await
+        .unwrap();
+    for subresource in ["", "/status"] {
+        let mut body = created.clone();
+        body.metadata.resource_version = None;
+        body.metadata.managed_fields = None;
+        body.data["status"] = json!({"phase": "Connected"});
+        let request = http::Request::put(format!(
+            "/apis/reconnect.dev/v1alpha1/namespaces/{}/connectorcredentials/unconditional{subresource}",
+            cluster.namespace
+        ))
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+        let err = status(raw(&cluster, request).await);
+        assert_eq!(
+            (err.code, err.reason.as_str()),
+            (422, "Invalid"),
+            "{subresource}"
+        );
+        assert!(
+            err.message
+                .starts_with("connectorcredentials.reconnect.dev \"unconditional\" is invalid"),
+            "{}",
+            err.message
+        );
+        let causes = err.details.unwrap().causes;
+        assert_eq!(causes[0].field, "metadata.resourceVersion");
+        assert!(
+            causes[0]
+                .message
+                .contains("must be specified for an update")
+        );
+    }
+    // Built-in types take unconditional updates.
+    let api = secrets(&cluster);
+    let mut first = api
+        .create(&PostParams::default(), &secret("unconditional", json!({})))
+        .await
+        .unwrap();
+    first.metadata.resource_version = None;
+    first.metadata.labels = Some([("v".to_string(), "2".to_string())].into());
+    let replaced = api
+        .replace("unconditional", &PostParams::default(), &first)
+        .await
+        .unwrap();
+    assert_eq!(replaced.metadata.labels.unwrap()["v"], "2");
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn empty_metadata_collections_are_dropped_and_typed_list_items_carry_no_kind() {
+    let cluster = test_cluster().await;
+    let body = json!({"metadata": {"name": "empty", "labels": {}, "annotations": {}, "finalizers": [],
+        "ownerReferences": []}, "data": {}});
+    let request = http::Request::post(format!("/api/v1/namespaces/{}/secrets", cluster.namespace))
+        .header("Content-Type", "application/json")
+        .body(body.to_string().into_bytes())
+        .unwrap();
+    let created = raw(&cluster, request).await.unwrap();
+    for field in ["labels", "annotations", "finalizers", "ownerReferences"] {
+        assert!(
+            created["metadata"].get(field).is_none(),
+            "{field}: {created}"
+        );
+    }
+    assert!(created.get("data").is_none(), "{created}");
+    credentials(&cluster)
+        .create(&PostParams::default(), &credential("kinded"))
+        .await
+        .unwrap();
+    let list = |path: String| raw(&cluster, http::Request::get(path).body(Vec::new()).unwrap());
+    // Built-in lists are typed: their items have no apiVersion/kind. Custom resources have.
+    let secret_list = list(format!("/api/v1/namespaces/{}/secrets", cluster.namespace))
+        .await
+        .unwrap();
+    assert_eq!(secret_list["kind"], "SecretList");
+    assert!(
+        secret_list["items"][0].get("kind").is_none(),
+        "{secret_list}"
+    );
+    let cc_list = list(format!(
+        "/apis/reconnect.dev/v1alpha1/namespaces/{}/connectorcredentials",
+        cluster.namespace
+    ))
+    .await
+    .unwrap();
+    assert_eq!(cc_list["items"][0]["kind"], "ConnectorCredential");
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn error_details_follow_kube_apiserver() {
+    let cluster = test_cluster().await;
+    let get = |path: String| raw(&cluster, http::Request::get(path).body(Vec::new()).unwrap());
+    // Core-group details carry no empty group.
+    let request = http::Request::get(format!(
+        "/api/v1/namespaces/{}/secrets/missing",
+        cluster.namespace
+    ))
+    .body(Vec::new())
+    .unwrap();
+    let response = cluster
+        .client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let not_found: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        not_found["details"],
+        json!({"name": "missing", "kind": "secrets"})
+    );
+    // A path naming no resource.
+    let err = status(get(format!("/api/v1/namespaces/{}/nonsense", cluster.namespace)).await);
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (404, "the server could not find the requested resource")
+    );
+    // resourceVersionMatch without a resourceVersion is an invalid ListOptions.
+    let err = status(
+        get(format!(
+            "/api/v1/namespaces/{}/secrets?resourceVersionMatch=Exact",
+            cluster.namespace
+        ))
+        .await,
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    assert_eq!(err.details.as_ref().unwrap().kind, "ListOptions");
+    assert_eq!(err.details.unwrap().causes[0].field, "resourceVersionMatch");
+    // A resourceVersion from the future times out.
+    let err = status(
+        get(format!(
+            "/api/v1/namespaces/{}/secrets?resourceVersion=999999999999",
+            cluster.namespace
+        ))
+        .await,
+    );
+    assert_eq!((err.code, err.reason.as_str()), (504, "Timeout"));
+    assert!(
+        err.message
+            .starts_with("Timeout: Too large resource version: 999999999999"),
+        "{}",
+        err.message
+    );
+    // Invalid names are explained with the rule.
+    let err = status(
+        secrets(&cluster)
+            .create(&PostParams::default(), &secret("Not_Valid", json!({})))
+            .await,
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message
+            .contains("a lowercase RFC 1123 subdomain must consist of")
+            && err.message.contains("regex used for validation is"),
+        "{}",
+        err.message
+    );
+    // A failed JSON patch test does not say which operation failed.
+    secrets(&cluster)
+        .create(&PostParams::default(), &secret("jp", json!({"a": "1"})))
+        .await
+        .unwrap();
+    let request = http::Request::patch(format!(
+        "/api/v1/namespaces/{}/secrets/jp",
+        cluster.namespace
+    ))
+    .header("Content-Type", "application/json-patch+json")
+    .body(
+        json!([{"op": "test", "path": "/metadata/labels/a", "value": "2"}])
+            .to_string()
+            .into_bytes(),
+    )
+    .unwrap();
+    let err = status(raw(&cluster, request).await);
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (
+            422,
+            "the server rejected our request due to an error in our request"
+        )
+    );
     cluster.cleanup().await;
 }
