@@ -1,8 +1,11 @@
 //! Server-side apply field ownership, simplified: each (field manager, subresource) owns the
 //! fields its last apply configuration set. When a manager's next apply leaves a field out,
 //! the field is removed unless another manager's apply owns it (or something inside it) —
-//! which is how an operator drops a status field or condition it no longer reports. Fields
-//! written by PUT or non-apply patches are not tracked, and there are no ownership conflicts.
+//! which is how an operator drops a status field or condition it no longer reports. A create,
+//! PUT or non-apply patch makes its manager (the `fieldManager` parameter, else the client's
+//! User-Agent up to the first `/`, else `unknown`) the sole owner of the fields it changed,
+//! as an `Update` operation; an apply that sets such a field to another value conflicts with
+//! it, as on kube-apiserver.
 
 use std::collections::BTreeSet;
 
@@ -135,7 +138,7 @@ fn collect(
 }
 
 /// The value at `path`, if present.
-fn value_at<'a>(value: &'a Value, path: &[Segment]) -> Option<&'a Value> {
+pub(crate) fn value_at<'a>(value: &'a Value, path: &[Segment]) -> Option<&'a Value> {
     path.iter()
         .try_fold(value, |v, segment| match (v, segment) {
             (Value::Object(map), Segment::Field(f)) => map.get(f),

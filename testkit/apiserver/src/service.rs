@@ -20,7 +20,9 @@ use crate::patch::PatchType;
 use crate::render::Presentation;
 use crate::routes::{self, Query, ResourcePath, Route};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{DeleteOptions, Filter, ListQuery, PatchOptions, Propagation, WatchStart};
+use crate::store::{
+    DeleteOptions, Filter, ListQuery, PatchOptions, Propagation, WatchStart, Writer,
+};
 use crate::watch::{self, WatchOptions};
 use crate::{ApiServer, Inner, Verb, lock};
 
@@ -205,6 +207,13 @@ fn resource(
             )?,
         })
     };
+    let writer = || {
+        Writer::new(
+            query.get("fieldManager"),
+            header_str(parts, header::USER_AGENT).as_deref(),
+            rt.api_version(&path.version),
+        )
+    };
     match (verb, name) {
         (Verb::Get, Some(name)) => {
             let object = inner.state().get(&rt, ns, name)?;
@@ -213,7 +222,10 @@ fn resource(
         (Verb::List, None) => list(inner, &view, filter()?, query),
         (Verb::Watch, None) => start_watch(inner, view, filter()?, query),
         (Verb::Create, None) => {
-            let object = inner.state().create(&rt, ns, parse_body()?)?;
+            let mut state = inner.state();
+            let object = state.create(&rt, ns, parse_body()?)?;
+            state.record_write(&rt, &writer(), false, None, &object);
+            drop(state);
             Ok(json_response(201, &view.object(object)))
         }
         (Verb::Update, Some(name)) => {
@@ -225,7 +237,11 @@ fn resource(
             if unconditional && !rt.allows_unconditional_update() {
                 return Err(ApiError::resource_version_required(&rt, name));
             }
-            let object = inner.state().update(&rt, ns, name, body, status_only)?;
+            let mut state = inner.state();
+            let old = state.get(&rt, ns, name).ok();
+            let object = state.update(&rt, ns, name, body, status_only)?;
+            state.record_write(&rt, &writer(), status_only, old.as_ref(), &object);
+            drop(state);
             Ok(json_response(200, &view.object(object)))
         }
         (Verb::Patch, Some(name)) => {
@@ -235,6 +251,7 @@ fn resource(
             let options = PatchOptions {
                 field_manager: query.get("fieldManager").map(str::to_string),
                 force: query.flag("force"),
+                writer: writer(),
             };
             let written = inner
                 .state()

@@ -150,6 +150,68 @@ pub(crate) struct DeleteOptions {
 pub(crate) struct PatchOptions {
     pub field_manager: Option<String>,
     pub force: bool,
+    /// Who a non-apply patch is recorded as.
+    pub writer: Writer,
+}
+
+/// Who a create, update or non-apply patch is recorded as.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    /// As kube-apiserver names it: the `fieldManager` parameter, else the User-Agent up to
+    /// its first `/`, else `unknown`.
+    pub manager: String,
+    /// The apiVersion the request went through.
+    pub api_version: String,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        field_manager: Option<&str>,
+        user_agent: Option<&str>,
+        api_version: String,
+    ) -> Self {
+        let manager = field_manager
+            .filter(|m| !m.is_empty())
+            .or_else(|| {
+                user_agent
+                    .and_then(|ua| ua.split('/').next())
+                    .filter(|p| !p.is_empty())
+            })
+            .unwrap_or("unknown")
+            .to_string();
+        Self {
+            manager,
+            api_version,
+        }
+    }
+}
+
+/// One entry of an object's field ownership: a manager, whether it wrote the status
+/// subresource, and how (an apply, or another write through the given apiVersion).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Owner {
+    manager: String,
+    status: bool,
+    /// `None` for an apply; the apiVersion of a create, update or non-apply patch.
+    updated_through: Option<String>,
+}
+
+impl Owner {
+    fn applier(manager: &str, status: bool) -> Self {
+        Self {
+            manager: manager.to_string(),
+            status,
+            updated_through: None,
+        }
+    }
+
+    /// How kube-apiserver names this owner in a conflict.
+    fn describe(&self) -> String {
+        match &self.updated_through {
+            None => format!("conflict with \"{}\"", self.manager),
+            Some(api_version) => format!("conflict with \"{}\" using {api_version}", self.manager),
+        }
+    }
 }
 
 /// What a write produced: the object (or Status) to return and whether it was created.
@@ -171,8 +233,8 @@ pub(crate) struct State {
     next_watch: u64,
     validator: Validator,
     rng: u64,
-    /// Server-side apply ownership: by object uid, by (field manager, status subresource).
-    managed: HashMap<String, BTreeMap<(String, bool), FieldSet>>,
+    /// Field ownership: by object uid, by owner.
+    managed: HashMap<String, BTreeMap<Owner, FieldSet>>,
 }
 
 fn meta(object: &Value, field: &str) -> Option<String> {
@@ -1061,7 +1123,7 @@ impl State {
                     self.managed
                         .entry(uid)
                         .or_default()
-                        .insert((manager.to_string(), false), owned);
+                        .insert(Owner::applier(manager, false), owned);
                 }
                 Ok(Written {
                     body: created,
@@ -1072,13 +1134,14 @@ impl State {
                 let mut patched = patch::patch(kind, &current, &patch_doc, schema)?;
                 let (Some(manager), PatchType::Apply) = (field_manager, kind) else {
                     let body = self.update(rt, namespace, name, patched, status_only)?;
+                    self.record_write(rt, &options.writer, status_only, Some(&current), &body);
                     return Ok(Written {
                         body,
                         created: false,
                     });
                 };
                 let uid = meta(&current, "uid").unwrap_or_default();
-                let owner = (manager.to_string(), status_only);
+                let owner = Owner::applier(manager, status_only);
                 let owned = ownership::applied_fields(
                     &patch_doc,
                     schema,
@@ -1087,7 +1150,7 @@ impl State {
                 );
                 let managers = self.managed.get(&uid).cloned().unwrap_or_default();
                 let previous = managers.get(&owner).cloned().unwrap_or_default();
-                let conflicts: Vec<((String, bool), FieldPath)> = managers
+                let conflicts: Vec<(Owner, FieldPath)> = managers
                     .iter()
                     .filter(|(k, _)| **k != owner)
                     .flat_map(|(k, set)| {
@@ -1099,8 +1162,8 @@ impl State {
                 if !conflicts.is_empty() && !options.force {
                     let listed: Vec<String> = conflicts
                         .iter()
-                        .map(|((m, _), p)| {
-                            format!("conflict with \"{m}\": {}", ownership::display(p))
+                        .map(|(owner, p)| {
+                            format!("{}: {}", owner.describe(), ownership::display(p))
                         })
                         .collect();
                     return Err(ApiError::conflict_message(format!(
@@ -1112,8 +1175,8 @@ impl State {
                 }
                 // Forcing takes the conflicting fields away from their previous managers.
                 let mut managers = managers;
-                for ((m, sub), path) in &conflicts {
-                    if let Some(set) = managers.get_mut(&(m.clone(), *sub)) {
+                for (other, path) in &conflicts {
+                    if let Some(set) = managers.get_mut(other) {
                         set.remove(path);
                     }
                 }
@@ -1132,6 +1195,42 @@ impl State {
                 })
             }
         }
+    }
+
+    /// Records a create, update or non-apply patch: `manager` becomes the sole owner of
+    /// every field whose value it changed (all it set, for a create).
+    pub(crate) fn record_write(
+        &mut self,
+        rt: &ResourceType,
+        writer: &Writer,
+        status_only: bool,
+        old: Option<&Value>,
+        new: &Value,
+    ) {
+        let Some(uid) = meta(new, "uid") else {
+            return;
+        };
+        let schema = rt.schema.as_ref().map(|s| &s.raw);
+        let changed: FieldSet =
+            ownership::applied_fields(new, schema, status_only, rt.status_subresource)
+                .into_iter()
+                .filter(|p| {
+                    old.is_none_or(|old| ownership::value_at(old, p) != ownership::value_at(new, p))
+                })
+                .collect();
+        let managers = self.managed.entry(uid).or_default();
+        for set in managers.values_mut() {
+            set.retain(|p| !changed.contains(p));
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let owner = Owner {
+            manager: writer.manager.clone(),
+            status: status_only,
+            updated_through: Some(writer.api_version.clone()),
+        };
+        managers.entry(owner).or_default().extend(changed);
     }
 
     pub(crate) fn delete(
