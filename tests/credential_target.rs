@@ -37,10 +37,14 @@ async fn connect(env: &Env, emu: &ProcoreEmulator) -> reconnect_operator::api::C
         }),
     )
     .await;
-    env.wait_cred("procore-sync", "Connected", |c| {
-        phase(c) == Some(Phase::Connected)
-    })
-    .await
+    let connected = env
+        .wait_cred("procore-sync", "Connected", |c| {
+            phase(c) == Some(Phase::Connected)
+        })
+        .await;
+    // The reconcile that connected it has finished (its status can be seen before).
+    env.reconciled(1).await;
+    connected
 }
 
 /// Edits the target Secret as `kubectl patch` would.

@@ -235,16 +235,13 @@ async fn the_binary_runs_against_a_kubeconfig_and_stops_cleanly_on_sigterm() {
     // A real process, configured like a user would: a kubeconfig, flags, a signal to stop.
     let cluster = test_cluster().await;
     let served;
-    let kubeconfig = match (
-        &cluster.standin,
-        std::env::var_os(reconnect_apiserver::KUBECONFIG_ENV),
-    ) {
-        (_, Some(path)) => std::path::PathBuf::from(path),
+    let kubeconfig = match (&cluster.standin, cluster.kubeconfig()) {
+        (_, Some(path)) => path.to_path_buf(),
         (Some(standin), None) => {
             served = standin.serve().await.unwrap();
             served.kubeconfig().to_path_buf()
         }
-        (None, None) => unreachable!("no stand-in without a kubeconfig"),
+        (None, None) => unreachable!("a real cluster has a kubeconfig"),
     };
     let emu = setup(&cluster).await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reconnect-operator"))

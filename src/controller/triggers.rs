@@ -81,31 +81,91 @@ where
     })
 }
 
-/// The resourceVersions this process gave the Secrets it wrote, by namespace and name.
+/// The Secrets this process writes, by namespace and name: the resourceVersion its last
+/// write gave each, or a write still in flight.
+///
+/// A real API server may deliver the watch event of a write before the write's own answer
+/// arrives, so an event is also taken as our own while a write to that Secret is in flight;
+/// its resourceVersion is kept, and when the write lands [`Flight::landed`] says whether
+/// anything else was seen meanwhile, so the caller looks again instead of missing it.
 #[derive(Debug, Default)]
-pub(crate) struct OwnWrites(Mutex<HashMap<(String, String), String>>);
+pub(crate) struct OwnWrites(Mutex<HashMap<(String, String), Written>>);
+
+#[derive(Debug)]
+enum Written {
+    /// A write is in flight; the resourceVersions of the events seen meanwhile.
+    InFlight(Vec<String>),
+    /// The last write landed at this resourceVersion.
+    At(String),
+}
+
+/// A write in flight, from [`OwnWrites::begin`]; dropped without [`Flight::landed`] (the
+/// write failed or was cancelled) it forgets the Secret, so every later event counts.
+#[must_use = "a flight that never lands treats the Secret's events as foreign"]
+pub(crate) struct Flight<'a> {
+    writes: &'a OwnWrites,
+    key: Option<(String, String)>,
+}
+
+impl Flight<'_> {
+    /// The write landed at `resource_version`. Returns `true` when an event with another
+    /// resourceVersion arrived while it was in flight: someone else wrote the Secret too.
+    pub fn landed(mut self, resource_version: Option<String>) -> bool {
+        let key = self.key.take().expect("a flight lands once");
+        let mut map = self.writes.map();
+        let seen = match map.remove(&key) {
+            Some(Written::InFlight(seen)) => seen,
+            _ => Vec::new(),
+        };
+        match resource_version {
+            Some(rv) => {
+                let foreign = seen.iter().any(|s| *s != rv);
+                map.insert(key, Written::At(rv));
+                foreign
+            }
+            None => !seen.is_empty(),
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.writes.map().remove(&key);
+        }
+    }
+}
 
 impl OwnWrites {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Written>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a write that left `ns/name` at `resource_version`.
-    pub fn wrote(&self, ns: &str, name: &str, resource_version: Option<String>) {
+    /// Starts a write of `ns/name`.
+    pub fn begin(&self, ns: &str, name: &str) -> Flight<'_> {
         let key = (ns.to_owned(), name.to_owned());
-        match resource_version {
-            Some(rv) => self.map().insert(key, rv),
-            None => self.map().remove(&key),
-        };
+        self.map()
+            .insert(key.clone(), Written::InFlight(Vec::new()));
+        Flight {
+            writes: self,
+            key: Some(key),
+        }
     }
 
-    /// Whether `ns/name` at `resource_version` is exactly what this process wrote last.
+    /// Whether the event of `ns/name` at `resource_version` is this process's own write:
+    /// exactly what its last write left, or seen while a write is in flight.
     pub fn is_own(&self, ns: &str, name: &str, resource_version: Option<&str>) -> bool {
-        resource_version.is_some_and(|rv| {
-            self.map()
-                .get(&(ns.to_owned(), name.to_owned()))
-                .is_some_and(|own| own == rv)
-        })
+        let Some(rv) = resource_version else {
+            return false;
+        };
+        match self.map().get_mut(&(ns.to_owned(), name.to_owned())) {
+            Some(Written::At(own)) => own == rv,
+            Some(Written::InFlight(seen)) => {
+                seen.push(rv.to_owned());
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -148,7 +208,7 @@ mod tests {
     #[test]
     fn own_writes_are_recognised_by_resource_version() {
         let own = OwnWrites::default();
-        own.wrote("ns", "s", Some("7".into()));
+        assert!(!own.begin("ns", "s").landed(Some("7".into())));
         assert!(own.is_own("ns", "s", Some("7")));
         assert!(
             !own.is_own("ns", "s", Some("8")),
@@ -156,5 +216,30 @@ mod tests {
         );
         assert!(!own.is_own("ns", "other", Some("7")));
         assert!(!own.is_own("ns", "s", None));
+    }
+
+    #[test]
+    fn events_during_a_write_are_held_and_a_foreign_one_is_reported_when_it_lands() {
+        let own = OwnWrites::default();
+        // Our own event may arrive before the write's answer (a real API server does that).
+        let flight = own.begin("ns", "s");
+        assert!(own.is_own("ns", "s", Some("9")));
+        assert!(
+            !flight.landed(Some("9".into())),
+            "only our own event was seen"
+        );
+        // Someone else's write seen in flight: held, then reported.
+        let flight = own.begin("ns", "s");
+        assert!(own.is_own("ns", "s", Some("10")));
+        assert!(own.is_own("ns", "s", Some("11")));
+        assert!(flight.landed(Some("11".into())), "10 was not ours");
+        assert!(!own.is_own("ns", "s", Some("12")));
+        // A write that fails or is cancelled forgets the Secret: its events count again.
+        let flight = own.begin("ns", "s");
+        drop(flight);
+        assert!(!own.is_own("ns", "s", Some("11")));
+        let flight = own.begin("ns", "s");
+        assert!(own.is_own("ns", "s", Some("13")));
+        assert!(flight.landed(None), "an event seen while the write failed");
     }
 }

@@ -179,6 +179,14 @@ impl Env {
         }
     }
 
+    /// Waits until at least `n` ConnectorCredential reconciles have finished since the start.
+    /// A status written by a reconcile can be seen before that reconcile has finished (on a
+    /// real API server the watch may even deliver it first): count from here, not from the
+    /// status.
+    pub async fn reconciled(&self, n: u64) {
+        self.wait_reconciles(|| self.reconciles(), 0, n).await;
+    }
+
     /// Re-reconciles every ConnectorCredential and waits until at least `n` reconciles have
     /// finished.
     pub async fn tick(&self, n: u64) {

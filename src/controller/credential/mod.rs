@@ -228,12 +228,13 @@ async fn reconcile_credential(
     );
 
     // 5. Apply: the target Secret, then status, then events.
+    // Set when someone else wrote the target while this process was writing it: look again.
+    let mut written_meanwhile = false;
     if let Some(validated) = outcome.target_write() {
-        let written = target::write(&secrets, cred, target.secret.as_ref(), validated)
-            .await
-            .map_err(kube_err("write target Secret"))?;
-        ctx.own_writes
-            .wrote(&ns, &target_name, written.resource_version());
+        let flight = ctx.own_writes.begin(&ns, &target_name);
+        let written = target::write(&secrets, cred, target.secret.as_ref(), validated).await;
+        written_meanwhile = flight.landed(written.as_ref().ok().and_then(|w| w.resource_version()));
+        let written = written.map_err(kube_err("write target Secret"))?;
         if let Some(lifetime) = act::issued_lifetime(validated) {
             ctx.token_issued(key, lifetime < MIN_REFRESH_GAP);
         }
@@ -276,6 +277,10 @@ async fn reconcile_credential(
     } else {
         observe(&reaction.status, &reaction.view)
     };
+    if written_meanwhile {
+        debug!("the target Secret changed while it was written; looking again");
+        return Ok(Action::requeue(FOLLOW_UP));
+    }
     Ok(match after.step {
         Step::Idle => match after.wake_at {
             Some(at) => Action::requeue(until(now, at).clamp(FOLLOW_UP, timing.interval)),
