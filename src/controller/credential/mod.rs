@@ -234,7 +234,7 @@ async fn reconcile_credential(
         let flight = ctx.own_writes.begin(&ns, &target_name);
         let written = target::write(&secrets, cred, target.secret.as_ref(), validated).await;
         written_meanwhile = flight.landed(written.as_ref().ok().and_then(|w| w.resource_version()));
-        let written = written.map_err(kube_err("write target Secret"))?;
+        written.map_err(kube_err("write target Secret"))?;
         if let Some(lifetime) = act::issued_lifetime(validated) {
             ctx.token_issued(key, lifetime < MIN_REFRESH_GAP);
         }
