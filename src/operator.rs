@@ -181,6 +181,11 @@ pub(crate) async fn run_controllers(
     futures::future::join_all(runs).await;
 }
 
+/// How long reconciles in flight may take to finish after a stop. Below the chart's
+/// `terminationGracePeriodSeconds` (30), so the process ends on its own before the kubelet
+/// kills it.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs the operator until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -222,13 +227,32 @@ pub async fn run_on(
         let _ = stop_tx.send(true);
     });
 
-    if options.leader_election {
-        crate::leader::lead(client, &options, ctx, health, stop_rx).await?;
-    } else {
-        health.controllers_running.store(true, Ordering::SeqCst);
-        run_controllers(ctx, &options, stop_rx).await;
-        health.controllers_running.store(false, Ordering::SeqCst);
+    // After a stop, reconciles in flight get SHUTDOWN_GRACE to finish; then the process
+    // goes anyway (no worse than the SIGKILL that would follow: every step is crash-safe).
+    let grace = {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    let work = async {
+        if options.leader_election {
+            crate::leader::lead(client, &options, ctx, health.clone(), stop_rx).await?;
+        } else {
+            health.controllers_running.store(true, Ordering::SeqCst);
+            run_controllers(ctx, &options, stop_rx).await;
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    tokio::select! {
+        done = work => done?,
+        () = grace => warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "reconciles in flight did not finish within the shutdown grace period; stopping anyway"
+        ),
     }
+    health.controllers_running.store(false, Ordering::SeqCst);
     if let Err(err) = http.await {
         error!(error = %err, "HTTP server task failed");
     }

@@ -260,6 +260,13 @@ async fn the_binary_runs_against_a_kubeconfig_and_stops_cleanly_on_sigterm() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Drained as it comes: a full pipe would block the operator's logging.
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
     apply_credential(&cluster, "procore-sync", &emu).await;
     wait_connected(&cluster, "procore-sync").await;
 
@@ -273,14 +280,17 @@ async fn the_binary_runs_against_a_kubeconfig_and_stops_cleanly_on_sigterm() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the operator did not stop on SIGTERM"
-        );
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the operator did not stop on SIGTERM; logs:\n{}",
+                logs.join().unwrap()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut logs = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    let logs = logs.join().unwrap();
     assert!(status.success(), "exit {status:?}; logs:\n{logs}");
     // JSON logs, one object per line, and no credential material in them.
     let first = logs.lines().next().unwrap_or_default();
@@ -289,6 +299,10 @@ async fn the_binary_runs_against_a_kubeconfig_and_stops_cleanly_on_sigterm() {
         "{first}"
     );
     assert!(logs.contains("shutting down"));
+    assert!(
+        !logs.contains("did not finish within the shutdown grace period"),
+        "the controllers did not stop by themselves:\n{logs}"
+    );
     assert!(
         !logs.contains("secret-1"),
         "the client secret leaked into the logs"

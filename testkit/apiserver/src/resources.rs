@@ -81,7 +81,7 @@ impl ResourceType {
     /// Whether a PUT without `metadata.resourceVersion` is accepted. kube-apiserver refuses
     /// it for custom resources and CRDs; the built-in types served here allow it.
     pub(crate) fn allows_unconditional_update(&self) -> bool {
-        !self.is_custom() && !(self.group == CRD_GROUP && self.plural == CRD_PLURAL)
+        !(self.is_custom() || self.group == CRD_GROUP && self.plural == CRD_PLURAL)
     }
 
     fn discovery_entry(&self) -> Vec<Value> {

@@ -136,7 +136,7 @@ fn dispatch(
     let state = inner.state();
     let found = |doc: Option<Value>| {
         doc.map(|d| json_response(200, &d))
-            .ok_or_else(|| ApiError::resource_not_found())
+            .ok_or_else(ApiError::resource_not_found)
     };
     match route {
         Route::Version => Ok(json_response(
@@ -169,7 +169,7 @@ fn resource(
     query: &Query,
     body: &Bytes,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let not_found = || ApiError::resource_not_found();
+    let not_found = ApiError::resource_not_found;
     let rt = inner
         .state()
         .registry

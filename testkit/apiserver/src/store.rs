@@ -840,9 +840,9 @@ impl State {
                 ))
             })?;
             if meta(&object, "namespace").is_some_and(|g| !g.is_empty() && g != ns) {
-                return Err(ApiError::bad_request(format!(
-                    "the namespace of the provided object does not match the namespace sent on the request"
-                )));
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             self.check_namespace(ns)?;
             meta_mut(&mut object).insert("namespace".into(), json!(ns));
