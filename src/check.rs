@@ -237,11 +237,13 @@ pub async fn check(options: &CheckOptions, providers: &Providers) -> Report {
         Err(missing) => Err(VerifyError::misconfigured(
             spec.provider,
             Misconfiguration::MissingKey(missing),
-        )),
+        ))
+        .into(),
     };
+    let (result, rotated_on_failure) = result.into_parts();
     let rotated = match &result {
-        Ok(verified) => verified.tokens.refresh_token.as_ref(),
-        Err(error) => error.rotated().and_then(|t| t.refresh_token.as_ref()),
+        Ok(verified) => verified.tokens().refresh_token(),
+        Err(_) => rotated_on_failure.as_ref().and_then(|t| t.refresh_token()),
     };
     let mut written = None;
     if let (Some(token), Some(path)) = (rotated, &options.rotated_secret) {
@@ -399,10 +401,10 @@ impl Report {
         };
         match result {
             Ok(verified) => {
-                report.account = Some(verified.account);
-                report.permissions = verified.permissions.into_iter().collect();
-                report.access_token_expires_at = verified.tokens.expires_at;
-                report.credential_expires_at = verified.credential_expires_at;
+                report.account = Some(verified.account().clone());
+                report.permissions = verified.permissions().iter().cloned().collect();
+                report.access_token_expires_at = verified.tokens().expires_at();
+                report.credential_expires_at = verified.credential_expires_at();
             }
             Err(error) => {
                 report.verdict = error.reason();

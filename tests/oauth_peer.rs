@@ -62,9 +62,9 @@ async fn client_credentials_connect_names_the_client_as_the_account() {
         .await
         .unwrap();
     // oidc-provider's introspection of a client-credentials token has client_id, no sub.
-    assert_eq!(verified.account.id, "svc-sync");
-    assert_eq!(verified.permissions, set(&["read", "write"]));
-    assert_eq!(verified.tokens.token_type.as_deref(), Some("bearer"));
+    assert_eq!(verified.account().id, "svc-sync");
+    assert_eq!(*verified.permissions(), set(&["read", "write"]));
+    assert_eq!(verified.tokens().token_type(), Some("bearer"));
     assert_eq!(peer.introspection_requests().await, 1);
     assert_eq!(
         peer.token_requests_with("svc-sync", "client_credentials")
@@ -82,7 +82,7 @@ async fn granted_scopes_are_the_permissions_not_the_requested_ones() {
     let verified = verify(&cc_spec(&peer, "read admin"), &cc(&svc), &set(&[]))
         .await
         .unwrap();
-    assert_eq!(verified.permissions, set(&["admin", "read"]));
+    assert_eq!(*verified.permissions(), set(&["admin", "read"]));
 }
 
 #[tokio::test]
@@ -208,12 +208,13 @@ async fn refresh_token_chain_rotates_and_the_provider_hands_back_each_new_token(
     let verified = providers
         .verify(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
-    assert_eq!(verified.account.id, "user-1");
-    assert_eq!(verified.permissions, set(&["read", "write"]));
+    assert_eq!(verified.account().id, "user-1");
+    assert_eq!(*verified.permissions(), set(&["read", "write"]));
     let second = verified
-        .tokens
-        .refresh_token
+        .tokens()
+        .refresh_token()
         .expect("rotated")
         .expose()
         .to_owned();
@@ -231,13 +232,14 @@ async fn refresh_token_chain_rotates_and_the_provider_hands_back_each_new_token(
     let tokens = providers
         .refresh(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     let third = tokens
-        .refresh_token
+        .refresh_token()
         .expect("rotated again")
         .expose()
         .to_owned();
-    assert!(tokens.access_token.is_some());
+    assert!(tokens.access_token().is_some());
     assert_eq!(
         peer.refresh_token_state(&second).await,
         RefreshTokenState::Consumed
@@ -257,6 +259,7 @@ async fn refresh_token_chain_rotates_and_the_provider_hands_back_each_new_token(
             &required,
         ))
         .await
+        .result()
         .unwrap_err();
     assert!(
         matches!(&err, VerifyError::Dead { cause: DeadCause::InvalidGrant, code: Some(c), .. } if c == "invalid_grant"),
@@ -279,10 +282,10 @@ async fn overlapping_refreshes_spend_a_rotating_token_once() {
     let providers = Providers::new();
     let req = request(&spec, &material, &required);
     let (a, b) = tokio::join!(providers.refresh(&req), providers.refresh(&req));
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.refresh_token, b.refresh_token);
+    let (a, b) = (a.result().unwrap(), b.result().unwrap());
+    assert_eq!(a.refresh_token(), b.refresh_token());
     assert_eq!(peer.token_requests_with("app", "refresh_token").await, 1);
-    let new = a.refresh_token.unwrap();
+    let new = a.refresh_token().unwrap();
     assert_eq!(
         peer.refresh_token_state(new.expose()).await,
         RefreshTokenState::Active { rotations: 1 }
@@ -366,12 +369,13 @@ async fn sixty_second_tokens_expire_sixty_seconds_after_issue() {
     let verified = providers
         .verify(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     assert_eq!(
-        verified.tokens.expires_at,
+        verified.tokens().expires_at(),
         Some(start + jiff::SignedDuration::from_secs(60))
     );
-    let access = verified.tokens.access_token.unwrap();
+    let access = verified.tokens().access_token().unwrap();
     let info = peer.access_token_info(access.expose()).await.unwrap();
     assert_eq!(info.lifetime(), Duration::from_secs(60));
     assert_eq!(info.kind, "ClientCredentials");
@@ -382,9 +386,10 @@ async fn sixty_second_tokens_expire_sixty_seconds_after_issue() {
     let tokens = providers
         .refresh(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     assert_eq!(
-        tokens.expires_at,
+        tokens.expires_at(),
         Some(start + jiff::SignedDuration::from_secs(300))
     );
 }
@@ -402,10 +407,12 @@ async fn discovery_is_fetched_once_for_many_refreshes_and_probes() {
         providers
             .verify(&request(&cc_spec, &cc_material, &required))
             .await
+            .result()
             .unwrap();
         providers
             .refresh(&request(&cc_spec, &cc_material, &required))
             .await
+            .result()
             .unwrap();
     }
     let mut token = peer.refresh_token_for(&app, "user-1", &["read"]).await;
@@ -415,8 +422,9 @@ async fn discovery_is_fetched_once_for_many_refreshes_and_probes() {
         let tokens = providers
             .refresh(&request(&spec, &material, &required))
             .await
+            .result()
             .unwrap();
-        token = tokens.refresh_token.unwrap().expose().to_owned();
+        token = tokens.refresh_token().unwrap().expose().to_owned();
     }
     // One discovery: the RFC 8414 path (oidc-provider answers 404) and the OpenID one.
     let counters = peer.counters().await;
@@ -442,18 +450,21 @@ async fn discovery_is_fetched_again_when_its_max_age_runs_out() {
     providers
         .refresh(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     assert_eq!(peer.requests(openid).await, 1);
     clock.advance(Duration::from_secs(119));
     providers
         .refresh(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     assert_eq!(peer.requests(openid).await, 1, "still fresh");
     clock.advance(Duration::from_secs(2));
     providers
         .refresh(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     assert_eq!(peer.requests(openid).await, 2, "expired");
 
@@ -463,18 +474,21 @@ async fn discovery_is_fetched_again_when_its_max_age_runs_out() {
     providers
         .refresh(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     assert_eq!(peer.requests(openid).await, 3);
     clock.advance(Duration::from_secs(3599));
     providers
         .refresh(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     assert_eq!(peer.requests(openid).await, 3, "an hour is not over");
     clock.advance(Duration::from_secs(2));
     providers
         .refresh(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     assert_eq!(peer.requests(openid).await, 4);
 
@@ -485,6 +499,7 @@ async fn discovery_is_fetched_again_when_its_max_age_runs_out() {
         providers
             .refresh(&request(&spec, &material, &required))
             .await
+            .result()
             .unwrap();
         assert_eq!(peer.requests(openid).await, expected);
     }
@@ -501,13 +516,15 @@ async fn moved_endpoints_are_rediscovered_instead_of_declaring_the_credential_de
     providers
         .verify(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
     peer.move_endpoints("/v2").await;
     let verified = providers
         .verify(&request(&spec, &material, &required))
         .await
+        .result()
         .unwrap();
-    assert_eq!(verified.account.id, "svc");
+    assert_eq!(verified.account().id, "svc");
     let counters = peer.counters().await;
     assert_eq!(counters.paths["/token"], 2, "{counters:?}");
     assert_eq!(counters.paths["/v2/token"], 1, "{counters:?}");
@@ -566,7 +583,7 @@ async fn client_ids_and_secrets_with_reserved_characters_survive_basic_auth() {
     let verified = verify(&cc_spec(&peer, "read"), &cc(&odd), &set(&["read"]))
         .await
         .unwrap();
-    assert_eq!(verified.account.id, "reports:eu+1");
+    assert_eq!(verified.account().id, "reports:eu+1");
 }
 
 #[tokio::test]
@@ -583,7 +600,7 @@ async fn a_client_registered_for_client_secret_post_connects_with_basic_too() {
     let verified = verify(&cc_spec(&peer, "read"), &cc(&post), &set(&["read"]))
         .await
         .unwrap();
-    assert_eq!(verified.account.id, "post-client");
+    assert_eq!(verified.account().id, "post-client");
 }
 
 #[tokio::test]
@@ -597,8 +614,8 @@ async fn jwt_access_tokens_the_server_cannot_introspect_are_read_from_their_clai
     let spec = cc_spec(&peer, "read write");
     // oidc-provider advertises introspection but calls its own JWT access tokens inactive.
     let verified = verify(&spec, &cc(&svc), &set(&["write"])).await.unwrap();
-    assert_eq!(verified.account.id, "svc");
-    assert_eq!(verified.permissions, set(&["read", "write"]));
+    assert_eq!(verified.account().id, "svc");
+    assert_eq!(*verified.permissions(), set(&["read", "write"]));
     assert_eq!(peer.introspection_requests().await, 1);
     let err = verify(&spec, &cc(&weak), &set(&["write"]))
         .await
@@ -617,6 +634,6 @@ async fn jwt_access_tokens_the_server_cannot_introspect_are_read_from_their_clai
     )
     .await
     .unwrap();
-    assert_eq!(verified.account.id, "user-1");
-    assert_eq!(verified.permissions, set(&["read"]));
+    assert_eq!(verified.account().id, "user-1");
+    assert_eq!(*verified.permissions(), set(&["read"]));
 }

@@ -48,9 +48,9 @@ async fn run(
     };
     let verified = providers.verify(&request).await;
     seen.push_str(&format!("{verified:?}\n"));
-    match &verified {
+    match verified.as_result() {
         Ok(v) => tokens.extend(
-            [&v.tokens.access_token, &v.tokens.refresh_token]
+            [v.tokens().access_token(), v.tokens().refresh_token()]
                 .into_iter()
                 .flatten()
                 .map(|t| t.expose().to_owned()),
@@ -59,9 +59,9 @@ async fn run(
     }
     let refreshed = providers.refresh(&request).await;
     seen.push_str(&format!("{refreshed:?}\n"));
-    match &refreshed {
+    match refreshed.as_result() {
         Ok(t) => tokens.extend(
-            [&t.access_token, &t.refresh_token]
+            [t.access_token(), t.refresh_token()]
                 .into_iter()
                 .flatten()
                 .map(|t| t.expose().to_owned()),

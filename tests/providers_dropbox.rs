@@ -32,14 +32,15 @@ fault_tests!(offline, oauth);
 async fn refresh_token_verifies_account_and_scopes() {
     let s = offline().await;
     let verified = s.verify().await.unwrap();
-    assert_eq!(verified.account.id, "dbid:AAA");
-    assert_eq!(verified.account.name, "Dana@example.test");
+    assert_eq!(verified.account().id, "dbid:AAA");
+    assert_eq!(verified.account().name, "Dana@example.test");
     assert_eq!(
-        verified.permissions,
+        *verified.permissions(),
         set(&["account_info.read", "files.content.read"])
     );
     assert_eq!(
-        verified.tokens.refresh_token, None,
+        verified.tokens().refresh_token(),
+        None,
         "Dropbox refresh tokens do not rotate"
     );
     assert_eq!(s.emu.count("/2/users/get_current_account"), 1);

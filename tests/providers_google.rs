@@ -31,10 +31,10 @@ fault_tests!(offline, oauth);
 async fn refresh_token_verifies_drive_user_and_scopes() {
     let s = offline().await;
     let verified = s.verify().await.unwrap();
-    assert_eq!(verified.account.id, "0123456789");
-    assert_eq!(verified.account.name, "gina@example.test");
-    assert_eq!(verified.permissions, set(&[DRIVE]));
-    assert_eq!(verified.tokens.token_type.as_deref(), Some("bearer"));
+    assert_eq!(verified.account().id, "0123456789");
+    assert_eq!(verified.account().name, "gina@example.test");
+    assert_eq!(*verified.permissions(), set(&[DRIVE]));
+    assert_eq!(verified.tokens().token_type(), Some("bearer"));
     assert_eq!(s.emu.count("/drive/v3/about"), 1);
 }
 

@@ -51,13 +51,13 @@ fault_tests!(app, oauth);
 async fn app_only_token_verifies_with_roles_from_the_token() {
     let s = app().await;
     let verified = s.verify().await.unwrap();
-    assert_eq!(verified.account.id, APP_ID);
-    assert_eq!(verified.account.name, "Sync App");
+    assert_eq!(verified.account().id, APP_ID);
+    assert_eq!(verified.account().name, "Sync App");
     assert_eq!(
-        verified.permissions,
+        *verified.permissions(),
         set(&["Files.Read.All", "Sites.ReadWrite.All"])
     );
-    assert_eq!(verified.tokens.refresh_token, None);
+    assert_eq!(verified.tokens().refresh_token(), None);
     assert_eq!(s.emu.count("/v1.0/organization"), 1, "exactly one probe");
 }
 
@@ -93,7 +93,7 @@ async fn reachable_site_is_a_permission_and_unreachable_site_is_missing() {
     let s = app().await;
     let site = format!("site:{SITE}");
     let ok = verify(&s.spec, &s.material, &set(&[&site])).await.unwrap();
-    assert!(ok.permissions.contains(&site));
+    assert!(ok.permissions().contains(&site));
     let err = verify(&s.spec, &s.material, &set(&["site:other,1,2"]))
         .await
         .unwrap_err();
@@ -109,7 +109,7 @@ async fn opaque_tokens_carry_no_claims_and_only_probes_count() {
     s.emu.use_opaque_tokens();
     let site = format!("site:{SITE}");
     let verified = verify(&s.spec, &s.material, &set(&[&site])).await.unwrap();
-    assert_eq!(verified.permissions, set(&[&site]));
+    assert_eq!(*verified.permissions(), set(&[&site]));
     let err = verify(&s.spec, &s.material, &set(&["Sites.ReadWrite.All"]))
         .await
         .unwrap_err();
@@ -229,11 +229,14 @@ async fn delegated_refresh_token_verifies_the_user_with_scp() {
     let verified = verify(&spec, &material, &set(&["Sites.Read.All"]))
         .await
         .unwrap();
-    assert_eq!(verified.account.id, "user-oid");
-    assert!(verified.permissions.contains("offline_access"));
+    assert_eq!(verified.account().id, "user-oid");
+    assert!(verified.permissions().contains("offline_access"));
     assert_eq!(emu.count("/v1.0/me"), 1);
     // Microsoft issues a new refresh token on each use; the old one is not revoked.
-    let new = verified.tokens.refresh_token.expect("a new refresh token");
+    let new = verified
+        .tokens()
+        .refresh_token()
+        .expect("a new refresh token");
     assert_ne!(new.expose(), old);
     assert!(emu.refresh_token_valid(&old));
 }

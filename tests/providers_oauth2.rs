@@ -46,9 +46,9 @@ async fn client_credentials_verify_with_rfc8414_discovery_and_probe() {
     s.emu.advertise_introspection(false);
     let verified = s.verify().await.unwrap();
     // Without introspection a client-credentials account is the client; the probe names it.
-    assert_eq!(verified.account.id, CLIENT);
-    assert_eq!(verified.account.name, "svc");
-    assert_eq!(verified.permissions, set(&["read", "write"]));
+    assert_eq!(verified.account().id, CLIENT);
+    assert_eq!(verified.account().name, "svc");
+    assert_eq!(*verified.permissions(), set(&["read", "write"]));
     assert_eq!(s.emu.count("/.well-known/oauth-authorization-server"), 1);
     assert_eq!(s.emu.count("/userinfo"), 1);
 }
@@ -68,7 +68,8 @@ async fn introspection_names_the_account_by_sub_then_username_then_client_id() {
         verify_with(&providers, &s.spec, &s.material, &set(&[]), TIMEOUT)
             .await
             .unwrap()
-            .account
+            .account()
+            .clone()
     };
     answer(
         serde_json::json!({"active": true, "sub": "u-1", "username": "ursula", "client_id": "c"}),
@@ -123,7 +124,7 @@ async fn a_refresh_token_nothing_else_names_is_known_by_its_client() {
     )
     .await
     .unwrap();
-    assert_eq!(verified.account.id, CLIENT);
+    assert_eq!(verified.account().id, CLIENT);
 }
 
 #[tokio::test]
@@ -200,7 +201,7 @@ async fn requested_scopes_count_when_the_token_response_omits_scope() {
         &[("probeUrl", &probe), ("scope", "read")],
     );
     let verified = verify(&spec, &s.material, &set(&["read"])).await.unwrap();
-    assert_eq!(verified.permissions, set(&["read"]));
+    assert_eq!(*verified.permissions(), set(&["read"]));
 }
 
 #[tokio::test]
@@ -208,8 +209,8 @@ async fn introspection_decides_the_scopes_when_configured() {
     let s = machine().await;
     s.emu.scope_in_token_response(false);
     let verified = s.verify().await.unwrap();
-    assert_eq!(verified.permissions, set(&["read", "write"]));
-    assert_eq!(verified.account.name, "svc");
+    assert_eq!(*verified.permissions(), set(&["read", "write"]));
+    assert_eq!(verified.account().name, "svc");
     assert_eq!(s.emu.count("/introspect"), 1);
 }
 
@@ -293,7 +294,7 @@ async fn rotating_refresh_token_returns_the_new_one_and_the_old_one_dies() {
     let spec = spec("oauth2", "RefreshToken", Some(&emu.base_url()), &[]);
     let material = refresh_token(CLIENT, Some(SECRET), &old);
     let verified = verify(&spec, &material, &set(&["read"])).await.unwrap();
-    let new = verified.tokens.refresh_token.expect("rotated");
+    let new = verified.tokens().refresh_token().expect("rotated");
     assert!(!emu.refresh_token_valid(&old));
     let err = verify(&spec, &material, &set(&[])).await.unwrap_err();
     assert!(
@@ -374,12 +375,12 @@ async fn refresh_token_with_introspection_names_the_user_and_scopes() {
     )
     .await
     .unwrap();
-    assert_eq!(verified.account.id, "user-1");
-    assert_eq!(verified.account.name, "ursula");
-    assert_eq!(verified.permissions, set(&["read"]));
+    assert_eq!(verified.account().id, "user-1");
+    assert_eq!(verified.account().name, "ursula");
+    assert_eq!(*verified.permissions(), set(&["read"]));
     assert_eq!(emu.count("/introspect"), 1);
     assert!(
-        verified.tokens.refresh_token.is_some(),
+        verified.tokens().refresh_token().is_some(),
         "this server rotates"
     );
 }

@@ -56,18 +56,19 @@ fault_tests!(dmsa, oauth);
 async fn dmsa_verifies_with_identity_companies_and_tool_levels() {
     let s = dmsa().await;
     let verified = s.verify().await.unwrap();
-    assert_eq!(verified.account.id, "4567");
-    assert_eq!(verified.account.name, "svc-sync@acme.com");
+    assert_eq!(verified.account().id, "4567");
+    assert_eq!(verified.account().name, "svc-sync@acme.com");
     assert_eq!(
-        verified.permissions,
+        *verified.permissions(),
         set(&["budget:read_only", "company:1234", "documents:admin"])
     );
-    assert!(verified.tokens.access_token.is_some());
+    assert!(verified.tokens().access_token().is_some());
     assert_eq!(
-        verified.tokens.refresh_token, None,
+        verified.tokens().refresh_token(),
+        None,
         "client credentials issue no refresh token"
     );
-    assert!(verified.tokens.expires_at.is_some());
+    assert!(verified.tokens().expires_at().is_some());
     assert_eq!(
         s.emu.count("/rest/v1.0/me"),
         1,
@@ -87,7 +88,7 @@ async fn required_project_is_checked_against_the_project_list() {
     let ok = verify(&s.spec, &s.material, &set(&["project:77"]))
         .await
         .unwrap();
-    assert!(ok.permissions.contains("project:77"));
+    assert!(ok.permissions().contains("project:77"));
     let err = verify(&s.spec, &s.material, &set(&["project:78"]))
         .await
         .unwrap_err();
@@ -279,10 +280,10 @@ async fn refresh_token_rotates_and_the_old_one_dies_at_the_emulator() {
     let verified = verify(&spec, &material, &set(&["documents:read_only"]))
         .await
         .unwrap();
-    assert_eq!(verified.account.id, "900");
+    assert_eq!(verified.account().id, "900");
     let new = verified
-        .tokens
-        .refresh_token
+        .tokens()
+        .refresh_token()
         .expect("Procore rotates refresh tokens");
     assert_ne!(new.expose(), old);
     assert!(!emu.refresh_token_valid(&old));
@@ -339,7 +340,7 @@ async fn user_token_without_company_reads_identity_and_companies_only() {
     )
     .await
     .unwrap();
-    assert_eq!(verified.permissions, set(&["company:1234"]));
+    assert_eq!(*verified.permissions(), set(&["company:1234"]));
     assert_eq!(emu.count("/rest/v1.0/settings/permissions"), 0);
 }
 
@@ -365,15 +366,19 @@ async fn concurrent_refreshes_share_one_grant_and_spend_the_token_once() {
         providers.refresh(&req),
         providers.verify(&req)
     );
-    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    let (a, b, c) = (
+        a.result().unwrap(),
+        b.result().unwrap(),
+        c.result().unwrap(),
+    );
     assert_eq!(
         emu.count("/oauth/token"),
         1,
         "one grant for three overlapping callers"
     );
-    let new = a.refresh_token.clone().expect("rotated");
-    assert_eq!(b.refresh_token.as_ref(), Some(&new));
-    assert_eq!(c.tokens.refresh_token.as_ref(), Some(&new));
+    let new = a.refresh_token().expect("rotated");
+    assert_eq!(b.refresh_token().as_ref(), Some(&new));
+    assert_eq!(c.tokens().refresh_token().as_ref(), Some(&new));
     assert!(!emu.refresh_token_valid(&old));
 
     // Once the flight has landed, a later refresh is a new grant (with the new token).
@@ -382,9 +387,9 @@ async fn concurrent_refreshes_share_one_grant_and_spend_the_token_once() {
         material: &material,
         ..req
     };
-    let next = providers.refresh(&req).await.unwrap();
+    let next = providers.refresh(&req).await.result().unwrap();
     assert_eq!(emu.count("/oauth/token"), 2);
-    assert_ne!(next.refresh_token.as_ref(), Some(&new));
+    assert_ne!(next.refresh_token().as_ref(), Some(&new));
 }
 
 #[tokio::test]
@@ -400,9 +405,10 @@ async fn refresh_mints_tokens_without_probing() {
             timeout: TIMEOUT,
         })
         .await
+        .result()
         .unwrap();
-    assert!(tokens.access_token.is_some());
-    assert_eq!(tokens.token_type.as_deref(), Some("bearer"));
+    assert!(tokens.access_token().is_some());
+    assert_eq!(tokens.token_type(), Some("bearer"));
     assert_eq!(s.emu.count("/rest/v1.0/me"), 0);
 }
 
@@ -463,11 +469,11 @@ async fn candidate_and_active_credentials_under_one_key_never_share_a_grant() {
         providers.verify(&candidate_req)
     );
     assert_eq!(
-        verified.unwrap().account.id,
+        verified.result().unwrap().account().id,
         "901",
         "the candidate is verified with its own token"
     );
-    assert!(refreshed.unwrap().refresh_token.is_some());
+    assert!(refreshed.result().unwrap().refresh_token().is_some());
     assert_eq!(emu.count("/oauth/token"), 2);
 }
 
@@ -482,18 +488,22 @@ async fn failed_probe_after_rotation_returns_the_new_refresh_token() {
         &[("companyId", "1234")],
     );
     emu.fail_next_on("/rest/v1.0/me", 1, Fault::Status(503));
-    let err = verify(
-        &spec,
-        &refresh_token(APP_ID, Some(APP_SECRET), &old),
-        &set(&[]),
-    )
-    .await
-    .unwrap_err();
+    let material = refresh_token(APP_ID, Some(APP_SECRET), &old);
+    let required = set(&[]);
+    let verdict = Providers::new()
+        .verify(&VerifyRequest {
+            key: "acme/sync",
+            spec: &spec,
+            material: &material,
+            required: &required,
+            timeout: TIMEOUT,
+        })
+        .await;
+    let (result, rotated) = verdict.into_parts();
+    let err = result.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
-    let rotated = err
-        .rotated()
-        .expect("the rotated tokens travel with the error");
-    let new = rotated.refresh_token.as_ref().expect("a new refresh token");
+    let rotated = rotated.expect("the rotated tokens travel with the verdict, beside the error");
+    let new = rotated.refresh_token().expect("a new refresh token");
     assert!(!emu.refresh_token_valid(&old));
     assert!(emu.refresh_token_valid(new.expose()));
     let retry = refresh_token(APP_ID, Some(APP_SECRET), new.expose());

@@ -31,11 +31,11 @@ async fn api_token_verifies_user_and_organisation_and_sets_inactivity_expiry() {
     let s = token().await;
     let before = jiff::Timestamp::now();
     let verified = s.verify().await.unwrap();
-    assert_eq!(verified.account.id, "user_abc");
-    assert_eq!(verified.account.name, "Sam Service");
-    assert_eq!(verified.permissions, set(&["organisation:role_123"]));
+    assert_eq!(verified.account().id, "user_abc");
+    assert_eq!(verified.account().name, "Sam Service");
+    assert_eq!(*verified.permissions(), set(&["organisation:role_123"]));
     let expires = verified
-        .credential_expires_at
+        .credential_expires_at()
         .expect("30-day inactivity expiry");
     let days = expires.duration_since(before).as_secs() / 86_400;
     assert_eq!(days, 30);

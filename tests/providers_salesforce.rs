@@ -46,10 +46,10 @@ fault_tests!(run_as, oauth);
 async fn client_credentials_verify_the_run_as_user_with_scopes_and_permissions() {
     let s = run_as().await;
     let verified = s.verify().await.unwrap();
-    assert_eq!(verified.account.id, "005000000000001");
-    assert_eq!(verified.account.name, "integration@acme.com");
+    assert_eq!(verified.account().id, "005000000000001");
+    assert_eq!(verified.account().name, "integration@acme.com");
     assert_eq!(
-        verified.permissions,
+        *verified.permissions(),
         set(&[
             "api",
             "permission:PermissionsApiEnabled",
@@ -190,7 +190,7 @@ async fn refresh_token_without_rotation_keeps_working() {
     let spec = spec("salesforce", "RefreshToken", Some(&emu.base_url()), &[]);
     let material = refresh_token(CLIENT, Some(SECRET), &token);
     let verified = verify(&spec, &material, &set(&["api"])).await.unwrap();
-    assert_eq!(verified.tokens.refresh_token, None);
+    assert_eq!(verified.tokens().refresh_token(), None);
     assert!(verify(&spec, &material, &set(&["api"])).await.is_ok());
 }
 
@@ -202,7 +202,7 @@ async fn rotating_refresh_token_returns_the_new_one_and_the_old_one_dies() {
     let spec = spec("salesforce", "RefreshToken", Some(&emu.base_url()), &[]);
     let material = refresh_token(CLIENT, Some(SECRET), &old);
     let verified = verify(&spec, &material, &set(&[])).await.unwrap();
-    let new = verified.tokens.refresh_token.expect("rotated");
+    let new = verified.tokens().refresh_token().expect("rotated");
     assert!(emu.refresh_token_valid(new.expose()));
     let err = verify(&spec, &material, &set(&[])).await.unwrap_err();
     assert!(

@@ -31,10 +31,12 @@ fault_tests!(key);
 async fn api_key_verifies_user_and_accessible_companies() {
     let s = key().await;
     let verified = s.verify().await.unwrap();
-    assert_eq!(verified.account.id, "12");
-    assert_eq!(verified.account.name, "Sync Bot");
-    assert_eq!(verified.permissions, set(&["company:0", "company:3"]));
-    assert_eq!(verified.tokens, Default::default());
+    assert_eq!(verified.account().id, "12");
+    assert_eq!(verified.account().name, "Sync Bot");
+    assert_eq!(*verified.permissions(), set(&["company:0", "company:3"]));
+    let tokens = verified.tokens();
+    assert!(tokens.access_token().is_none() && tokens.refresh_token().is_none());
+    assert!(tokens.expires_at().is_none() && tokens.token_type().is_none());
     assert_eq!(
         s.emu.count("/api/v1.0/currentUser/"),
         1,

@@ -62,7 +62,7 @@ async fn exercise<F: Flavor>(
             })
             .await;
         seen.push_str(&format!("{refreshed:?}\n"));
-        if let Err(e) = &refreshed {
+        if let Err(e) = refreshed.as_result() {
             seen.push_str(&format!("{e}\n"));
         }
     };

@@ -364,7 +364,6 @@ mod tests {
             status: Some(429),
             code: None,
             retry_after,
-            rotated: None,
         })
     }
 

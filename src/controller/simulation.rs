@@ -32,7 +32,7 @@ use crate::api::{Account, AuthType, ConnectorCredential, Phase};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::providers::{
-    DeadCause, Field, Providers, Script, Tokens, TransientKind, Verified, VerifyError,
+    DeadCause, Field, Providers, Script, Tokens, TransientKind, Verdict, Verified, VerifyError,
     VerifyRequest,
 };
 use crate::secret::Redacted;
@@ -150,7 +150,6 @@ impl Sim {
                 status,
                 code: None,
                 retry_after,
-                rotated: None,
             })
         };
         let dead = |cause| {
@@ -160,7 +159,6 @@ impl Sim {
                 status: Some(400),
                 code: None,
                 cause,
-                rotated: None,
             })
         };
         let (result, delay) = match behaviour {
@@ -207,12 +205,11 @@ impl Sim {
                     let expires_at = now
                         .saturating_add(SignedDuration::try_from(lifetime).unwrap_or_default())
                         .ok();
-                    let tokens = Tokens {
-                        access_token: Some(Redacted::new(format!("at-{}", state.issued))),
-                        token_type: Some("bearer".into()),
+                    let tokens = Tokens::scripted(
+                        Some(Redacted::new(format!("at-{}", state.issued))),
                         expires_at,
                         refresh_token,
-                    };
+                    );
                     (Ok(tokens), Duration::ZERO)
                 }
             }
@@ -237,14 +234,17 @@ fn client_of(req: &VerifyRequest<'_>) -> String {
 }
 
 impl Script for Sim {
-    fn verify(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Result<Verified, VerifyError>> {
+    fn verify(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Verdict<Verified>> {
         let (behaviour, tokens, delay) = self.answer(req);
         let provider = req.spec.provider;
         let client = client_of(req);
         let required: BTreeSet<String> = req.required.clone();
         async move {
             tokio::time::sleep(delay).await;
-            let tokens = tokens?;
+            let tokens = match tokens {
+                Ok(tokens) => tokens,
+                Err(e) => return Err(e).into(),
+            };
             let account = Account {
                 id: client.clone(),
                 name: format!("{client}@sim"),
@@ -256,7 +256,8 @@ impl Script for Sim {
             };
             let missing: Vec<String> = required.difference(&permissions).cloned().collect();
             if !missing.is_empty() {
-                return Err(VerifyError::PermissionDenied {
+                let rotated = tokens.refresh_token().is_some().then_some(tokens);
+                let refused = VerifyError::PermissionDenied {
                     provider,
                     account: Some(account),
                     missing,
@@ -264,24 +265,19 @@ impl Script for Sim {
                     call: None,
                     status: None,
                     code: None,
-                    rotated: tokens.refresh_token.is_some().then(|| Box::new(tokens)),
-                });
+                };
+                return Verdict::scripted(Err(refused), rotated);
             }
-            Ok(Verified {
-                account,
-                permissions,
-                tokens,
-                credential_expires_at: None,
-            })
+            Ok(Verified::scripted(account, permissions, tokens, None)).into()
         }
         .boxed()
     }
 
-    fn refresh(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Result<Tokens, VerifyError>> {
+    fn refresh(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Verdict<Tokens>> {
         let (_, tokens, delay) = self.answer(req);
         async move {
             tokio::time::sleep(delay).await;
-            tokens
+            tokens.into()
         }
         .boxed()
     }

@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use super::Tokens;
 use crate::api::conditions::reasons;
 use crate::api::{Account, AuthType, Provider};
 
@@ -33,9 +32,6 @@ pub enum VerifyError {
         code: Option<String>,
         /// What the rejection means for the user.
         cause: DeadCause,
-        /// Tokens the provider issued before this failure, when it issued a new refresh
-        /// token (rotation). Persist them: the refresh token that was spent may be dead.
-        rotated: Option<Box<Tokens>>,
     },
     /// The credential works, but the account lacks permissions that are required.
     #[error("{provider} account {} lacks permissions: {}{}", account_name(.account.as_ref()), missing_list(.missing, .code.as_deref()), denied_detail(*.call, *.status, .code.as_deref()))]
@@ -55,9 +51,6 @@ pub enum VerifyError {
         status: Option<u16>,
         /// The provider's error code for it.
         code: Option<String>,
-        /// Tokens the provider issued before this failure, when it issued a new refresh
-        /// token (rotation). Persist them: the refresh token that was spent may be dead.
-        rotated: Option<Box<Tokens>>,
     },
     /// The provider could not answer now (timeout, connection, rate limit, server error,
     /// malformed response). Retrying later may succeed.
@@ -75,9 +68,6 @@ pub enum VerifyError {
         code: Option<String>,
         /// How long the provider asked us to wait (Retry-After or rate-limit reset headers).
         retry_after: Option<Duration>,
-        /// Tokens the provider issued before this failure, when it issued a new refresh
-        /// token (rotation). Persist them: the refresh token that was spent may be dead.
-        rotated: Option<Box<Tokens>>,
     },
     /// The spec or Secret cannot work as written; a user must change it.
     #[error("{provider}: {problem}")]
@@ -86,9 +76,6 @@ pub enum VerifyError {
         provider: Provider,
         /// What is wrong.
         problem: Misconfiguration,
-        /// Tokens the provider issued before this failure, when it issued a new refresh
-        /// token (rotation). Persist them: the refresh token that was spent may be dead.
-        rotated: Option<Box<Tokens>>,
     },
 }
 
@@ -131,11 +118,7 @@ impl VerifyError {
     }
 
     pub(crate) fn misconfigured(provider: Provider, problem: Misconfiguration) -> Self {
-        VerifyError::Misconfigured {
-            provider,
-            problem,
-            rotated: None,
-        }
+        VerifyError::Misconfigured { provider, problem }
     }
 
     pub(crate) fn dead(
@@ -151,7 +134,6 @@ impl VerifyError {
             status,
             code,
             cause,
-            rotated: None,
         }
     }
 
@@ -170,7 +152,6 @@ impl VerifyError {
             status,
             code,
             retry_after,
-            rotated: None,
         }
     }
 
@@ -190,34 +171,7 @@ impl VerifyError {
             call: Some(call),
             status,
             code,
-            rotated: None,
         }
-    }
-
-    /// Tokens issued before the failure that include a new refresh token: persist them
-    /// (rotating providers invalidate the refresh token that was spent).
-    pub fn rotated(&self) -> Option<&Tokens> {
-        match self {
-            VerifyError::Dead { rotated, .. }
-            | VerifyError::PermissionDenied { rotated, .. }
-            | VerifyError::Transient { rotated, .. }
-            | VerifyError::Misconfigured { rotated, .. } => rotated.as_deref(),
-        }
-    }
-
-    /// Attaches tokens from a grant that issued a new refresh token.
-    pub(crate) fn with_rotated(mut self, tokens: &Tokens) -> Self {
-        if tokens.refresh_token.is_some() {
-            match &mut self {
-                VerifyError::Dead { rotated, .. }
-                | VerifyError::PermissionDenied { rotated, .. }
-                | VerifyError::Transient { rotated, .. }
-                | VerifyError::Misconfigured { rotated, .. } => {
-                    *rotated = Some(Box::new(tokens.clone()))
-                }
-            }
-        }
-        self
     }
 
     /// Adds the account to a permission refusal that happened after the account was known.

@@ -272,7 +272,6 @@ impl ProviderApi for Microsoft {
                 call: None,
                 status: None,
                 code: Some("no_roles".into()),
-                rotated: None,
             });
         }
 

@@ -111,8 +111,8 @@ pub struct Providers {
 /// A scripted provider: answers `verify` and `refresh` without any HTTP.
 #[cfg(test)]
 pub(crate) trait Script: Send + Sync {
-    fn verify(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Result<Verified, VerifyError>>;
-    fn refresh(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Result<Tokens, VerifyError>>;
+    fn verify(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Verdict<Verified>>;
+    fn refresh(&self, req: &VerifyRequest<'_>) -> BoxFuture<'static, Verdict<Tokens>>;
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -170,19 +170,24 @@ impl Providers {
     /// Token exchange plus one cheap identity and permission probe. Succeeds only if every
     /// permission in `req.required` is held.
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
-    pub async fn verify(&self, req: &VerifyRequest<'_>) -> Result<Verified, VerifyError> {
+    pub async fn verify(&self, req: &VerifyRequest<'_>) -> Verdict<Verified> {
         #[cfg(test)]
         if let Some(script) = &self.script {
             return script.verify(req).await;
         }
         let provider = req.spec.provider;
-        let outcome: Result<Verified, VerifyError> = async {
+        let outcome: Verdict<Verified> = async {
             let cx = self.cx(req);
-            preflight(&cx)?;
+            if let Err(e) = preflight(&cx) {
+                return Verdict::new(Err(e));
+            }
             let grant = match req.spec.auth {
                 AuthType::ApiKey => None,
                 AuthType::ClientCredentials | AuthType::RefreshToken => {
-                    Some(self.grant(req).await?)
+                    match self.grant(req).await {
+                        Ok(grant) => Some(grant),
+                        Err(e) => return Verdict::new(Err(e)),
+                    }
                 }
             };
             let probed = async {
@@ -197,26 +202,29 @@ impl Providers {
                         call: None,
                         status: None,
                         code: None,
-                        rotated: None,
                     });
                 }
                 Ok(probe)
             }
             .await;
-            // A failed probe must not lose a refresh token the grant just rotated.
-            let probe = probed.map_err(|e| match &grant {
-                Some(grant) => e.with_rotated(&grant.tokens),
-                None => e,
-            })?;
-            Ok(Verified {
-                account: probe.account,
-                permissions: probe.permissions,
-                tokens: grant.map(|g| g.tokens).unwrap_or_default(),
-                credential_expires_at: probe.credential_expires_at,
-            })
+            match probed {
+                Ok(probe) => Verdict::new(Ok(Verified {
+                    account: probe.account,
+                    permissions: probe.permissions,
+                    tokens: grant.map_or_else(Tokens::none, |g| g.tokens),
+                    credential_expires_at: probe.credential_expires_at,
+                })),
+                // A failed probe must not lose a refresh token the grant just rotated.
+                Err(e) => Verdict {
+                    result: Err(e),
+                    rotated: grant
+                        .map(|g| g.tokens)
+                        .filter(|t| t.refresh_token.is_some()),
+                },
+            }
         }
         .await;
-        match &outcome {
+        match &outcome.result {
             Ok(v) => tracing::debug!(account = %v.account.id, "credential verified"),
             Err(e) => tracing::info!(reason = e.reason(), error = %e, "credential not verified"),
         }
@@ -228,7 +236,7 @@ impl Providers {
     /// Overlapping calls (refresh or verify) for the same `req.key` and material share one
     /// grant, so a refresh token is never spent twice.
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
-    pub async fn refresh(&self, req: &VerifyRequest<'_>) -> Result<Tokens, VerifyError> {
+    pub async fn refresh(&self, req: &VerifyRequest<'_>) -> Verdict<Tokens> {
         #[cfg(test)]
         if let Some(script) = &self.script {
             return script.refresh(req).await;
@@ -247,7 +255,8 @@ impl Providers {
         if let Err(e) = &outcome {
             tracing::info!(reason = e.reason(), error = %e, "token refresh failed");
         }
-        outcome
+        // A grant either fails or answers: it never rotates on the way to a failure.
+        Verdict::new(outcome)
     }
 
     /// What no provider call can fix, checked without any call: the auth type, params and
@@ -509,31 +518,163 @@ impl CredentialMaterial {
     }
 }
 
-/// A credential that passed validation.
+/// A credential that passed validation. Only a provider verdict makes one: the fields are
+/// private to `providers`, so nothing else can claim a credential passed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
-    /// Who the credential authenticates as.
-    pub account: Account,
-    /// Everything the account holds, in the provider's vocabulary.
-    pub permissions: BTreeSet<String>,
-    /// Tokens minted on the way (empty for API keys).
-    pub tokens: Tokens,
-    /// When the credential itself stops working unless renewed, when known.
-    pub credential_expires_at: Option<jiff::Timestamp>,
+    account: Account,
+    permissions: BTreeSet<String>,
+    tokens: Tokens,
+    credential_expires_at: Option<jiff::Timestamp>,
 }
 
-/// Tokens from a token grant.
-#[derive(Debug, Clone, Default, PartialEq)]
+impl Verified {
+    /// Who the credential authenticates as.
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
+    /// Everything the account holds, in the provider's vocabulary.
+    pub fn permissions(&self) -> &BTreeSet<String> {
+        &self.permissions
+    }
+
+    /// Tokens minted on the way (none for API keys).
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// When the credential itself stops working unless renewed, when known.
+    pub fn credential_expires_at(&self) -> Option<jiff::Timestamp> {
+        self.credential_expires_at
+    }
+
+    /// A verdict made up by a unit test (a scripted provider).
+    #[cfg(test)]
+    pub(crate) fn scripted(
+        account: Account,
+        permissions: BTreeSet<String>,
+        tokens: Tokens,
+        credential_expires_at: Option<jiff::Timestamp>,
+    ) -> Self {
+        Self {
+            account,
+            permissions,
+            tokens,
+            credential_expires_at,
+        }
+    }
+}
+
+/// Tokens from a token grant. Only a provider's answer makes them (the fields are private to
+/// `providers`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tokens {
+    access_token: Option<Redacted>,
+    token_type: Option<String>,
+    expires_at: Option<jiff::Timestamp>,
+    refresh_token: Option<Redacted>,
+}
+
+impl Tokens {
+    /// No tokens (an API key's verdict).
+    fn none() -> Self {
+        Self {
+            access_token: None,
+            token_type: None,
+            expires_at: None,
+            refresh_token: None,
+        }
+    }
+
     /// The access token.
-    pub access_token: Option<Redacted>,
+    pub fn access_token(&self) -> Option<&Redacted> {
+        self.access_token.as_ref()
+    }
+
     /// Its type: `bearer` for the standard type (any spelling), else as the provider wrote it.
-    pub token_type: Option<String>,
+    pub fn token_type(&self) -> Option<&str> {
+        self.token_type.as_deref()
+    }
+
     /// When the access token expires, if the provider said.
-    pub expires_at: Option<jiff::Timestamp>,
+    pub fn expires_at(&self) -> Option<jiff::Timestamp> {
+        self.expires_at
+    }
+
     /// A new refresh token: `Some` only when the provider issued one different from the one
     /// spent. Persist it before using the access token; the old one may be dead already.
-    pub refresh_token: Option<Redacted>,
+    pub fn refresh_token(&self) -> Option<&Redacted> {
+        self.refresh_token.as_ref()
+    }
+
+    /// Tokens made up by a unit test (a scripted provider).
+    #[cfg(test)]
+    pub(crate) fn scripted(
+        access_token: Option<Redacted>,
+        expires_at: Option<jiff::Timestamp>,
+        refresh_token: Option<Redacted>,
+    ) -> Self {
+        Self {
+            access_token,
+            token_type: Some("bearer".into()),
+            expires_at,
+            refresh_token,
+        }
+    }
+}
+
+/// A provider's answer to [`Providers::verify`] or [`Providers::refresh`], with the tokens
+/// of a grant that rotated the refresh token before the call failed: the spent refresh token
+/// may be dead, so whoever holds the credential must keep the new one. Kept apart from the
+/// error, which says why the call failed and nothing else.
+#[derive(Debug)]
+#[must_use = "a verdict may carry a rotated refresh token that must be kept"]
+pub struct Verdict<T> {
+    result: Result<T, VerifyError>,
+    rotated: Option<Tokens>,
+}
+
+impl<T> Verdict<T> {
+    fn new(result: Result<T, VerifyError>) -> Self {
+        Self {
+            result,
+            rotated: None,
+        }
+    }
+
+    /// The answer. Drops rotated tokens: for callers that do not keep the credential.
+    pub fn result(self) -> Result<T, VerifyError> {
+        self.result
+    }
+
+    /// The answer, by reference.
+    pub fn as_result(&self) -> Result<&T, &VerifyError> {
+        self.result.as_ref()
+    }
+
+    /// Tokens of a grant that rotated the refresh token before the call failed (never set on
+    /// success: the verified value holds its tokens).
+    pub fn rotated(&self) -> Option<&Tokens> {
+        self.rotated.as_ref()
+    }
+
+    /// The answer and the rotated tokens.
+    pub fn into_parts(self) -> (Result<T, VerifyError>, Option<Tokens>) {
+        (self.result, self.rotated)
+    }
+
+    /// A verdict made up by a unit test (a scripted provider).
+    #[cfg(test)]
+    pub(crate) fn scripted(result: Result<T, VerifyError>, rotated: Option<Tokens>) -> Self {
+        Self { result, rotated }
+    }
+}
+
+impl<T> From<Result<T, VerifyError>> for Verdict<T> {
+    fn from(result: Result<T, VerifyError>) -> Self {
+        Self::new(result)
+    }
 }
 
 /// What a probe learned.

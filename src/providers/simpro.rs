@@ -109,7 +109,6 @@ impl ProviderApi for Simpro {
                 call: None,
                 status: None,
                 code: None,
-                rotated: None,
             });
         }
         Ok(Probe {

@@ -82,6 +82,7 @@ pub async fn verify_with(
             timeout,
         })
         .await
+        .result()
 }
 
 pub async fn verify(

@@ -9,7 +9,7 @@ use super::decide::{Step, Timing};
 use super::read::{Candidate, Source};
 use super::target::{self, Active, Target, Validated};
 use crate::api::{ConnectorCredential, PermissionPolicy};
-use crate::providers::{Providers, Verified, VerifyError, VerifyRequest};
+use crate::providers::{Providers, Tokens, Verified, VerifyError, VerifyRequest};
 
 /// What the provider step did.
 #[derive(Debug)]
@@ -21,10 +21,12 @@ pub(crate) enum Outcome {
         validated: Validated,
         restored: bool,
     },
-    /// The candidate failed for good (dead, permissions, configuration).
+    /// The candidate failed for good (dead, permissions, configuration). `spent`: the
+    /// provider rotated its refresh token on the way, so the source's one is spent.
     Rejected {
         revision: String,
         error: VerifyError,
+        spent: bool,
     },
     /// The active credential passed its probe; `write` holds a refresh token the probe's
     /// grant rotated, to persist.
@@ -126,30 +128,30 @@ impl ProviderStep<'_> {
     async fn validate(&self, candidate: &Candidate, restored: bool) -> Outcome {
         let required = required_for_rotation(self.cred);
         let req = self.request(candidate.material(), &required);
-        match self.providers.verify(&req).await {
+        // A rotated token of an unvalidated candidate is never written.
+        let (result, rotated) = self.providers.verify(&req).await.into_parts();
+        match result {
             Ok(verified) => Outcome::Swapped {
                 validated: Validated::verified(candidate, &verified, self.now),
                 restored,
             },
             Err(error) if error.is_transient() => Outcome::Transient {
                 error,
-                // A rotated token of an unvalidated candidate is never written.
                 write: None,
                 rotating: true,
             },
             Err(error) => Outcome::Rejected {
                 revision: candidate.revision().to_owned(),
                 error,
+                spent: rotated.is_some(),
             },
         }
     }
 
     /// A refresh token the provider rotated before a failure: the spent one is dead, so the
     /// new one is persisted with the active credential.
-    fn rotated(&self, active: &Active, error: &VerifyError) -> Option<Validated> {
-        error
-            .rotated()
-            .map(|tokens| Validated::refreshed(active, tokens, self.now))
+    fn rotated(&self, active: &Active, rotated: Option<&Tokens>) -> Option<Validated> {
+        rotated.map(|tokens| Validated::refreshed(active, tokens, self.now))
     }
 
     async fn probe(&self, active: &Active, refresh: bool) -> Outcome {
@@ -161,22 +163,23 @@ impl ProviderStep<'_> {
             .cloned()
             .collect();
         let req = self.request(active.material(), &required);
-        match self.providers.verify(&req).await {
+        let (result, rotated) = self.providers.verify(&req).await.into_parts();
+        match result {
             Ok(verified) => {
                 // The probe's fresh access token is written only when a refresh was due
                 // anyway or the grant rotated the refresh token: a steady state writes
                 // nothing.
-                let keep = refresh || verified.tokens.refresh_token.is_some();
+                let keep = refresh || verified.tokens().refresh_token().is_some();
                 let write = keep.then(|| Validated::revalidated(active, &verified, self.now));
                 Outcome::Probed { verified, write }
             }
             Err(error) if error.is_transient() => Outcome::Transient {
-                write: self.rotated(active, &error),
+                write: self.rotated(active, rotated.as_ref()),
                 error,
                 rotating: false,
             },
             Err(error) => Outcome::ActiveFailed {
-                write: self.rotated(active, &error),
+                write: self.rotated(active, rotated.as_ref()),
                 error,
             },
         }
@@ -185,17 +188,18 @@ impl ProviderStep<'_> {
     async fn refresh(&self, active: &Active) -> Outcome {
         let required = BTreeSet::new();
         let req = self.request(active.material(), &required);
-        match self.providers.refresh(&req).await {
+        let (result, rotated) = self.providers.refresh(&req).await.into_parts();
+        match result {
             Ok(tokens) => Outcome::Refreshed {
                 validated: Validated::refreshed(active, &tokens, self.now),
             },
             Err(error) if error.is_transient() => Outcome::Transient {
-                write: self.rotated(active, &error),
+                write: self.rotated(active, rotated.as_ref()),
                 error,
                 rotating: false,
             },
             Err(error) => Outcome::ActiveFailed {
-                write: self.rotated(active, &error),
+                write: self.rotated(active, rotated.as_ref()),
                 error,
             },
         }

@@ -125,8 +125,12 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
             events.push(note.about(related.clone()));
             target_fact = TargetFact::Usable;
         }
-        Outcome::Rejected { revision, error } => {
-            update.rejected(revision, error);
+        Outcome::Rejected {
+            revision,
+            error,
+            spent,
+        } => {
+            update.rejected(revision, error, *spent);
             let reason = status::rejection_reason(error);
             let message = update
                 .status

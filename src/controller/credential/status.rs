@@ -117,7 +117,8 @@ impl Update {
     }
 
     /// A candidate revision failed validation; the active credential (if any) stays.
-    pub fn rejected(&mut self, revision: &str, err: &VerifyError) {
+    /// `spent`: validating it rotated the revision's refresh token, so it is not retried.
+    pub fn rejected(&mut self, revision: &str, err: &VerifyError, spent: bool) {
         let detail = match err {
             VerifyError::PermissionDenied {
                 account, missing, ..
@@ -138,7 +139,7 @@ impl Update {
             reason: rejection_reason(err),
             message,
             at: Time(self.now),
-            spent: err.rotated().is_some(),
+            spent,
         });
         self.status.consecutive_failures = 0;
     }
@@ -160,9 +161,9 @@ impl Update {
     /// The active credential passed its probe.
     pub fn revalidated(&mut self, verified: &Verified) {
         let s = &mut self.status;
-        s.account = Some(shown(&verified.account));
-        s.permissions = verified.permissions.iter().cloned().collect();
-        s.expires_at = verified.credential_expires_at.map(Time);
+        s.account = Some(shown(verified.account()));
+        s.permissions = verified.permissions().iter().cloned().collect();
+        s.expires_at = verified.credential_expires_at().map(Time);
         s.last_validated = Some(Time(self.now));
         s.consecutive_failures = 0;
         self.health(HealthState::Healthy, String::new());

@@ -4,7 +4,9 @@
 //! What the types enforce: [`write`] takes a [`Validated`], and this module makes a
 //! `Validated` only from a provider verdict on a [`Candidate`] ([`Validated::verified`]) or
 //! from an [`Active`] credential plus tokens the provider minted for it
-//! ([`Validated::refreshed`], [`Validated::revalidated`]). An `Active` comes only from
+//! ([`Validated::refreshed`], [`Validated::revalidated`]). `Verified` and `Tokens` come only
+//! from `providers` (their fields are private there; unit tests have `#[cfg(test)]`
+//! builders), and a `Candidate`'s revision is computed from its own material. An `Active` comes only from
 //! [`inspect`], and only when the target Secret still holds exactly what the operator wrote:
 //! every data key and the operator's annotations are checked against the
 //! `reconnect.dev/integrity` digests written with them. A Secret edited by hand (or by
@@ -77,17 +79,17 @@ impl ActiveRecord {
     /// What a provider verdict at `now` establishes about a credential.
     fn of(verified: &Verified, now: Timestamp) -> Self {
         Self {
-            account: verified.account.clone(),
-            permissions: verified.permissions.clone(),
-            credential_expires_at: verified.credential_expires_at,
-            access: window(&verified.tokens, now),
+            account: verified.account().clone(),
+            permissions: verified.permissions().clone(),
+            credential_expires_at: verified.credential_expires_at(),
+            access: window(verified.tokens(), now),
             validated_at: Some(now),
         }
     }
 }
 
 fn window(tokens: &Tokens, now: Timestamp) -> Option<AccessWindow> {
-    tokens.expires_at.map(|expires_at| AccessWindow {
+    tokens.expires_at().map(|expires_at| AccessWindow {
         issued_at: Some(now),
         expires_at,
     })
@@ -168,21 +170,21 @@ impl Validated {
     /// the new one replaces the spent one.
     pub fn verified(candidate: &Candidate, verified: &Verified, now: Timestamp) -> Self {
         let mut material = candidate.material().clone();
-        if let Some(rt) = &verified.tokens.refresh_token {
+        if let Some(rt) = verified.tokens().refresh_token() {
             material.refresh_token = Some(rt.clone());
         }
         Self {
             revision: candidate.revision().to_owned(),
             material,
             record: ActiveRecord::of(verified, now),
-            tokens: verified.tokens.clone(),
+            tokens: verified.tokens().clone(),
         }
     }
 
     /// The active credential with tokens the provider just minted for it.
     pub fn refreshed(active: &Active, tokens: &Tokens, now: Timestamp) -> Self {
         let mut material = active.material.clone();
-        if let Some(rt) = &tokens.refresh_token {
+        if let Some(rt) = tokens.refresh_token() {
             material.refresh_token = Some(rt.clone());
         }
         let mut record = active.record.clone();
@@ -197,7 +199,7 @@ impl Validated {
 
     /// The active credential after a successful probe that minted tokens.
     pub fn revalidated(active: &Active, verified: &Verified, now: Timestamp) -> Self {
-        let mut v = Self::refreshed(active, &verified.tokens, now);
+        let mut v = Self::refreshed(active, verified.tokens(), now);
         v.record = ActiveRecord::of(verified, now);
         v
     }
@@ -391,16 +393,12 @@ fn build(owner: &ConnectorCredential, existing: Option<&Secret>, v: &Validated) 
         }
     }
     let r = &v.record;
-    if let Some(token) = &v.tokens.access_token {
+    if let Some(token) = &v.tokens.access_token() {
         data.insert(
             "access_token".into(),
             ByteString(token.expose().as_bytes().to_vec()),
         );
-        let token_type = v
-            .tokens
-            .token_type
-            .clone()
-            .unwrap_or_else(|| "Bearer".into());
+        let token_type = v.tokens.token_type().unwrap_or("Bearer").to_owned();
         data.insert("token_type".into(), ByteString(token_type.into_bytes()));
         if let Some(access) = r.access {
             data.insert(
@@ -504,20 +502,19 @@ mod tests {
     }
 
     fn verified() -> Verified {
-        Verified {
-            account: Account {
+        Verified::scripted(
+            Account {
                 id: "7".into(),
                 name: "svc@acme.com".into(),
             },
-            permissions: ["company:1".to_owned()].into(),
-            tokens: Tokens {
-                access_token: Some(Redacted::new("at-1")),
-                token_type: Some("Bearer".into()),
-                expires_at: Some(Timestamp::from_second(2_000_000_000).unwrap()),
-                refresh_token: None,
-            },
-            credential_expires_at: None,
-        }
+            ["company:1".to_owned()].into(),
+            Tokens::scripted(
+                Some(Redacted::new("at-1")),
+                Some(Timestamp::from_second(2_000_000_000).unwrap()),
+                None,
+            ),
+            None,
+        )
     }
 
     /// The Secret as the API server would return it after a write (ownerReference set).
