@@ -16,6 +16,7 @@ mod faults;
 mod harness;
 mod ownership;
 mod patch;
+mod protobuf;
 mod render;
 mod resources;
 mod routes;

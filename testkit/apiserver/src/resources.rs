@@ -2,6 +2,7 @@
 //! registered CustomResourceDefinition, plus the discovery documents (`/api`, `/apis`,
 //! `/apis/<group>/<version>`) that kubectl and dynamic clients read to find them.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -414,6 +415,96 @@ impl Registry {
         doc["kind"] = json!("APIGroup");
         doc["apiVersion"] = json!("v1");
         Some(doc)
+    }
+
+    /// `GET /openapi/v3`: one document per served group-version.
+    pub(crate) fn openapi_index(&self) -> Value {
+        let mut paths = serde_json::Map::new();
+        let mut seen = BTreeSet::new();
+        for t in &self.types {
+            for v in &t.versions {
+                let path = if t.group.is_empty() {
+                    format!("api/{v}")
+                } else {
+                    format!("apis/{}/{v}", t.group)
+                };
+                if seen.insert(path.clone()) {
+                    paths.insert(
+                        path.clone(),
+                        json!({"serverRelativeURL": format!("/openapi/v3/{path}")}),
+                    );
+                }
+            }
+        }
+        json!({"paths": paths})
+    }
+
+    /// `GET /openapi/v3/...`: a schema per kind of the group-version, so that `kubectl apply`
+    /// can validate client-side: a custom resource's is its CRD schema; a built-in type's
+    /// accepts any object (the stand-in does not carry their schemas; the server validates
+    /// what it knows on write).
+    pub(crate) fn openapi(&self, group: &str, version: &str) -> Option<Value> {
+        let mut schemas = serde_json::Map::new();
+        let mut paths = serde_json::Map::new();
+        for t in self
+            .types
+            .iter()
+            .filter(|t| t.group == group && t.versions.iter().any(|v| v == version))
+        {
+            let mut schema = t
+                .schema
+                .as_ref()
+                .map(|s| s.raw.clone())
+                .unwrap_or_else(|| json!({"type": "object"}));
+            if let Some(map) = schema.as_object_mut() {
+                if t.schema.is_none() {
+                    map.insert("x-kubernetes-preserve-unknown-fields".into(), json!(true));
+                }
+                map.insert(
+                    "x-kubernetes-group-version-kind".into(),
+                    json!([{"group": group, "version": version, "kind": t.kind}]),
+                );
+            }
+            let name = if group.is_empty() {
+                format!("io.k8s.api.core.{version}.{}", t.kind)
+            } else {
+                let reversed: Vec<&str> = group.split('.').rev().collect();
+                format!("{}.{version}.{}", reversed.join("."), t.kind)
+            };
+            schemas.insert(name, schema);
+            // The PATCH operation with the `fieldValidation` parameter is what kubectl looks
+            // for to validate on the server (`kubectl apply` without `--validate=false`).
+            let prefix = if group.is_empty() {
+                format!("/api/{version}")
+            } else {
+                format!("/apis/{group}/{version}")
+            };
+            let path = if t.namespaced {
+                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", t.plural)
+            } else {
+                format!("{prefix}/{}/{{name}}", t.plural)
+            };
+            paths.insert(
+                path,
+                json!({"patch": {
+                    "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": t.kind},
+                    "parameters": [
+                        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {},
+                }}),
+            );
+        }
+        if schemas.is_empty() {
+            return None;
+        }
+        Some(json!({
+            "openapi": "3.0.0",
+            "info": {"title": "reconnect stand-in", "version": "v0"},
+            "paths": paths,
+            "components": {"schemas": schemas},
+        }))
     }
 
     /// `GET /api/v1` or `GET /apis/<group>/<version>`.

@@ -23,7 +23,17 @@ pub(crate) enum Route {
     CoreVersions,
     Groups,
     Group(String),
-    ResourceList { group: String, version: String },
+    ResourceList {
+        group: String,
+        version: String,
+    },
+    /// `/openapi/v3`: the index of OpenAPI documents.
+    OpenApiIndex,
+    /// `/openapi/v3/api/v1`, `/openapi/v3/apis/<group>/<version>`.
+    OpenApi {
+        group: String,
+        version: String,
+    },
     Resource(ResourcePath),
     Unknown,
 }
@@ -59,6 +69,15 @@ pub(crate) fn parse(path: &str) -> Route {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
         ["version"] => Route::Version,
+        ["openapi", "v3"] => Route::OpenApiIndex,
+        ["openapi", "v3", "api", version] => Route::OpenApi {
+            group: String::new(),
+            version: version.to_string(),
+        },
+        ["openapi", "v3", "apis", group, version] => Route::OpenApi {
+            group: group.to_string(),
+            version: version.to_string(),
+        },
         ["api"] => Route::CoreVersions,
         ["api", version] => Route::ResourceList {
             group: String::new(),

@@ -153,6 +153,8 @@ fn dispatch(
         Route::ResourceList { group, version } => {
             found(state.registry.resource_list(&group, &version))
         }
+        Route::OpenApiIndex => Ok(json_response(200, &state.registry.openapi_index())),
+        Route::OpenApi { group, version } => found(state.registry.openapi(&group, &version)),
         Route::Unknown => Err(ApiError::resource_not_found()),
         Route::Resource(path) => {
             drop(state);
@@ -193,6 +195,20 @@ fn resource(
     let ns = path.namespace.as_deref();
     let name = path.name.as_deref();
     let parse_body = || -> Result<Value, ApiError> {
+        // kubectl's typed clients send protobuf for built-in types and do not fall back to
+        // JSON: the kinds `kubectl create` sends are decoded, anything else is a 415.
+        let content_type = header_str(parts, header::CONTENT_TYPE).unwrap_or_default();
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        if media == crate::protobuf::MEDIA_TYPE {
+            return crate::protobuf::decode(body).map_err(|why| {
+                let mut err = ApiError::unsupported_media_type(&content_type);
+                err.message = format!("{}: {why}", err.message);
+                err
+            });
+        }
+        if !media.is_empty() && media != "application/json" && media != "*/*" {
+            return Err(ApiError::unsupported_media_type(&content_type));
+        }
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
     };
@@ -214,6 +230,34 @@ fn resource(
             rt.api_version(&path.version),
         )
     };
+    // fieldValidation=Strict (what `kubectl apply` sends): unknown fields of a custom resource
+    // are an error instead of being pruned.
+    if query.get("fieldValidation") == Some("Strict")
+        && let Some(schema) = &rt.schema
+        && matches!(verb, Verb::Create | Verb::Update | Verb::Patch)
+    {
+        let content_type = header_str(parts, header::CONTENT_TYPE).unwrap_or_default();
+        let submitted = match PatchType::from_content_type(&content_type) {
+            Some(PatchType::Json) => None,
+            Some(kind) if verb == Verb::Patch => crate::patch::parse_body(kind, body).ok(),
+            _ => serde_json::from_slice::<Value>(body).ok(),
+        };
+        let unknown = submitted
+            .map(|doc| crate::validation::unknown_fields(&schema.raw, &doc))
+            .unwrap_or_default();
+        if !unknown.is_empty() {
+            let listed: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            let version = &path.version;
+            return Err(ApiError::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                listed.join(", "),
+                kind = rt.kind,
+            )));
+        }
+    }
     match (verb, name) {
         (Verb::Get, Some(name)) => {
             let object = inner.state().get(&rt, ns, name)?;

@@ -184,6 +184,48 @@ fn prune(schema: &Value, value: &mut Value, root: bool) {
     }
 }
 
+/// The fields `value` sets that the schema does not know (what pruning would drop), as
+/// kube-apiserver names them for `fieldValidation=Strict`: `spec.bogus`, `spec.items[0].x`.
+pub(crate) fn unknown_fields(schema: &Value, value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    collect_unknown(schema, value, true, "", &mut out);
+    out
+}
+
+fn collect_unknown(schema: &Value, value: &Value, root: bool, path: &str, out: &mut Vec<String>) {
+    let preserve = flag(schema, "x-kubernetes-preserve-unknown-fields");
+    let embedded = root || flag(schema, "x-kubernetes-embedded-resource");
+    match value {
+        Value::Object(map) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (key, v) in map {
+                let here = child(path, key);
+                match properties.and_then(|p| p.get(key)).or(additional) {
+                    Some(s) => collect_unknown(s, v, false, &here, out),
+                    None => {
+                        let meta =
+                            embedded && matches!(key.as_str(), "apiVersion" | "kind" | "metadata");
+                        let open = preserve
+                            || schema.get("additionalProperties") == Some(&Value::Bool(true));
+                        if !meta && !open {
+                            out.push(here);
+                        }
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    collect_unknown(s, item, false, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn child(path: &str, field: &str) -> String {
     if path.is_empty() {
         field.to_string()

@@ -1804,7 +1804,8 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
     assert_eq!(out, "", "nothing of these kinds exists in the namespace");
     let out = kubectl(args(&["get", "--raw", "/apis"])).await.unwrap();
     assert!(out.contains("reconnect.dev"));
-    // kubectl apply needs --validate=false: the stand-in serves no OpenAPI documents.
+    // kubectl apply validates through the OpenAPI v3 documents (server-side, with
+    // fieldValidation=Strict), client-side and server-side apply alike; no --validate=false.
     let manifest = std::env::temp_dir().join(format!("{ns}-secret.yaml"));
     std::fs::write(
         &manifest,
@@ -1812,18 +1813,68 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
     )
     .unwrap();
     let path = manifest.to_string_lossy().to_string();
+    kubectl(args(&["apply", "--server-side", "-n", ns, "-f", &path]))
+        .await
+        .unwrap();
+    let bogus = std::env::temp_dir().join(format!("{ns}-bogus.yaml"));
+    std::fs::write(
+        &bogus,
+        "apiVersion: reconnect.dev/v1alpha1\nkind: ConnectorCredential\nmetadata:\n  name: bogus\nspec:\n  provider: procore\n  auth: ClientCredentials\n  secretRef: {name: s}\n  params: {companyId: \"1\"}\n  bogusField: 1\n",
+    )
+    .unwrap();
+    let bogus_path = bogus.to_string_lossy().to_string();
+    let refused = {
+        let kubeconfig = kubeconfig.clone();
+        let args = args(&["apply", "-n", ns, "-f", &bogus_path]);
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("kubectl")
+                .args(&args)
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("strict decoding error: unknown field \"spec.bogusField\""),
+        "{stderr}"
+    );
+    std::fs::write(
+        &bogus,
+        "apiVersion: reconnect.dev/v1alpha1\nkind: ConnectorCredential\nmetadata:\n  name: bogus\nspec:\n  provider: procore\n  auth: ClientCredentials\n  secretRef: {name: s}\n  params: {companyId: \"1\"}\n",
+    )
+    .unwrap();
+    kubectl(args(&["apply", "-n", ns, "-f", &bogus_path]))
+        .await
+        .unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::remove_file(&bogus).unwrap();
+    // kubectl create sends protobuf for built-in types.
+    let created_ns = format!("{ns}-k");
+    kubectl(args(&["create", "namespace", &created_ns]))
+        .await
+        .unwrap();
     kubectl(args(&[
-        "apply",
-        "--validate=false",
-        "--server-side",
+        "create",
+        "secret",
+        "generic",
+        "made",
         "-n",
         ns,
-        "-f",
-        &path,
+        "--from-literal=k=w",
     ]))
     .await
     .unwrap();
-    std::fs::remove_file(&manifest).unwrap();
+    let made = Api::<Secret>::namespaced(cluster.client.clone(), ns)
+        .get("made")
+        .await
+        .unwrap();
+    assert_eq!(made.data.unwrap()["k"].0, b"w");
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    assert!(namespaces.get_opt(&created_ns).await.unwrap().is_some());
     let applied = Api::<Secret>::namespaced(cluster.client.clone(), ns)
         .get("applied")
         .await
@@ -2370,5 +2421,101 @@ async fn error_details_follow_kube_apiserver() {
             "the server rejected our request due to an error in our request"
         )
     );
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn strict_field_validation_refuses_unknown_fields_of_custom_resources() {
+    let cluster = test_cluster().await;
+    let mut body = serde_json::to_value(credential("strict")).unwrap();
+    body["spec"]["bogusField"] = json!(1);
+    let post = |query: &str| {
+        http::Request::post(format!(
+            "/apis/reconnect.dev/v1alpha1/namespaces/{}/connectorcredentials{query}",
+            cluster.namespace
+        ))
+        .header("Content-Type", "application/json")
+        .body(body.to_string().into_bytes())
+        .unwrap()
+    };
+    let err = status(raw(&cluster, post("?fieldValidation=Strict")).await);
+    assert_eq!((err.code, err.reason.as_str()), (400, "BadRequest"));
+    assert!(
+        err.message
+            .ends_with("strict decoding error: unknown field \"spec.bogusField\""),
+        "{}",
+        err.message
+    );
+    // Ignore prunes the field.
+    let created = raw(&cluster, post("?fieldValidation=Ignore"))
+        .await
+        .unwrap();
+    assert!(created["spec"].get("bogusField").is_none(), "{created}");
+    cluster.cleanup().await;
+}
+
+/// One length-delimited protobuf field (lengths below 128).
+fn proto_field(number: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2, u8::try_from(bytes.len()).unwrap()];
+    out.extend_from_slice(bytes);
+    out
+}
+
+#[tokio::test]
+async fn built_in_objects_can_be_created_from_protobuf_as_kubectl_sends_them() {
+    let cluster = test_cluster().await;
+    // k8s\0 + runtime.Unknown{typeMeta{apiVersion, kind}, raw: Secret{metadata{name}, data}}.
+    let type_meta = [proto_field(1, b"v1"), proto_field(2, b"Secret")].concat();
+    let entry = [proto_field(1, b"k"), proto_field(2, b"from-protobuf")].concat();
+    let secret = [
+        proto_field(1, &proto_field(1, b"pb")),
+        proto_field(2, &entry),
+    ]
+    .concat();
+    let body = [
+        b"k8s\0".to_vec(),
+        proto_field(1, &type_meta),
+        proto_field(2, &secret),
+    ]
+    .concat();
+    let request = http::Request::post(format!("/api/v1/namespaces/{}/secrets", cluster.namespace))
+        .header("Content-Type", "application/vnd.kubernetes.protobuf")
+        .header("Accept", "application/json")
+        .body(body)
+        .unwrap();
+    raw(&cluster, request).await.unwrap();
+    let made = secrets(&cluster).get("pb").await.unwrap();
+    assert_eq!(made.data.unwrap()["k"].0, b"from-protobuf");
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn openapi_v3_documents_name_each_kind_and_its_patch_parameters() {
+    let cluster = test_cluster().await;
+    let get = |path: String| raw(&cluster, http::Request::get(path).body(Vec::new()).unwrap());
+    let index = get("/openapi/v3".into()).await.unwrap();
+    for gv in ["api/v1", "apis/reconnect.dev/v1alpha1"] {
+        assert!(index["paths"].get(gv).is_some(), "{gv} in {index}");
+    }
+    let url = index["paths"]["apis/reconnect.dev/v1alpha1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let doc = get(url).await.unwrap();
+    // kubectl looks for the PATCH operation of the kind, and its fieldValidation parameter.
+    let patch = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|p| p.get("patch"))
+        .find(|op| op["x-kubernetes-group-version-kind"]["kind"] == "ConnectorCredential")
+        .expect("a PATCH operation for ConnectorCredential");
+    let params: Vec<&str> = patch["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(params.contains(&"fieldValidation"), "{params:?}");
     cluster.cleanup().await;
 }
