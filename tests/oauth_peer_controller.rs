@@ -230,13 +230,34 @@ async fn a_rotating_refresh_token_chain_survives_controller_restarts() {
         Some("user-1")
     );
 
+    // The refresh token the target Secret holds, once it differs from `before`: a refresh
+    // has spent `before` and persisted its successor. (A tick returns after some reconcile
+    // finished, which on a real API server need not be the refresh.)
+    let moved_on = async |env: &Env, before: &str| {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let target = env.secret("peer-sync-active").await.unwrap();
+            let current = data(&target)["refresh_token"].clone();
+            if current != before {
+                return current;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no refresh persisted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut current = data(&env.secret("peer-sync-active").await.unwrap())["refresh_token"].clone();
     for round in 0..3 {
-        // Past half the token's life: a refresh, which spends the current refresh token.
+        // Past half the token's life: a refresh, which spends the current refresh token. The
+        // restart comes after it was persisted (a crash between the grant and the write would
+        // lose the new token: that window is the provider's rotation design, not ours).
         env.advance(Duration::from_secs(70)).await;
+        current = moved_on(&env, &current).await;
         env.restart().await;
         env.advance(Duration::from_secs(70)).await;
-        let target = env.secret("peer-sync-active").await.unwrap();
-        let current = data(&target)["refresh_token"].clone();
+        current = moved_on(&env, &current).await;
         let state = peer.refresh_token_state(&current).await;
         assert!(
             matches!(state, RefreshTokenState::Active { .. }),
