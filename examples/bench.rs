@@ -64,9 +64,7 @@ impl Options {
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
-            let value = it
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value"))?;
+            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
             let number: u64 = value
                 .parse()
                 .map_err(|_| format!("{flag}: not a whole number: {value}"))?;
@@ -141,8 +139,7 @@ fn operator_child(args: &[String]) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
         let client = kube::Client::try_from(config)?;
         let options = reconnect_operator::operator::Options {
             namespaces: vec![namespace.clone()],
@@ -153,6 +150,7 @@ fn operator_child(args: &[String]) -> Result<()> {
             identity: "bench".into(),
             lease_duration: Duration::from_secs(15),
             restart_debounce: Duration::from_secs(10),
+            max_concurrent_reconciles: reconnect_operator::controller::DEFAULT_CONCURRENCY,
         };
         reconnect_operator::operator::run(client, options, async {
             let _ = tokio::signal::ctrl_c().await;
@@ -340,7 +338,7 @@ async fn bench(o: Options) -> Result<()> {
             .and_then(|a| a.get(REVISION_ANNOTATION).cloned());
         // Alternate between the two clients, so each rotation is a new revision.
         let round = i / names.len();
-        let next = if round % 2 == 0 { "b" } else { "a" };
+        let next = if round.is_multiple_of(2) { "b" } else { "a" };
         let t = Instant::now();
         secrets
             .patch(

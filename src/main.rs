@@ -84,6 +84,10 @@ struct RunArgs {
     /// restart targets (Go duration).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     restart_debounce: std::time::Duration,
+    /// Reconciles each controller runs at once (0: unbounded); bounds the provider
+    /// connections and API requests in flight when many credentials are due together.
+    #[arg(long, default_value_t = reconnect_operator::controller::DEFAULT_CONCURRENCY)]
+    max_concurrent_reconciles: u16,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -121,6 +125,7 @@ fn run(args: RunArgs) -> ExitCode {
             identity,
             lease_duration: args.lease_duration,
             restart_debounce: args.restart_debounce,
+            max_concurrent_reconciles: args.max_concurrent_reconciles,
         };
         reconnect_operator::operator::run(client, options, shutdown_signal()).await
     });

@@ -41,6 +41,8 @@ pub struct Options {
     pub lease_duration: std::time::Duration,
     /// How long credential swaps are gathered into one rollout of an Integration's workloads.
     pub restart_debounce: std::time::Duration,
+    /// Reconciles each controller runs at once (0: unbounded).
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Liveness and readiness as the HTTP endpoints report them.
@@ -206,13 +208,16 @@ pub async fn run_on(
     let metrics = Arc::new(Metrics::new());
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Providers::new().with_metrics(metrics.clone()),
-        Arc::new(SystemClock),
-        metrics.clone(),
-        Some(options.identity.clone()),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Providers::new().with_metrics(metrics.clone()),
+            Arc::new(SystemClock),
+            metrics.clone(),
+            Some(options.identity.clone()),
+        )
+        .with_concurrency(options.max_concurrent_reconciles),
+    );
     let health = Arc::new(Health::new(ctx.caches().clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = tokio::spawn(serve_http(listener, metrics, health.clone(), {

@@ -35,6 +35,23 @@ async fn replica_with(
     identity: &str,
     leader_election: bool,
 ) -> Replica {
+    replica_limited(
+        cluster,
+        client,
+        identity,
+        leader_election,
+        reconnect_operator::controller::DEFAULT_CONCURRENCY,
+    )
+    .await
+}
+
+async fn replica_limited(
+    cluster: &TestCluster,
+    client: kube::Client,
+    identity: &str,
+    leader_election: bool,
+    max_concurrent_reconciles: u16,
+) -> Replica {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let options = Options {
@@ -46,6 +63,7 @@ async fn replica_with(
         identity: identity.into(),
         lease_duration: Duration::from_secs(3),
         restart_debounce: Duration::from_secs(10),
+        max_concurrent_reconciles,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -365,5 +383,31 @@ async fn a_leader_cut_off_from_its_lease_stops_reconciling_before_the_standby_ta
         let _ = r.stop.map(|s| s.send(()));
         r.task.abort();
     }
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn no_more_reconciles_run_at_once_than_the_limit() {
+    let cluster = test_cluster().await;
+    let emu = setup(&cluster).await;
+    // A slow provider: without a limit, all eight verifications would be in flight together.
+    emu.fail_next(
+        usize::MAX,
+        reconnect_emulators::Fault::Latency(Duration::from_millis(100)),
+    );
+    for i in 0..8 {
+        apply_credential(&cluster, &format!("c{i}"), &emu).await;
+    }
+    let mut r = replica_limited(&cluster, cluster.client.clone(), "limited", false, 2).await;
+    for i in 0..8 {
+        wait_connected(&cluster, &format!("c{i}")).await;
+    }
+    let most = emu.max_in_flight();
+    assert!(
+        (1..=2).contains(&most),
+        "{most} provider requests in flight at once with --max-concurrent-reconciles 2"
+    );
+    let _ = r.stop.take().map(|s| s.send(()));
+    tokio::time::timeout(WAIT, r.task).await.unwrap().unwrap();
     cluster.cleanup().await;
 }

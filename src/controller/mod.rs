@@ -187,6 +187,9 @@ struct ObjectState {
     short_tokens: u32,
 }
 
+/// Reconciles each controller runs at once by default.
+pub const DEFAULT_CONCURRENCY: u16 = 64;
+
 /// What every reconcile gets.
 pub struct Context {
     pub(crate) client: Client,
@@ -196,6 +199,8 @@ pub struct Context {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) caches: Arc<CacheSync>,
     /// Secrets this process wrote, so their watch events do not wake their credentials.
+    /// Reconciles each controller runs at once (0: unbounded).
+    concurrency: u16,
     pub(crate) own_writes: Arc<triggers::OwnWrites>,
     /// The credential controllers' caches of Integrations, by watched namespace (`None`:
     /// all), for the in-use finalizer; read instead of listing Integrations per reconcile.
@@ -230,7 +235,21 @@ impl Context {
             own_writes: Arc::default(),
             integration_caches: Mutex::default(),
             objects: Mutex::default(),
+            concurrency: DEFAULT_CONCURRENCY,
         }
+    }
+
+    /// At most `n` reconciles of each controller run at once (0: unbounded). Bounds the
+    /// provider connections and API requests in flight when thousands of objects are due
+    /// together (a cold start, a restart).
+    pub fn with_concurrency(mut self, n: u16) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// The kube-runtime controller settings every controller of this context uses.
+    pub(crate) fn controller_config(&self) -> kube::runtime::controller::Config {
+        kube::runtime::controller::Config::default().concurrency(self.concurrency)
     }
 
     /// The Integration cache that covers namespace `ns`, if a credential controller keeps one.

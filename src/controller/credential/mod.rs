@@ -369,7 +369,8 @@ pub fn controller(ctx: &Context, namespace: Option<&str>) -> Controller<Guarded>
             .default_backoff()
             .reflect(writer),
     );
-    let controller = Controller::for_stream(credentials, store);
+    let controller =
+        Controller::for_stream(credentials, store).with_config(ctx.controller_config());
     let store = controller.store();
     let seen = in_use::Seen::default();
     let own = ctx.own_writes.clone();

@@ -481,7 +481,8 @@ fn controller(ctx: &Context, namespace: Option<&str>, index: Arc<Index>) -> Cont
             ),
             None => (Api::all(client.clone()), Api::all(client)),
         };
-    let controller = Controller::new(integrations, watcher::Config::default().any_semantic());
+    let controller = Controller::new(integrations, watcher::Config::default().any_semantic())
+        .with_config(ctx.controller_config());
     let store = controller.store();
     // Credentials wake their Integrations only when something the aggregate reads changes.
     let creds = super::triggers::changes(

@@ -187,6 +187,26 @@ pub(crate) struct Inner<F> {
     pub state: Mutex<State>,
     faults: Mutex<Vec<ScriptedFault>>,
     counts: Mutex<HashMap<String, usize>>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: Mutex<(usize, usize)>,
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight<'a>(&'a Mutex<(usize, usize)>);
+
+impl<'a> InFlight<'a> {
+    fn enter(m: &'a Mutex<(usize, usize)>) -> Self {
+        let mut g = lock(m);
+        g.0 += 1;
+        g.1 = g.1.max(g.0);
+        Self(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(self.0).0 -= 1;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,6 +240,7 @@ impl<F: Flavor> Emulator<F> {
             state: Mutex::new(state),
             faults: Mutex::new(Vec::new()),
             counts: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new((0, 0)),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&inner)));
         Self {
@@ -237,6 +258,11 @@ impl<F: Flavor> Emulator<F> {
     /// How many requests reached `path` (exact path, query ignored), faults included.
     pub fn count(&self, path: &str) -> usize {
         lock(&self.inner.counts).get(path).copied().unwrap_or(0)
+    }
+
+    /// The most requests the emulator was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        lock(&self.inner.in_flight).1
     }
 
     /// How many requests reached the emulator in total.
@@ -326,6 +352,7 @@ async fn serve<F: Flavor>(
         body,
     };
     *lock(&inner.counts).entry(request.path.clone()).or_default() += 1;
+    let _in_flight = InFlight::enter(&inner.in_flight);
 
     let fault = {
         let mut faults = lock(&inner.faults);
