@@ -369,6 +369,12 @@ pub(crate) fn backoff(attempts: u32, err: &Error, seed: u64) -> Duration {
     }
 }
 
+/// Cached objects keep no `managedFields`: nothing here reads them, and on a real API server
+/// they are often the largest part of an object.
+pub(crate) fn forget_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

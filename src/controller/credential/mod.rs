@@ -367,6 +367,7 @@ pub fn controller(ctx: &Context, namespace: Option<&str>) -> Controller<Guarded>
     let credentials = spec_changes(
         watcher(api::<Guarded>(client, namespace), config())
             .default_backoff()
+            .modify(super::forget_managed_fields)
             .reflect(writer),
     );
     let controller =
@@ -394,6 +395,7 @@ pub fn controller(ctx: &Context, namespace: Option<&str>) -> Controller<Guarded>
             config(),
         )
         .default_backoff()
+        .modify(super::forget_managed_fields)
         .reflect(integration_writer),
     );
     // Secrets are watched as metadata only: a rotated Secret triggers its credentials at once,

@@ -481,8 +481,13 @@ fn controller(ctx: &Context, namespace: Option<&str>, index: Arc<Index>) -> Cont
             ),
             None => (Api::all(client.clone()), Api::all(client)),
         };
-    let controller = Controller::new(integrations, watcher::Config::default().any_semantic())
-        .with_config(ctx.controller_config());
+    let (store, writer) = kube::runtime::reflector::store();
+    let watched = watcher(integrations, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(super::forget_managed_fields)
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(watched, store).with_config(ctx.controller_config());
     let store = controller.store();
     // Credentials wake their Integrations only when something the aggregate reads changes.
     let creds = super::triggers::changes(
