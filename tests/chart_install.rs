@@ -1,5 +1,6 @@
 //! The install paths on a real API server, as a user takes them: `kubectl apply
-//! --server-side -f crds/`, the chart as helm renders it (`tests/fixtures/chart-default.yaml`,
+//! --server-side -f crds/`, `helm install` (with the helm binary CI installs), the chart as
+//! helm renders it (`tests/fixtures/chart-default.yaml`,
 //! which `.ci/chart-check` keeps equal to `helm template`) applied server-side, and the
 //! operator binary run the way the chart's Deployment runs it: its arguments and environment,
 //! the chart's ServiceAccount (a TokenRequest token, like `kubectl create token`) and nothing
@@ -46,6 +47,45 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     );
     assert!(out.status.success(), "kubectl {}: {text}", args.join(" "));
     text
+}
+
+/// `helm install` of the chart as a second release (its own namespace, no aggregated roles,
+/// which are cluster-wide and already installed above), when `RECONNECT_HELM` names a helm
+/// binary (`.ci/run` sets it to the one `.ci/chart-check` installs), then `helm uninstall`.
+fn helm_install(kubeconfig: &Path) {
+    let Some(helm) = std::env::var_os("RECONNECT_HELM") else {
+        println!("helm install not tried: RECONNECT_HELM names no helm binary (CI sets it)");
+        return;
+    };
+    let chart = repo("charts/reconnect-operator");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&helm)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .output()
+            .expect("helm runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "helm {}: {text}", args.join(" "));
+        text
+    };
+    let chart = chart.to_string_lossy();
+    let installed = run(&[
+        "install",
+        "second",
+        &chart,
+        "--namespace",
+        "reconnect-helm",
+        "--create-namespace",
+        "--set",
+        "rbac.aggregatedRoles=false",
+    ]);
+    assert!(installed.contains("STATUS: deployed"), "{installed}");
+    run(&["uninstall", "second", "--namespace", "reconnect-helm"]);
 }
 
 /// A plain HTTP/1.1 GET; the status code.
@@ -163,6 +203,7 @@ async fn the_chart_installs_server_side_and_its_rbac_is_all_the_operator_needs()
         ],
     );
     kubectl(admin, &["apply", "--server-side", "-f", &rendered]);
+    helm_install(admin);
 
     // 3. The operator as the chart runs it, as the chart's ServiceAccount.
     let deployment = Api::<Deployment>::namespaced(cluster.client.clone(), RELEASE_NAMESPACE)
