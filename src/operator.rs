@@ -71,11 +71,6 @@ impl Health {
         (self.controllers_running.load(Ordering::SeqCst) && self.caches.all_synced())
             || self.standby.load(Ordering::SeqCst)
     }
-
-    /// Whether the controllers are running in this process.
-    pub fn leading(&self) -> bool {
-        self.controllers_running.load(Ordering::SeqCst)
-    }
 }
 
 /// Serves /metrics, /healthz and /readyz on `listener` until `shutdown` resolves.

@@ -9,6 +9,32 @@ use reconnect_emulators::{Account, Fault, ProcoreEmulator, SafetyCultureEmulator
 use reconnect_operator::check::{self, CheckOptions};
 use reconnect_operator::providers::Providers;
 
+/// Check inputs written to a scratch folder of their own, removed when dropped (tests read
+/// them through `Deref` as [`CheckOptions`]).
+struct Inputs {
+    options: CheckOptions,
+    dir: PathBuf,
+}
+
+impl std::ops::Deref for Inputs {
+    type Target = CheckOptions;
+    fn deref(&self) -> &CheckOptions {
+        &self.options
+    }
+}
+
+impl std::ops::DerefMut for Inputs {
+    fn deref_mut(&mut self) -> &mut CheckOptions {
+        &mut self.options
+    }
+}
+
+impl Drop for Inputs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -47,18 +73,21 @@ fn secret_yaml(string_data: &[(&str, &str)]) -> String {
     yaml
 }
 
-fn write(credential: &str, secret: &str) -> CheckOptions {
+fn write(credential: &str, secret: &str) -> Inputs {
     let dir = dir();
     let c = dir.join("credential.yaml");
     let s = dir.join("secret.yaml");
     std::fs::write(&c, credential).unwrap();
     std::fs::write(&s, secret).unwrap();
-    CheckOptions {
-        credential: c,
-        secret: s,
-        require: Vec::new(),
-        timeout: None,
-        rotated_secret: None,
+    Inputs {
+        options: CheckOptions {
+            credential: c,
+            secret: s,
+            require: Vec::new(),
+            timeout: None,
+            rotated_secret: None,
+        },
+        dir,
     }
 }
 
@@ -69,7 +98,7 @@ async fn safetyculture() -> SafetyCultureEmulator {
     emu
 }
 
-fn sc_options(emu: &SafetyCultureEmulator, key: &str, required: &str) -> CheckOptions {
+fn sc_options(emu: &SafetyCultureEmulator, key: &str, required: &str) -> Inputs {
     let extra = format!("  requiredPermissions: [{required}]\n");
     write(
         &credential_yaml("safetyculture", "ApiKey", &emu.base_url(), &extra),

@@ -15,7 +15,7 @@ use support::*;
 
 const SVC: &str = "svc-sync@acme.com";
 const SITE: &str = "contoso.sharepoint.com,2C712604-1370-44E7-A1F5-426573FDA80A,2D2244C3-251A-49EA-93A8-39E1C3A060FE";
-const FINALIZER: &str = "reconnect.dev/in-use";
+use reconnect_operator::controller::credential::IN_USE_FINALIZER as FINALIZER;
 
 /// Procore with the service account, two replacements, and a second app for `procore-b`.
 async fn procore() -> ProcoreEmulator {
