@@ -188,6 +188,16 @@ async fn connected(creds: &Api<ConnectorCredential>) -> Result<usize> {
         .count())
 }
 
+/// The revision a target Secret carries.
+async fn revision(secrets: &Api<Secret>, target: &str) -> Result<Option<String>> {
+    Ok(secrets
+        .get(target)
+        .await?
+        .metadata
+        .annotations
+        .and_then(|a| a.get(REVISION_ANNOTATION).cloned()))
+}
+
 /// resourceVersions of every Secret and ConnectorCredential in the namespace.
 async fn versions(
     secrets: &Api<Secret>,
@@ -330,12 +340,7 @@ async fn bench(o: Options) -> Result<()> {
     for i in 0..o.rotations {
         let name = &names[i % names.len()];
         let target_name = format!("{name}-active");
-        let before = secrets
-            .get(&target_name)
-            .await?
-            .metadata
-            .annotations
-            .and_then(|a| a.get(REVISION_ANNOTATION).cloned());
+        let before = revision(&secrets, &target_name).await?;
         // Alternate between the two clients, so each rotation is a new revision.
         let round = i / names.len();
         let next = if round.is_multiple_of(2) { "b" } else { "a" };
@@ -348,12 +353,7 @@ async fn bench(o: Options) -> Result<()> {
             )
             .await?;
         loop {
-            let now = secrets
-                .get(&target_name)
-                .await?
-                .metadata
-                .annotations
-                .and_then(|a| a.get(REVISION_ANNOTATION).cloned());
+            let now = revision(&secrets, &target_name).await?;
             if now.is_some() && now != before {
                 break;
             }

@@ -32,21 +32,28 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// Runs kubectl against `kubeconfig`; panics with its output when it fails.
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("kubectl")
+/// Runs `program` (kubectl, helm) against `kubeconfig`; its output, or a panic with it when
+/// it fails.
+fn run_tool(program: &std::ffi::OsStr, kubeconfig: &Path, args: &[&str]) -> String {
+    let name = program.to_string_lossy();
+    let out = std::process::Command::new(program)
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(args)
         .output()
-        .expect("kubectl runs (it is on every machine this project supports)");
+        .unwrap_or_else(|e| panic!("{name} runs: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "kubectl {}: {text}", args.join(" "));
+    assert!(out.status.success(), "{name} {}: {text}", args.join(" "));
     text
+}
+
+/// Runs kubectl (on every machine this project supports) against `kubeconfig`.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    run_tool("kubectl".as_ref(), kubeconfig, args)
 }
 
 /// `helm install` of the chart as a second release (its own namespace, no aggregated roles,
@@ -58,21 +65,7 @@ fn helm_install(kubeconfig: &Path) {
         return;
     };
     let chart = repo("charts/reconnect-operator");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&helm)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(args)
-            .output()
-            .expect("helm runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "helm {}: {text}", args.join(" "));
-        text
-    };
+    let run = |args: &[&str]| run_tool(&helm, kubeconfig, args);
     let chart = chart.to_string_lossy();
     let installed = run(&[
         "install",

@@ -147,28 +147,48 @@ fn flag(schema: &Value, name: &str) -> bool {
     schema.get(name).and_then(Value::as_bool).unwrap_or(false)
 }
 
+/// What an object's schema says of one of its keys.
+enum Key<'a> {
+    /// Declared (in `properties` or by an `additionalProperties` schema): this schema.
+    Declared(&'a Value),
+    /// Undeclared but kept: embedded-resource metadata, or an open object.
+    Kept,
+    /// Undeclared: pruning drops it, `fieldValidation=Strict` refuses it.
+    Unknown,
+}
+
+fn key<'a>(schema: &'a Value, key: &str, embedded: bool) -> Key<'a> {
+    let declared = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .and_then(|p| p.get(key))
+        .or(schema.get("additionalProperties").filter(|a| a.is_object()));
+    if let Some(s) = declared {
+        return Key::Declared(s);
+    }
+    let meta = embedded && matches!(key, "apiVersion" | "kind" | "metadata");
+    let open = flag(schema, "x-kubernetes-preserve-unknown-fields")
+        || schema.get("additionalProperties") == Some(&Value::Bool(true));
+    if meta || open {
+        Key::Kept
+    } else {
+        Key::Unknown
+    }
+}
+
 /// Drops fields the schema does not declare (unless it preserves unknown fields) and nulls
 /// on non-nullable fields, as structural-schema pruning does.
 fn prune(schema: &Value, value: &mut Value, root: bool) {
-    let preserve = flag(schema, "x-kubernetes-preserve-unknown-fields");
     let embedded = root || flag(schema, "x-kubernetes-embedded-resource");
     match value {
         Value::Object(map) => {
-            let properties = schema.get("properties").and_then(Value::as_object);
-            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-            map.retain(|key, v| {
-                let meta = embedded && matches!(key.as_str(), "apiVersion" | "kind" | "metadata");
-                let field_schema = properties.and_then(|p| p.get(key)).or(additional);
-                match field_schema {
-                    Some(s) => !v.is_null() || flag(s, "nullable"),
-                    None => {
-                        meta || preserve
-                            || schema.get("additionalProperties") == Some(&Value::Bool(true))
-                    }
-                }
+            map.retain(|k, v| match key(schema, k, embedded) {
+                Key::Declared(s) => !v.is_null() || flag(s, "nullable"),
+                Key::Kept => true,
+                Key::Unknown => false,
             });
-            for (key, v) in map.iter_mut() {
-                if let Some(s) = properties.and_then(|p| p.get(key)).or(additional) {
+            for (k, v) in map.iter_mut() {
+                if let Key::Declared(s) = key(schema, k, embedded) {
                     prune(s, v, false);
                 }
             }
@@ -193,25 +213,14 @@ pub(crate) fn unknown_fields(schema: &Value, value: &Value) -> Vec<String> {
 }
 
 fn collect_unknown(schema: &Value, value: &Value, root: bool, path: &str, out: &mut Vec<String>) {
-    let preserve = flag(schema, "x-kubernetes-preserve-unknown-fields");
     let embedded = root || flag(schema, "x-kubernetes-embedded-resource");
     match value {
         Value::Object(map) => {
-            let properties = schema.get("properties").and_then(Value::as_object);
-            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-            for (key, v) in map {
-                let here = child(path, key);
-                match properties.and_then(|p| p.get(key)).or(additional) {
-                    Some(s) => collect_unknown(s, v, false, &here, out),
-                    None => {
-                        let meta =
-                            embedded && matches!(key.as_str(), "apiVersion" | "kind" | "metadata");
-                        let open = preserve
-                            || schema.get("additionalProperties") == Some(&Value::Bool(true));
-                        if !meta && !open {
-                            out.push(here);
-                        }
-                    }
+            for (k, v) in map {
+                match key(schema, k, embedded) {
+                    Key::Declared(s) => collect_unknown(s, v, false, &child(path, k), out),
+                    Key::Kept => {}
+                    Key::Unknown => out.push(child(path, k)),
                 }
             }
         }
