@@ -39,8 +39,20 @@ METRICS = {
     "reconnect_provider_requests_total",
     "reconnect_provider_request_duration_seconds",
     "reconnect_rotations_total",
+    "reconnect_credentials",
+    "reconnect_queue_depth",
+    "reconnect_queue_wait_seconds",
+    "reconnect_provider_budget_wait_seconds",
+    "reconnect_provider_budget_paused_hosts",
+    "reconnect_rollouts_in_flight",
+    "reconnect_rollouts_waiting",
 }
-HISTOGRAMS = {"reconnect_reconcile_duration_seconds", "reconnect_provider_request_duration_seconds"}
+HISTOGRAMS = {
+    "reconnect_reconcile_duration_seconds",
+    "reconnect_provider_request_duration_seconds",
+    "reconnect_queue_wait_seconds",
+    "reconnect_provider_budget_wait_seconds",
+}
 ALERTS = {
     "ReconnectCredentialConnectionLost",
     "ReconnectCredentialPermissionMismatch",

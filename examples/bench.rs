@@ -151,6 +151,9 @@ fn operator_child(args: &[String]) -> Result<()> {
             lease_duration: Duration::from_secs(15),
             restart_debounce: Duration::from_secs(10),
             max_concurrent_reconciles: reconnect_operator::controller::DEFAULT_CONCURRENCY,
+            max_concurrent_rollouts:
+                reconnect_operator::controller::integration::DEFAULT_MAX_CONCURRENT_ROLLOUTS,
+            rollout_hold: reconnect_operator::controller::integration::DEFAULT_ROLLOUT_HOLD,
         };
         reconnect_operator::operator::run(client, options, async {
             let _ = tokio::signal::ctrl_c().await;
@@ -391,8 +394,11 @@ async fn bench(o: Options) -> Result<()> {
         floor_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
 
-    // Steady state over one validation interval.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Steady state over one validation interval. A credential's first probe after its
+    // validation falls in its own slot, between half an interval and one and a half
+    // intervals later; from half an interval after the last change on, every window one
+    // interval long holds exactly one probe slot of each credential.
+    tokio::time::sleep(o.steady / 2 + Duration::from_secs(5)).await;
     let before = versions(&secrets, &creds).await?;
     let probes_before = emu.count("/oauth/token");
     tokio::time::sleep(o.steady).await;

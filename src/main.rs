@@ -88,6 +88,14 @@ struct RunArgs {
     /// connections and API requests in flight when many credentials are due together.
     #[arg(long, default_value_t = reconnect_operator::controller::DEFAULT_CONCURRENCY)]
     max_concurrent_reconciles: u16,
+    /// Restart-target rollouts in flight at once across every Integration (0: unbounded),
+    /// so that a mass rotation does not restart every workload at once.
+    #[arg(long, default_value_t = reconnect_operator::controller::integration::DEFAULT_MAX_CONCURRENT_ROLLOUTS)]
+    max_concurrent_rollouts: usize,
+    /// How long a rollout holds its slot at most when its workload never reports it done
+    /// (Go duration).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    rollout_hold: std::time::Duration,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -126,6 +134,8 @@ fn run(args: RunArgs) -> ExitCode {
             lease_duration: args.lease_duration,
             restart_debounce: args.restart_debounce,
             max_concurrent_reconciles: args.max_concurrent_reconciles,
+            max_concurrent_rollouts: args.max_concurrent_rollouts,
+            rollout_hold: args.rollout_hold,
         };
         reconnect_operator::operator::run(client, options, shutdown_signal()).await
     });

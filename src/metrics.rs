@@ -1,10 +1,14 @@
 //! Prometheus metrics, served as text on `/metrics`.
 //!
-//! Labels are low-cardinality by construction: controller, provider, call, outcome and
-//! reason come from fixed vocabularies; the only object labels are the namespace and name
-//! of our own ConnectorCredentials, which alerts need to name the credential. No label ever
-//! carries Secret material or an error message.
+//! Labels are low-cardinality by construction: controller, provider, call, outcome, reason
+//! and priority come from fixed vocabularies. The only object labels are the namespace and
+//! name of our own ConnectorCredentials, which alerts need to name the credential, and only
+//! for the credentials that need attention (a phase other than Connected) or have a known
+//! expiry: the number of series does not grow with the number of healthy credentials.
+//! `reconnect_credentials` counts credentials by provider and phase. No label ever carries
+//! Secret material or an error message.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -50,6 +54,28 @@ struct WarningLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CountLabels {
+    provider: &'static str,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PriorityLabels {
+    priority: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    provider: &'static str,
+    priority: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderCallLabels {
     provider: &'static str,
     call: &'static str,
@@ -72,6 +98,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
+/// Waits from milliseconds to about an hour.
+fn wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 4.0, 12))
+}
+
 /// Every metric the operator exposes.
 pub struct Metrics {
     registry: Registry,
@@ -84,6 +115,15 @@ pub struct Metrics {
     provider_requests: Family<ProviderCallLabels, Counter>,
     provider_duration: Family<ProviderLatencyLabels, Histogram, fn() -> Histogram>,
     rotations: Family<RotationLabels, Counter>,
+    credentials: Family<CountLabels, Gauge>,
+    queue_depth: Family<PriorityLabels, Gauge>,
+    queue_wait: Family<PriorityLabels, Histogram, fn() -> Histogram>,
+    budget_wait: Family<BudgetLabels, Histogram, fn() -> Histogram>,
+    budget_paused: Family<ProviderLabels, Gauge>,
+    rollouts_in_flight: Gauge,
+    rollouts_waiting: Gauge,
+    /// Each credential's provider and phase, for the counts and to remove its old series.
+    phases: Mutex<HashMap<(String, String), (Provider, Phase)>>,
     /// Serialises encoding with label removal, so a scrape never sees half a phase set.
     encode_lock: Mutex<()>,
 }
@@ -93,8 +133,6 @@ impl Default for Metrics {
         Self::new()
     }
 }
-
-const PHASES: [Phase; 6] = Phase::ALL;
 
 impl Metrics {
     /// A fresh registry with every metric registered.
@@ -124,8 +162,14 @@ impl Metrics {
         let credential_phase = Family::default();
         registry.register(
             "credential_phase",
-            "1 for a ConnectorCredential's current phase, 0 for the others",
+            "1 for the phase of a ConnectorCredential that is not Connected (no series while Connected)",
             credential_phase.clone(),
+        );
+        let credentials = Family::default();
+        registry.register(
+            "credentials",
+            "ConnectorCredentials by provider and phase",
+            credentials.clone(),
         );
         let credential_expiry = Family::default();
         registry.register(
@@ -136,7 +180,7 @@ impl Metrics {
         let credential_expiry_warning = Family::default();
         registry.register(
             "credential_expiry_warning_seconds",
-            "A credential's expiryWarning window in seconds",
+            "A credential's expiryWarning window in seconds (for credentials with a known expiry)",
             credential_expiry_warning.clone(),
         );
         let provider_requests = Family::default();
@@ -160,8 +204,58 @@ impl Metrics {
             "Credential rotations by provider and result (accepted, rejected)",
             rotations.clone(),
         );
+        let queue_depth = Family::default();
+        registry.register(
+            "queue_depth",
+            "Credentials waiting for their turn: urgent (a changed source or spec) and routine (probes and refreshes put off to leave room for urgent work)",
+            queue_depth.clone(),
+        );
+        let queue_wait =
+            Family::<PriorityLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                wait_histogram,
+            );
+        registry.register(
+            "queue_wait_seconds",
+            "How long a credential waited for its turn: urgent from the Secret change, routine from the time it was due",
+            queue_wait.clone(),
+        );
+        let budget_wait =
+            Family::<BudgetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                wait_histogram,
+            );
+        registry.register(
+            "provider_budget_wait_seconds",
+            "How long a provider request waited for the provider's rate budget",
+            budget_wait.clone(),
+        );
+        let budget_paused = Family::default();
+        registry.register(
+            "provider_budget_paused_hosts",
+            "Provider hosts paused by a 429/Retry-After or an exhausted rate-limit quota",
+            budget_paused.clone(),
+        );
+        let rollouts_in_flight = Gauge::default();
+        registry.register(
+            "rollouts_in_flight",
+            "Integration restart targets rolling out now (bounded by --max-concurrent-rollouts)",
+            rollouts_in_flight.clone(),
+        );
+        let rollouts_waiting = Gauge::default();
+        registry.register(
+            "rollouts_waiting",
+            "Integration restarts waiting for a rollout slot",
+            rollouts_waiting.clone(),
+        );
         Self {
             registry,
+            credentials,
+            queue_depth,
+            queue_wait,
+            budget_wait,
+            budget_paused,
+            rollouts_in_flight,
+            rollouts_waiting,
+            phases: Mutex::default(),
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -215,61 +309,137 @@ impl Metrics {
         expiry_warning: Duration,
     ) {
         let _held = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
-        for p in PHASES {
-            self.credential_phase
-                .get_or_create(&PhaseLabels {
+        let key = (namespace.to_owned(), name.to_owned());
+        let before = self
+            .phases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (provider, phase));
+        if before != Some((provider, phase)) {
+            if let Some((provider, phase)) = before {
+                self.count(provider, phase, -1);
+                self.credential_phase.remove(&PhaseLabels {
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),
                     provider: provider.as_str(),
-                    phase: p.as_str(),
-                })
-                .set(i64::from(p == phase));
+                    phase: phase.as_str(),
+                });
+            }
+            self.count(provider, phase, 1);
+            if phase != Phase::Connected {
+                self.credential_phase
+                    .get_or_create(&PhaseLabels {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                        provider: provider.as_str(),
+                        phase: phase.as_str(),
+                    })
+                    .set(1);
+            }
         }
         let labels = CredentialLabels {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             provider: provider.as_str(),
         };
+        let warning = WarningLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
         match expires_at {
             Some(t) => {
                 self.credential_expiry
                     .get_or_create(&labels)
                     .set(t.as_second());
+                self.credential_expiry_warning
+                    .get_or_create(&warning)
+                    .set(expiry_warning.as_secs() as i64);
             }
             None => {
                 self.credential_expiry.remove(&labels);
+                self.credential_expiry_warning.remove(&warning);
             }
         }
-        self.credential_expiry_warning
-            .get_or_create(&WarningLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
+    }
+
+    fn count(&self, provider: Provider, phase: Phase, by: i64) {
+        self.credentials
+            .get_or_create(&CountLabels {
+                provider: provider.as_str(),
+                phase: phase.as_str(),
             })
-            .set(expiry_warning.as_secs() as i64);
+            .inc_by(by);
     }
 
     /// Forgets a deleted credential, so its series stop being exported.
     pub fn forget_credential(&self, namespace: &str, name: &str) {
         let _held = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
-        for provider in Provider::ALL {
-            for p in PHASES {
-                self.credential_phase.remove(&PhaseLabels {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    provider: provider.as_str(),
-                    phase: p.as_str(),
-                });
-            }
-            self.credential_expiry.remove(&CredentialLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                provider: provider.as_str(),
-            });
-        }
+        let key = (namespace.to_owned(), name.to_owned());
+        let Some((provider, phase)) = self
+            .phases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+        else {
+            return;
+        };
+        self.count(provider, phase, -1);
+        self.credential_phase.remove(&PhaseLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            provider: provider.as_str(),
+            phase: phase.as_str(),
+        });
+        self.credential_expiry.remove(&CredentialLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            provider: provider.as_str(),
+        });
         self.credential_expiry_warning.remove(&WarningLabels {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         });
+    }
+
+    /// How many credentials wait for their turn, by priority.
+    pub fn queue_depth(&self, priority: &'static str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&PriorityLabels { priority })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// A credential waited `waited` for its turn.
+    pub fn queue_waited(&self, priority: &'static str, waited: Duration) {
+        self.queue_wait
+            .get_or_create(&PriorityLabels { priority })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// A provider request waited `waited` for the provider's rate budget.
+    pub fn budget_waited(&self, provider: Provider, priority: &'static str, waited: Duration) {
+        self.budget_wait
+            .get_or_create(&BudgetLabels {
+                provider: provider.as_str(),
+                priority,
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// How many of a provider's hosts are paused now.
+    pub fn budget_paused(&self, provider: Provider, hosts: usize) {
+        self.budget_paused
+            .get_or_create(&ProviderLabels {
+                provider: provider.as_str(),
+            })
+            .set(i64::try_from(hosts).unwrap_or(i64::MAX));
+    }
+
+    /// Rollouts in flight and waiting for a slot.
+    pub fn rollouts(&self, in_flight: usize, waiting: usize) {
+        self.rollouts_in_flight
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        self.rollouts_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// One provider call finished with `outcome` after `took`.
@@ -340,7 +510,7 @@ mod tests {
             "reconnect_reconcile_errors_total{controller=\"connectorcredential\",reason=\"ConnectionLost\"} 1",
             "reconnect_reconcile_duration_seconds_count{controller=\"connectorcredential\"} 1",
             "reconnect_credential_phase{namespace=\"acme\",name=\"procore-sync\",provider=\"procore\",phase=\"ConnectionLost\"} 1",
-            "reconnect_credential_phase{namespace=\"acme\",name=\"procore-sync\",provider=\"procore\",phase=\"Connected\"} 0",
+            "reconnect_credentials{provider=\"procore\",phase=\"ConnectionLost\"} 1",
             "reconnect_credential_expiry_timestamp_seconds{namespace=\"acme\",name=\"procore-sync\",provider=\"procore\"} 1900000000",
             "reconnect_credential_expiry_warning_seconds{namespace=\"acme\",name=\"procore-sync\"} 3600",
             "reconnect_provider_requests_total{provider=\"procore\",call=\"GET /rest/v1.0/me\",outcome=\"rate_limited\"} 1",
@@ -358,12 +528,62 @@ mod tests {
             "acme",
             "gone",
             Provider::Google,
-            Phase::Connected,
+            Phase::ConnectionLost,
             None,
             Duration::from_secs(60),
         );
         assert!(m.encode().contains("name=\"gone\""));
         m.forget_credential("acme", "gone");
-        assert!(!m.encode().contains("name=\"gone\""));
+        let text = m.encode();
+        assert!(!text.contains("name=\"gone\""), "{text}");
+        assert!(
+            text.contains("reconnect_credentials{provider=\"google\",phase=\"ConnectionLost\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn healthy_credentials_are_counted_not_exported_one_by_one() {
+        let m = Metrics::new();
+        for i in 0..100 {
+            m.credential(
+                "acme",
+                &format!("c{i}"),
+                Provider::Procore,
+                Phase::Connected,
+                None,
+                Duration::from_secs(60),
+            );
+        }
+        // One of them loses its connection, then comes back.
+        m.credential(
+            "acme",
+            "c7",
+            Provider::Procore,
+            Phase::ConnectionLost,
+            None,
+            Duration::from_secs(60),
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("reconnect_credentials{provider=\"procore\",phase=\"Connected\"} 99"),
+            "{text}"
+        );
+        assert!(text.contains("reconnect_credential_phase{namespace=\"acme\",name=\"c7\",provider=\"procore\",phase=\"ConnectionLost\"} 1"), "{text}");
+        assert_eq!(text.matches("name=\"").count(), 1, "{text}");
+        m.credential(
+            "acme",
+            "c7",
+            Provider::Procore,
+            Phase::Connected,
+            None,
+            Duration::from_secs(60),
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("reconnect_credentials{provider=\"procore\",phase=\"Connected\"} 100"),
+            "{text}"
+        );
+        assert!(!text.contains("name=\""), "{text}");
     }
 }

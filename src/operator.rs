@@ -43,6 +43,10 @@ pub struct Options {
     pub restart_debounce: std::time::Duration,
     /// Reconciles each controller runs at once (0: unbounded).
     pub max_concurrent_reconciles: u16,
+    /// Restart-target rollouts in flight at once across every Integration (0: unbounded).
+    pub max_concurrent_rollouts: usize,
+    /// How long a rollout holds its slot at most, if its workload never reports it done.
+    pub rollout_hold: std::time::Duration,
 }
 
 /// Liveness and readiness as the HTTP endpoints report them.
@@ -142,6 +146,7 @@ pub(crate) async fn run_controllers(
     options: &Options,
     stop: watch::Receiver<bool>,
 ) {
+    ctx.begin_term();
     let namespaces = &options.namespaces;
     let settings = controller::integration::Settings {
         restart_debounce: options.restart_debounce,
@@ -211,7 +216,8 @@ pub async fn run_on(
             metrics.clone(),
             Some(options.identity.clone()),
         )
-        .with_concurrency(options.max_concurrent_reconciles),
+        .with_concurrency(options.max_concurrent_reconciles)
+        .with_rollouts(options.max_concurrent_rollouts, options.rollout_hold),
     );
     let health = Arc::new(Health::new(ctx.caches().clone()));
     let (stop_tx, stop_rx) = watch::channel(false);

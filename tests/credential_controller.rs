@@ -340,7 +340,7 @@ async fn rotating_to_a_dead_credential_keeps_the_active_one_working() {
     // follows in the next reconcile.)
     let me = || emu.count("/rest/v1.0/me");
     let probes = me();
-    env.advance(Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     eventually("the active credential is probed", || me() > probes).await;
     let cred = env.cred("procore-sync").await;
     assert_eq!(phase(&cred), Some(Phase::RotationRejected));
@@ -355,7 +355,7 @@ async fn a_revoked_active_credential_reports_connection_lost_naming_the_account(
     connect(&env, &emu).await;
 
     emu.disconnect_app();
-    env.advance(Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     let cred = env
         .wait_cred("procore-sync", "ConnectionLost", |c| {
             phase(c) == Some(Phase::ConnectionLost)
@@ -385,7 +385,7 @@ async fn transient_failures_flip_nothing_before_the_failure_threshold() {
 
     // Two 503s, then the provider recovers: never ConnectionLost with a threshold of 3.
     emu.fail_next_on("/rest/v1.0/me", 2, Fault::Status(503));
-    env.advance(Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     let cred = env
         .wait_cred("procore-sync", "two failures counted", |c| {
             c.status
@@ -411,7 +411,7 @@ async fn transient_failures_flip_nothing_before_the_failure_threshold() {
             retry_after_secs: 1,
         },
     );
-    env.advance(Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     let cred = env
         .wait_cred("procore-sync", "ConnectionLost after 3", |c| {
             phase(c) == Some(Phase::ConnectionLost)
@@ -626,7 +626,9 @@ async fn steady_state_makes_no_writes_and_one_probe_per_interval() {
         "no probe inside the interval"
     );
 
-    env.advance(Duration::from_secs(11 * 60)).await;
+    // The credential's probe slot falls between half an interval and one and a half
+    // intervals after its validation: one probe by then, however often it is looked at.
+    env.advance(Duration::from_secs(18 * 60)).await;
     env.tick(1).await;
     assert_eq!(
         emu.count("/rest/v1.0/me"),
@@ -746,7 +748,8 @@ async fn kstatus_sees_current_when_connected_and_failed_when_the_connection_is_l
     }
 
     emu.disconnect_app();
-    env.advance(Duration::from_secs(21 * 60)).await;
+    // Past the credential's next probe slot (within one and a half intervals).
+    env.advance(Duration::from_secs(31 * 60)).await;
     let cred = env
         .wait_cred("procore-sync", "ConnectionLost", |c| {
             phase(c) == Some(Phase::ConnectionLost)

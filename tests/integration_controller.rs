@@ -202,7 +202,7 @@ async fn a_lost_connection_names_connector_credential_and_account_then_recovers(
     // Only the credential controller is ticked: the Integration hears of the loss through
     // its watch on ConnectorCredentials and the credential -> Integration index.
     sides.procore.deactivate("4567");
-    env.advance(Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     let integ = wait_phase(&env, "procore-sharepoint", Phase::ConnectionLost).await;
     let status = integ.status.clone().unwrap();
     assert_eq!(status.ready_connectors.as_deref(), Some("1/2"));
@@ -358,7 +358,7 @@ async fn a_lost_connection_and_a_missing_credential_aggregate_to_connection_lost
     .await;
     wait_phase(&env, "three-way", Phase::Pending).await;
     sides.procore.disconnect_app();
-    env.advance(Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     let integ = wait_phase(&env, "three-way", Phase::ConnectionLost).await;
     assert_eq!(
         integ.status.clone().unwrap().ready_connectors.as_deref(),
@@ -469,6 +469,100 @@ async fn two_swaps_inside_the_debounce_window_roll_the_deployment_once() {
     env.shutdown().await;
 }
 
+/// Marks a Deployment's rollout complete at its current generation, as the Deployment
+/// controller would (the stand-in runs none; a real control plane's does this itself, and
+/// with no kubelet its pods never become available, so its rollouts never complete).
+async fn report_rollout_complete(env: &Env, name: &str) {
+    if env.cluster.backend() != reconnect_apiserver::Backend::Standin {
+        return;
+    }
+    let d = env.deployments().get(name).await.unwrap();
+    let status = json!({"status": {
+        "observedGeneration": generation(&d),
+        "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "readyReplicas": 1,
+    }});
+    env.deployments()
+        .patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(status),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_mass_swap_rolls_no_more_workloads_at_once_than_the_rollout_limit() {
+    // One rollout in flight at a time, held until its workload reports it done.
+    let env = Env::start_with(|ctx| ctx.with_rollouts(1, Duration::from_secs(3600))).await;
+    let _sides = connect_both(&env).await;
+    for (integration, workload) in [("sync-a", "engine-a"), ("sync-b", "engine-b")] {
+        env.create_deployment(workload).await;
+        report_rollout_complete(&env, workload).await;
+        env.apply_integration(integration, sync_spec(&[], &[workload]))
+            .await;
+        wait_phase(&env, integration, Phase::Connected).await;
+    }
+    env.tick_integrations(2).await;
+    let before = [generations_of(&env, 0).await, generations_of(&env, 1).await];
+
+    // One swap concerns both Integrations: when the window has passed, one rolls and the
+    // other waits for the slot, however often it looks again.
+    swap_procore(&env, "dmsa-2", "secret-2").await;
+    env.tick_integrations(2).await;
+    let mut rolled = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while rolled.is_empty() {
+        env.clock.advance(Duration::from_secs(11));
+        env.tick_integrations(2).await;
+        let now = [generations_of(&env, 0).await, generations_of(&env, 1).await];
+        rolled = (0..2).filter(|i| now[*i] > before[*i]).collect::<Vec<_>>();
+        assert!(tokio::time::Instant::now() < deadline, "nothing rolled");
+    }
+    assert_eq!(rolled.len(), 1, "both workloads rolled at once");
+    let (first, second) = if rolled[0] == 0 {
+        ("engine-a", 1)
+    } else {
+        ("engine-b", 0)
+    };
+    for _ in 0..3 {
+        env.clock.advance(Duration::from_secs(11));
+        env.tick_integrations(2).await;
+    }
+    assert_eq!(
+        generations_of(&env, second).await,
+        before[second],
+        "the second workload rolled while the first rollout was in flight"
+    );
+    assert_eq!(env.metric("reconnect_rollouts_in_flight"), 1);
+    assert_eq!(env.metric("reconnect_rollouts_waiting"), 1);
+
+    // The first rollout completes (here: its workload goes away, which frees the slot on
+    // any cluster): the second rolls, exactly once.
+    env.deployments()
+        .delete(first, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually_async("the second workload rolls", || async {
+        env.clock.advance(Duration::from_secs(11));
+        env.tick_integrations(2).await;
+        generations_of(&env, second).await > before[second]
+    })
+    .await;
+    for _ in 0..3 {
+        env.clock.advance(Duration::from_secs(11));
+        env.tick_integrations(2).await;
+    }
+    assert_eq!(generations_of(&env, second).await, before[second] + 1);
+    assert_eq!(env.metric("reconnect_rollouts_waiting"), 0);
+    env.shutdown().await;
+}
+
+async fn generations_of(env: &Env, index: usize) -> i64 {
+    let name = ["engine-a", "engine-b"][index];
+    generation(&env.deployments().get(name).await.unwrap())
+}
+
 #[tokio::test]
 async fn a_missing_restart_target_is_reported_with_a_warning_and_not_retried_as_an_error() {
     let env = Env::start().await;
@@ -564,7 +658,7 @@ async fn a_credential_in_use_survives_deletion_until_no_integration_references_i
     );
     // While the deletion waits, the credential is still maintained for the sync using it.
     let probes = sides.procore.count("/rest/v1.0/me");
-    env.advance(Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     eventually("the blocked credential is still probed", || {
         sides.procore.count("/rest/v1.0/me") > probes
     })
@@ -675,7 +769,7 @@ async fn a_suspended_integration_reports_health_but_rolls_nothing_until_resumed(
 
     // Health is still reported while suspended.
     sides.procore.disconnect_app();
-    env.advance(Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     wait_phase(&env, "procore-sharepoint", Phase::ConnectionLost).await;
 
     // Resumed: the swap it missed rolls out once, after the window.

@@ -168,7 +168,7 @@ async fn a_disabled_client_is_connection_lost_naming_the_account() {
     let env = Env::start().await;
     connect_cc(&env, &peer, "svc-sync", 3600).await;
     peer.disable_client("svc-sync").await;
-    env.advance(Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     let cred = env
         .wait_cred("peer-sync", "ConnectionLost", |c| {
             phase(c) == Some(Phase::ConnectionLost)

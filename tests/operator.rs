@@ -64,6 +64,9 @@ async fn replica_limited(
         lease_duration: Duration::from_secs(3),
         restart_debounce: Duration::from_secs(10),
         max_concurrent_reconciles,
+        max_concurrent_rollouts:
+            reconnect_operator::controller::integration::DEFAULT_MAX_CONCURRENT_ROLLOUTS,
+        rollout_hold: reconnect_operator::controller::integration::DEFAULT_ROLLOUT_HOLD,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -184,14 +187,18 @@ async fn health_and_metrics_endpoints_serve_the_documented_names() {
     for needle in [
         "reconnect_reconcile_total{controller=\"connectorcredential\"}".to_owned(),
         "reconnect_reconcile_duration_seconds_count{controller=\"connectorcredential\"}".to_owned(),
-        format!("reconnect_credential_phase{{namespace=\"{ns}\",name=\"procore-sync\",provider=\"procore\",phase=\"Connected\"}} 1"),
-        format!("reconnect_credential_expiry_warning_seconds{{namespace=\"{ns}\",name=\"procore-sync\"}} 1209600"),
+        "reconnect_credentials{provider=\"procore\",phase=\"Connected\"} 1".to_owned(),
         "reconnect_provider_requests_total{provider=\"procore\",call=\"GET /rest/v1.0/me\",outcome=\"ok\"}".to_owned(),
         "reconnect_provider_request_duration_seconds_count{provider=\"procore\"".to_owned(),
         "reconnect_rotations_total{provider=\"procore\",result=\"accepted\"} 1".to_owned(),
     ] {
         assert!(body.contains(&needle), "missing {needle} in\n{body}");
     }
+    // A healthy credential without a known expiry has no series of its own.
+    assert!(
+        !body.contains(&format!("namespace=\"{ns}\",name=\"procore-sync\"")),
+        "a Connected credential is exported by name:\n{body}"
+    );
     // No label carries credential material.
     for canary in ["secret-1", "dmsa-1"] {
         assert!(!body.contains(canary), "{canary} leaked into /metrics");

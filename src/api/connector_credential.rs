@@ -281,7 +281,10 @@ pub enum PermissionPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct ValidationSpec {
     /// How often the active credential is probed against the provider (Go duration, 1m to
-    /// 24h). A rejected revision is retried no sooner than this either. Default 15m.
+    /// 24h). Each credential has its own slot in the interval, so that many credentials are
+    /// not probed together: probes come exactly one interval apart, and the first one after
+    /// a swap or an operator restart comes within one and a half intervals. A rejected
+    /// revision is retried no sooner than this either. Default 15m.
     #[serde(default = "default_interval")]
     #[schemars(length(max = 32), regex(pattern = super::duration::PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('24h')").message("validation.interval must be between 1m and 24h"))]

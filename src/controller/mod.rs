@@ -4,6 +4,7 @@ pub(crate) mod conditions;
 pub mod credential;
 pub(crate) mod events;
 pub mod integration;
+pub(crate) mod queue;
 #[cfg(test)]
 mod simulation;
 pub(crate) mod triggers;
@@ -195,6 +196,8 @@ pub struct Context {
     pub(crate) client: Client,
     pub(crate) providers: Providers,
     pub(crate) clock: Arc<dyn Clock>,
+    /// When the controllers last started (the process started, or its leadership began).
+    started: Mutex<Timestamp>,
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) caches: Arc<CacheSync>,
@@ -202,6 +205,10 @@ pub struct Context {
     /// Reconciles each controller runs at once (0: unbounded).
     concurrency: u16,
     pub(crate) own_writes: Arc<triggers::OwnWrites>,
+    /// Urgent before routine work.
+    pub(crate) queue: Arc<queue::Queue>,
+    /// Restart-target rollouts in flight, across every Integration.
+    pub(crate) rollouts: Arc<integration::Rollouts>,
     /// The credential controllers' caches of Integrations, by watched namespace (`None`:
     /// all), for the in-use finalizer; read instead of listing Integrations per reconcile.
     pub(crate) integration_caches: Mutex<Vec<(Option<String>, IntegrationCache)>>,
@@ -225,7 +232,9 @@ impl Context {
             controller: FIELD_MANAGER.into(),
             instance,
         };
+        let queue = Arc::new(queue::Queue::new(DEFAULT_CONCURRENCY, metrics.clone()));
         Self {
+            started: Mutex::new(clock.now()),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             providers,
@@ -233,6 +242,11 @@ impl Context {
             metrics,
             caches: Arc::default(),
             own_writes: Arc::default(),
+            queue,
+            rollouts: Arc::new(integration::Rollouts::new(
+                integration::DEFAULT_MAX_CONCURRENT_ROLLOUTS,
+                integration::DEFAULT_ROLLOUT_HOLD,
+            )),
             integration_caches: Mutex::default(),
             objects: Mutex::default(),
             concurrency: DEFAULT_CONCURRENCY,
@@ -244,6 +258,15 @@ impl Context {
     /// together (a cold start, a restart).
     pub fn with_concurrency(mut self, n: u16) -> Self {
         self.concurrency = n;
+        self.queue = Arc::new(queue::Queue::new(n, self.metrics.clone()));
+        self
+    }
+
+    /// At most `limit` restart-target rollouts in flight at once across every Integration
+    /// (0: unbounded), each holding its slot until its workload reports it done or `hold`
+    /// passed.
+    pub fn with_rollouts(mut self, limit: usize, hold: Duration) -> Self {
+        self.rollouts = Arc::new(integration::Rollouts::new(limit, hold));
         self
     }
 
@@ -274,6 +297,17 @@ impl Context {
 
     fn objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, ObjectState>> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the start of a term: the controllers start now (at process start, or when this
+    /// replica becomes the leader).
+    pub(crate) fn begin_term(&self) {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = self.clock.now();
+    }
+
+    /// When the controllers last started.
+    pub(crate) fn term_started(&self) -> Timestamp {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn object_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {

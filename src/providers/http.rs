@@ -10,6 +10,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 
+use super::budget::Budgets;
 use super::error::{Call, Misconfiguration, TransientKind, VerifyError};
 use crate::api::Provider;
 use crate::clock::Clock;
@@ -92,6 +93,7 @@ pub(crate) struct Http {
     pub timeout: Duration,
     clock: Arc<dyn Clock>,
     metrics: Option<Arc<Metrics>>,
+    budgets: Option<Arc<Budgets>>,
 }
 
 /// An HTTP answer, read in full.
@@ -116,7 +118,14 @@ impl Http {
             timeout,
             clock,
             metrics,
+            budgets: None,
         }
+    }
+
+    /// Sends every request within the providers' rate budgets.
+    pub fn with_budgets(mut self, budgets: Arc<Budgets>) -> Self {
+        self.budgets = Some(budgets);
+        self
     }
 
     /// The current time on the operator's clock (token and credential expiries are computed
@@ -142,8 +151,31 @@ impl Http {
         call: Call,
         request: reqwest::RequestBuilder,
     ) -> Result<Reply, VerifyError> {
+        let request = match request.build() {
+            Ok(r) => r,
+            Err(e) => return Err(self.transport(call, &e)),
+        };
+        // A budget per base URL: host and port.
+        let host = format!(
+            "{}:{}",
+            host(request.url()),
+            request.url().port_or_known_default().unwrap_or_default()
+        );
+        if let Some(budgets) = &self.budgets
+            && let Err(wait) = budgets.acquire(self.provider, &host).await
+        {
+            self.observe(call, "budget_exhausted", std::time::Instant::now());
+            return Err(VerifyError::transient(
+                self.provider,
+                call,
+                TransientKind::RateLimited,
+                None,
+                None,
+                Some(wait),
+            ));
+        }
         let started = std::time::Instant::now();
-        let response = match request.send().await {
+        let response = match self.client.execute(request).await {
             Ok(r) => r,
             Err(e) => {
                 self.observe(call, transport_outcome(&e), started);
@@ -152,6 +184,9 @@ impl Http {
         };
         let status = response.status();
         let headers = response.headers().clone();
+        if let Some(budgets) = &self.budgets {
+            budgets.observe(self.provider, &host, status, &headers);
+        }
         let body = match response.bytes().await {
             Ok(b) => b,
             Err(e) => {

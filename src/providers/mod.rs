@@ -52,6 +52,7 @@ macro_rules! with_api {
     };
 }
 
+pub mod budget;
 mod classify;
 mod dropbox;
 mod error;
@@ -102,6 +103,8 @@ pub struct Providers {
     discovery: oauth2::DiscoveryCache,
     clock: Arc<dyn Clock>,
     metrics: Option<Arc<Metrics>>,
+    /// Each provider host's rate budget, shared by every credential.
+    budgets: Arc<budget::Budgets>,
     /// Answers in place of the providers' HTTP APIs: simulations of the controllers over
     /// long stretches of virtual time, where no socket may wait on the wall clock.
     #[cfg(test)]
@@ -143,6 +146,7 @@ impl Providers {
             discovery: oauth2::DiscoveryCache::default(),
             clock: Arc::new(SystemClock),
             metrics: None,
+            budgets: Arc::new(budget::Budgets::new(None)),
             #[cfg(test)]
             script: None,
         }
@@ -163,6 +167,7 @@ impl Providers {
 
     /// Records every provider call in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.budgets = Arc::new(budget::Budgets::new(Some(metrics.clone())));
         self.metrics = Some(metrics);
         self
     }
@@ -291,6 +296,7 @@ impl Providers {
             self.clock.clone(),
             self.metrics.clone(),
         )
+        .with_budgets(self.budgets.clone())
     }
 
     /// Obtains tokens; refresh-token grants go through the single-flight map.

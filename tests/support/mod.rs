@@ -29,10 +29,16 @@ use tokio::task::JoinHandle;
 /// as its condition holds.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Far enough past a validation (or a start) for the credential's next probe under the
+/// default 15-minute interval: its probe slot falls between half an interval and one and a
+/// half intervals later, wherever its phase puts it.
+pub const PAST_NEXT_PROBE: Duration = Duration::from_secs(23 * 60);
+
 pub struct Env {
     pub cluster: TestCluster,
     pub clock: ManualClock,
     pub ctx: Arc<Context>,
+    configure: fn(Context) -> Context,
     tick: mpsc::UnboundedSender<()>,
     tick_integrations: mpsc::UnboundedSender<()>,
     stop: Option<oneshot::Sender<()>>,
@@ -49,9 +55,13 @@ struct Running {
 
 /// Starts both controllers. The Integration controller keeps its default 10-second restart
 /// debounce, measured on the manual clock.
-fn start_controller(cluster: &TestCluster, clock: &ManualClock) -> Running {
+fn start_controller(
+    cluster: &TestCluster,
+    clock: &ManualClock,
+    configure: fn(Context) -> Context,
+) -> Running {
     let metrics = Arc::new(Metrics::new());
-    let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(configure(Context::new(
         cluster.client.clone(),
         Providers::new()
             .with_clock(Arc::new(clock.clone()))
@@ -59,7 +69,7 @@ fn start_controller(cluster: &TestCluster, clock: &ManualClock) -> Running {
         Arc::new(clock.clone()),
         metrics,
         Some("e2e".into()),
-    ));
+    )));
     let (tick, ticks) = mpsc::unbounded();
     let (tick_integrations, integration_ticks) = mpsc::unbounded();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -92,6 +102,11 @@ impl Env {
     /// A fresh namespace with the credential controller running in it. Set
     /// `RECONNECT_TEST_LOG` (a RUST_LOG-style filter) to see the controller's logs.
     pub async fn start() -> Self {
+        Self::start_with(|ctx| ctx).await
+    }
+
+    /// [`Env::start`] with the controllers' context changed by `configure`.
+    pub async fn start_with(configure: fn(Context) -> Context) -> Self {
         if let Ok(filter) = std::env::var("RECONNECT_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -100,11 +115,12 @@ impl Env {
         }
         let cluster = reconnect_apiserver::test_cluster().await;
         let clock = ManualClock::new(Timestamp::now());
-        let run = start_controller(&cluster, &clock);
+        let run = start_controller(&cluster, &clock, configure);
         Self {
             cluster,
             clock,
             ctx: run.ctx,
+            configure,
             tick: run.tick,
             tick_integrations: run.tick_integrations,
             stop: Some(run.stop),
@@ -131,7 +147,7 @@ impl Env {
             task.abort();
             let _ = task.await;
         }
-        let run = start_controller(&self.cluster, &self.clock);
+        let run = start_controller(&self.cluster, &self.clock, self.configure);
         self.ctx = run.ctx;
         self.tick = run.tick;
         self.tick_integrations = run.tick_integrations;

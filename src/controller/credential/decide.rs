@@ -78,6 +78,8 @@ pub(crate) struct Observed<'a> {
     pub target: &'a View,
     /// When the active credential was last probed successfully (status or this process).
     pub last_probe: Option<Timestamp>,
+    /// This credential's offset in the validation interval (see [`next_slot`]).
+    pub phase: Duration,
     /// How many refreshes in a row returned a token that lives less than
     /// [`MIN_REFRESH_GAP`]: each one doubles the wait before the next.
     pub short_tokens: u32,
@@ -151,6 +153,24 @@ pub(crate) fn refresh_at(
         .saturating_mul(1u32 << short_tokens.min(16))
         .min(interval.max(MIN_REFRESH_GAP));
     natural.max(half).max(add(issued, gap))
+}
+
+/// The first of a credential's probe slots at or after `t`. The slots are one interval apart,
+/// shifted by the credential's `phase` (its own offset in the interval), so credentials
+/// validated together (a cold start, a restart, a mass rotation) are probed at their own
+/// times, spread over the interval, and any window one interval long holds exactly one slot
+/// of each.
+pub(crate) fn next_slot(t: Timestamp, interval: Duration, phase: Duration) -> Timestamp {
+    let every = i128::try_from(interval.as_millis())
+        .unwrap_or(i128::MAX)
+        .max(1);
+    let phase = i128::try_from(phase.as_millis()).unwrap_or(0) % every;
+    let at = i128::from(t.as_millisecond());
+    let slot = (at - phase + every - 1).div_euclid(every) * every + phase;
+    i64::try_from(slot)
+        .ok()
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(t)
 }
 
 /// Decides the next step. Pure: same inputs, same plan.
@@ -251,7 +271,21 @@ pub(crate) fn decide(o: &Observed<'_>) -> Plan {
         )
     });
     let refresh_due = refresh.is_some_and(|at| at <= o.now);
-    let probe_at = o.last_probe.map(|t| add(t, o.timing.interval));
+    // The next probe: the credential's first slot at least half an interval after the last
+    // one (then exactly one interval apart).
+    let probe_at = o
+        .last_probe
+        .map(|t| next_slot(add(t, o.timing.interval / 2), o.timing.interval, o.phase));
+    // A routine probe waits for a refresh due within half an interval, to share its token
+    // request.
+    let refresh_soon = refresh.filter(|at| *at <= add(o.now, o.timing.interval / 2));
+    if !spec_changed
+        && !refresh_due
+        && let Some(at) = refresh_soon
+        && probe_at.is_some_and(|p| p <= o.now)
+    {
+        return plan(Step::Idle, Some(at));
+    }
     if spec_changed || probe_at.is_none_or(|at| at <= o.now) {
         return plan(
             Step::Revalidate {
@@ -261,6 +295,16 @@ pub(crate) fn decide(o: &Observed<'_>) -> Plan {
         );
     }
     if refresh_due {
+        // A probe that would fall due before the next refresh rides along with this one: one
+        // token request serves both, and the probes keep step with the refreshes.
+        let gap = access
+            .zip(refresh)
+            .and_then(|(a, at)| Some(at.duration_since(a.issued_at?)))
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(o.timing.interval);
+        if probe_at.is_some_and(|at| at <= add(o.now, gap)) {
+            return plan(Step::Revalidate { refresh: true }, None);
+        }
         return plan(Step::Refresh, None);
     }
     // Wake when the ExpiringSoon window opens, so the condition flips on time.
@@ -415,7 +459,8 @@ mod tests {
                 now: t(60 * 24),
                 last_probe: Some(t(60 * 24 - 1)),
                 want_step: Step::Idle,
-                want_wake: Some(t(60 * 24 + 14)),
+                // The next probe slot (phase 0: every 15 minutes from t(0)).
+                want_wake: Some(t(60 * 24 + 15)),
                 ..row("a revision whose refresh token was spent is never retried as it is")
             },
             Row {
@@ -501,10 +546,18 @@ mod tests {
                 ..row("a spec change re-validates the active credential")
             },
             Row {
-                target: ours(A, Some((t(-46), t(14)))),
+                target: ours(A, Some((t(0), t(4)))),
                 want_step: Step::Refresh,
                 want_wake: None,
                 ..row("an access token inside refreshBefore is refreshed")
+            },
+            Row {
+                target: ours(A, Some((t(-3), t(7)))),
+                last_probe: Some(t(-10)),
+                want_step: Step::Idle,
+                want_wake: Some(t(2)),
+                now: t(1),
+                ..row("a probe due waits for a refresh due within half an interval")
             },
             Row {
                 target: ours(A, Some((t(-46), t(14)))),
@@ -512,6 +565,13 @@ mod tests {
                 want_step: Step::Revalidate { refresh: true },
                 want_wake: None,
                 ..row("a probe and a refresh due together take one token request")
+            },
+            Row {
+                target: ours(A, Some((t(-46), t(14)))),
+                now: t(8),
+                want_step: Step::Revalidate { refresh: true },
+                want_wake: None,
+                ..row("a refresh due takes along a probe due before the next refresh")
             },
             Row {
                 status: ConnectorCredentialStatus {
@@ -588,11 +648,47 @@ mod tests {
                 source: r.source,
                 target: &r.target,
                 last_probe: r.last_probe,
+                phase: Duration::ZERO,
                 short_tokens: r.short_tokens,
                 now: r.now,
             });
             assert_eq!(plan.step, r.want_step, "{}", r.name);
             assert_eq!(plan.wake_at, r.want_wake, "{}: wake", r.name);
+        }
+    }
+
+    #[test]
+    fn probe_slots_are_one_interval_apart_at_each_credentials_own_phase() {
+        let every = Duration::from_secs(900);
+        let phase = Duration::from_secs(100);
+        // The slot at or after a time: exact slots stay, others move to the next one.
+        assert_eq!(next_slot(secs(100), every, phase), secs(100));
+        assert_eq!(next_slot(secs(101), every, phase), secs(1000));
+        assert_eq!(next_slot(secs(-799), every, phase), secs(100));
+        // A phase longer than the interval wraps around.
+        assert_eq!(next_slot(secs(0), every, every + phase), secs(100));
+
+        // 1,000 credentials validated in the same second are probed spread over the next
+        // interval, each exactly once in any window one interval long.
+        let phases: Vec<Duration> = (0..1000u64)
+            .map(|i| Duration::from_millis(i * 900 + 7))
+            .collect();
+        let start = secs(0);
+        let mut firsts: Vec<i64> = phases
+            .iter()
+            .map(|p| {
+                let first = next_slot(add(start, every / 2), every, *p);
+                first.duration_since(start).as_secs()
+            })
+            .collect();
+        firsts.sort_unstable();
+        assert!(firsts[0] >= 450 && firsts[999] < 450 + 900, "{firsts:?}");
+        let per_minute = firsts.iter().filter(|s| (450..510).contains(*s)).count();
+        assert!(per_minute <= 70, "{per_minute} probes in the first minute");
+        for p in &phases {
+            let first = next_slot(add(start, every / 2), every, *p);
+            let second = next_slot(add(first, every / 2), every, *p);
+            assert_eq!(second.duration_since(first).as_secs(), 900);
         }
     }
 

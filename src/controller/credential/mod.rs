@@ -18,6 +18,7 @@ pub(crate) mod act;
 pub(crate) mod decide;
 pub(crate) mod events;
 mod in_use;
+mod index;
 pub(crate) mod react;
 pub(crate) mod read;
 mod revision;
@@ -36,7 +37,7 @@ use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, instrument, warn};
@@ -46,10 +47,12 @@ use self::decide::{MIN_REFRESH_GAP, Observed, Plan, Step, Timing, View};
 use self::react::Input;
 use self::target::Target;
 use super::events::{Note, publish};
+use super::queue::{Queue, Turn};
 use super::triggers::{OwnWrites, spec_changes};
 use super::{Context, Error, kube_err};
 use crate::api::conditions::reasons;
 use crate::api::{ConnectorCredential, ConnectorCredentialStatus, Integration};
+use crate::providers::budget::{Priority, with_priority};
 
 type Guarded = DeserializeGuard<ConnectorCredential>;
 
@@ -94,6 +97,17 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
         publish(&ctx, &guard.object_ref(&()), note).await;
         return Ok(Action::await_change());
     }
+    // Routine upkeep waits for a routine worker; a change goes first (see `queue`).
+    let routine = guard.0.as_ref().is_ok_and(|cached| {
+        let status = cached.status.as_ref();
+        status.is_some_and(|s| {
+            s.active_revision.is_some() && s.observed_generation == cached.meta().generation
+        })
+    });
+    let (priority, _routine_worker) = match ctx.queue.turn(&key, routine) {
+        Turn::PutOff(wait) => return Ok(Action::requeue(wait)),
+        Turn::Go { priority, permit } => (priority, permit),
+    };
     let lock = ctx.object_lock(&key);
     let _held = lock.lock().await;
 
@@ -106,6 +120,7 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
         .map_err(kube_err("get ConnectorCredential"))?
     else {
         ctx.forget(&key);
+        ctx.queue.forget(&key);
         ctx.metrics.forget_credential(&ns, &name);
         return Ok(Action::await_change());
     };
@@ -114,7 +129,7 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
     // being validated and refreshed, so the syncs still using it keep working.
     let result = match in_use::protect(&ctx, &api, &mut cred).await {
         Ok(Some(done)) => Ok(done),
-        Ok(None) => reconcile_credential(&cred, &api, &ctx, &key).await,
+        Ok(None) => reconcile_credential(&cred, &api, &ctx, &key, priority).await,
         Err(err) => Err(err),
     };
     ctx.metrics.reconciled(
@@ -146,6 +161,7 @@ async fn reconcile_credential(
     api: &Api<ConnectorCredential>,
     ctx: &Context,
     key: &str,
+    priority: Priority,
 ) -> Result<Action, Error> {
     let now = ctx.clock.now();
     let ns = cred.namespace().unwrap_or_default();
@@ -185,7 +201,8 @@ async fn reconcile_credential(
             timing,
             source: source.revision(),
             target: view,
-            last_probe: last_probe(ctx, key, status),
+            last_probe: last_probe(ctx, key, status, timing.interval),
+            phase: phase(key, timing.interval),
             short_tokens: ctx.short_tokens(key),
             now,
         })
@@ -208,7 +225,12 @@ async fn reconcile_credential(
         timing,
         now,
     };
-    let outcome = step.run(&plan.step, &source, &target.state).await;
+    // A new or changed credential is validated ahead of routine upkeep at the provider too.
+    let priority = match plan.step {
+        Step::Rotate { .. } | Step::Restore { .. } => Priority::Urgent,
+        _ => priority,
+    };
+    let outcome = with_priority(priority, step.run(&plan.step, &source, &target.state)).await;
 
     // 4. React.
     let reaction = react::react(
@@ -297,14 +319,43 @@ async fn reconcile_credential(
 }
 
 /// When the active credential was last probed successfully: status, or this process.
-fn last_probe(ctx: &Context, key: &str, status: &ConnectorCredentialStatus) -> Option<Timestamp> {
-    [
+///
+/// A successful probe writes nothing (status records `lastValidated` only with another
+/// change), so a process that has not probed a credential yet cannot know when the previous
+/// one did. It takes the last probe as no earlier than half an interval before it started:
+/// the first probe then falls in the credential's own slot within one interval of the start,
+/// so a restart or a new leader spreads its probes over the interval instead of probing
+/// every credential at once.
+fn last_probe(
+    ctx: &Context,
+    key: &str,
+    status: &ConnectorCredentialStatus,
+    interval: Duration,
+) -> Option<Timestamp> {
+    let on_record = [
         status.last_validated.as_ref().map(|t| t.0),
         ctx.last_probe(key),
     ]
     .into_iter()
     .flatten()
-    .max()
+    .max();
+    let started = ctx.term_started();
+    let floor = started
+        .checked_sub(jiff::SignedDuration::try_from(interval / 2).unwrap_or_default())
+        .unwrap_or(started);
+    Some(on_record.map_or(floor, |t| t.max(floor)))
+}
+
+/// A credential's offset in its validation interval: a stable hash of its key (FNV-1a), the
+/// same in every process, so its probe slots do not move across restarts.
+fn phase(key: &str, interval: Duration) -> Duration {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let every = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(hash % every)
 }
 
 fn until(now: Timestamp, at: Timestamp) -> Duration {
@@ -326,8 +377,9 @@ pub fn error_policy(guard: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Acti
 /// Maps a Secret to the ConnectorCredentials that read it (source) or own it (target),
 /// unless the event is this process's own write of a target Secret.
 fn credentials_for_secret(
-    store: &Store<Guarded>,
+    index: &index::SecretIndex,
     own: &OwnWrites,
+    queue: &Queue,
     meta: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<Guarded>> {
     let ns = meta.metadata.namespace.as_deref().unwrap_or_default();
@@ -335,14 +387,12 @@ fn credentials_for_secret(
     if own.is_own(ns, secret, meta.metadata.resource_version.as_deref()) {
         return Vec::new();
     }
-    store
-        .state()
-        .iter()
-        .filter_map(|g| {
-            let cred = g.0.as_ref().ok()?;
-            let same_ns = cred.namespace().as_deref() == Some(ns);
-            let refers = cred.spec.secret_ref.name == secret || cred.target_secret_name() == secret;
-            (same_ns && refers).then(|| ObjectRef::from_obj(g.as_ref()))
+    index
+        .credentials(ns, secret)
+        .into_iter()
+        .map(|name| {
+            queue.mark_urgent(&object_key(ns, &name));
+            ObjectRef::new(&name).within(ns)
         })
         .collect()
 }
@@ -364,17 +414,26 @@ pub fn controller(ctx: &Context, namespace: Option<&str>) -> Controller<Guarded>
     let config = || watcher::Config::default().any_semantic();
     let (store, writer) = reflector::store();
     // Only spec changes and deletions wake a credential; its own status writes do not.
-    let credentials = spec_changes(
-        watcher(api::<Guarded>(client, namespace), config())
-            .default_backoff()
-            .modify(super::forget_managed_fields)
-            .reflect(writer),
-    );
+    let index = Arc::new(index::SecretIndex::default());
+    let credentials = {
+        let index = index.clone();
+        spec_changes(
+            watcher(api::<Guarded>(client, namespace), config())
+                .default_backoff()
+                .modify(super::forget_managed_fields)
+                .reflect(writer)
+                .inspect(move |event| {
+                    if let Ok(event) = event {
+                        index.observe(event);
+                    }
+                }),
+        )
+    };
     let controller =
         Controller::for_stream(credentials, store).with_config(ctx.controller_config());
-    let store = controller.store();
     let seen = in_use::Seen::default();
     let own = ctx.own_writes.clone();
+    let queue = ctx.queue.clone();
     // Integrations wake the credentials they reference (or referenced) for the in-use
     // finalizer: only when their connectors change or they go, not on their status writes.
     // They are cached too, so the finalizer decision reads the cache instead of a listing.
@@ -411,7 +470,7 @@ pub fn controller(ctx: &Context, namespace: Option<&str>) -> Controller<Guarded>
             in_use::credentials_for_integration(&seen, &integration)
         })
         .watches_stream(secrets, move |meta: PartialObjectMeta<Secret>| {
-            credentials_for_secret(&store, &own, &meta)
+            credentials_for_secret(&index, &own, &queue, &meta)
         })
 }
 

@@ -11,6 +11,10 @@ mod aggregate;
 mod events;
 mod index;
 mod restart;
+mod rollouts;
+
+pub(crate) use rollouts::Rollouts;
+pub use rollouts::{DEFAULT_MAX_CONCURRENT_ROLLOUTS, DEFAULT_ROLLOUT_HOLD};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -28,7 +32,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use self::aggregate::Found;
 use self::index::Index;
@@ -90,6 +94,7 @@ impl State {
 
     fn forget(&self, ns: &str, name: &str, key: &str) {
         self.index.remove(ns, name);
+        self.ctx.rollouts.forget(key);
         self.debounce().remove(key);
         self.ctx.forget(key);
     }
@@ -287,7 +292,7 @@ async fn reconcile_integration(
         .iter()
         .map(|o| (o.status.name.clone(), o.revision.clone()))
         .collect();
-    let plan = restart::plan(&restart::Input {
+    let mut plan = restart::plan(&restart::Input {
         current: &current,
         recorded: &recorded,
         first_observation: old.connectors.is_empty(),
@@ -300,6 +305,19 @@ async fn reconcile_integration(
 
     // 4. Roll the restart targets, or check they exist.
     let mut rolled = None;
+    // A roll takes rollout slots first (a limit across every Integration), or waits.
+    if let Restart::Roll(_) = &plan.action {
+        let admitted = ctx
+            .rollouts
+            .admit(&ctx.client, &ctx.metrics, key, ns, &spec.restart_targets)
+            .await;
+        if let Err(wait) = admitted {
+            debug!(retry_in = ?wait, "waiting for a rollout slot");
+            plan = plan.put_off(wait);
+        }
+    } else {
+        ctx.rollouts.forget(key);
+    }
     let missing = if spec.suspend {
         None
     } else if let Restart::Roll(revisions) = &plan.action {

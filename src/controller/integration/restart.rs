@@ -54,6 +54,25 @@ pub(crate) struct Plan {
     pub action: Action,
     pub record: BTreeMap<String, Option<String>>,
     pub pending_since: Option<Timestamp>,
+    /// For a roll: what to record and since when the swap pends if the roll must wait (no
+    /// rollout slot is free).
+    unrolled: Option<(BTreeMap<String, Option<String>>, Timestamp)>,
+}
+
+impl Plan {
+    /// A roll put off by `wait`: nothing rolls now, the swapped connectors keep their old
+    /// revisions on record, and the window stays open. Other plans are unchanged.
+    pub fn put_off(self, wait: Duration) -> Plan {
+        match self.unrolled {
+            Some((record, since)) if matches!(self.action, Action::Roll(_)) => Plan {
+                action: Action::Wait(wait),
+                record,
+                pending_since: Some(since),
+                unrolled: None,
+            },
+            _ => self,
+        }
+    }
 }
 
 /// Decides whether the restart targets roll now.
@@ -88,6 +107,7 @@ pub(crate) fn plan(input: &Input<'_>) -> Plan {
             action: Action::Idle,
             record,
             pending_since: None,
+            unrolled: None,
         };
     }
     if !input.has_targets {
@@ -95,6 +115,7 @@ pub(crate) fn plan(input: &Input<'_>) -> Plan {
             action: Action::Idle,
             record: current(),
             pending_since: None,
+            unrolled: None,
         };
     }
     let since = input.pending_since.unwrap_or(input.now);
@@ -106,6 +127,7 @@ pub(crate) fn plan(input: &Input<'_>) -> Plan {
             action: Action::Wait(remaining),
             record,
             pending_since: Some(since),
+            unrolled: None,
         };
     }
     let revisions = input
@@ -118,6 +140,7 @@ pub(crate) fn plan(input: &Input<'_>) -> Plan {
         action: Action::Roll(revisions),
         record: current(),
         pending_since: None,
+        unrolled: Some((record, since)),
     }
 }
 
@@ -279,6 +302,35 @@ mod tests {
             assert_eq!(got.record, record, "{}", case.name);
             assert_eq!(got.pending_since, case.pending.map(ts), "{}", case.name);
         }
+    }
+
+    #[test]
+    fn a_roll_put_off_keeps_the_old_revisions_and_the_window() {
+        let current = vec![("procore".to_owned(), Some("r2".to_owned()))];
+        let recorded = [("procore".to_owned(), "r1".to_owned())].into();
+        let input = Input {
+            current: &current,
+            recorded: &recorded,
+            first_observation: false,
+            pending_since: Some(ts(0)),
+            now: ts(11),
+            window: Duration::from_secs(10),
+            suspended: false,
+            has_targets: true,
+        };
+        let rolled = plan(&input);
+        assert_eq!(rolled.action, Action::Roll("procore=r2".into()));
+        let put_off = rolled.put_off(Duration::from_secs(3));
+        assert_eq!(put_off.action, Action::Wait(Duration::from_secs(3)));
+        assert_eq!(put_off.record["procore"].as_deref(), Some("r1"));
+        assert_eq!(put_off.pending_since, Some(ts(0)));
+        // Anything but a roll is left as it is.
+        let idle = plan(&Input {
+            pending_since: None,
+            current: &[("procore".to_owned(), Some("r1".to_owned()))],
+            ..input
+        });
+        assert_eq!(idle.clone().put_off(Duration::from_secs(3)), idle);
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! A limit on rollouts in flight across every Integration, so that a mass rotation (one
+//! GitOps commit rotating hundreds of Secrets) cannot restart every workload at once.
+//!
+//! A rollout holds its slot until its workload reports it complete (all replicas updated
+//! and available, observed at its current generation) or [`Rollouts::hold`] has passed,
+//! whichever comes first. A workload that no controller reports on (no `observedGeneration`
+//! in its status) or that is gone holds nothing. An Integration's restart targets roll
+//! together, so it waits until slots for all of them are free (or, with more targets than
+//! the limit, until no rollout is in flight).
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use kube::Client;
+use kube::api::Api;
+use tokio::time::Instant;
+
+use crate::api::{RestartKind, RestartTarget};
+use crate::metrics::Metrics;
+
+/// Rollouts in flight at once by default.
+pub const DEFAULT_MAX_CONCURRENT_ROLLOUTS: usize = 10;
+
+/// How long a rollout holds its slot at most by default (a workload that never becomes
+/// available must not block the others forever).
+pub const DEFAULT_ROLLOUT_HOLD: Duration = Duration::from_secs(10 * 60);
+
+/// How soon an Integration waiting for a slot looks again.
+const RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    namespace: String,
+    kind: RestartKind,
+    name: String,
+    since: Instant,
+}
+
+/// The rollouts in flight.
+pub(crate) struct Rollouts {
+    /// 0: no limit.
+    limit: usize,
+    hold: Duration,
+    in_flight: tokio::sync::Mutex<Vec<InFlight>>,
+    /// The Integrations waiting for slots, by key.
+    waiting: Mutex<BTreeSet<String>>,
+}
+
+impl Rollouts {
+    pub fn new(limit: usize, hold: Duration) -> Self {
+        Self {
+            limit,
+            hold,
+            in_flight: tokio::sync::Mutex::default(),
+            waiting: Mutex::default(),
+        }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // A poisoned lock only means a panic elsewhere mid-update: the set stays usable.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes slots for Integration `key` to roll `targets` in `namespace` now, or says how
+    /// long to wait (it then counts as waiting until it gets its turn or is forgotten).
+    pub async fn admit(
+        &self,
+        client: &Client,
+        metrics: &Metrics,
+        key: &str,
+        namespace: &str,
+        targets: &[RestartTarget],
+    ) -> Result<(), Duration> {
+        let mut in_flight = self.in_flight.lock().await;
+        let now = Instant::now();
+        let needed = targets.len().max(1);
+        let fits = |n: usize| self.limit == 0 || n == 0 || n + needed <= self.limit;
+        if !fits(in_flight.len()) {
+            // Free the slots of rollouts that finished (or held theirs long enough).
+            let mut still = Vec::with_capacity(in_flight.len());
+            for rollout in in_flight.drain(..) {
+                let expired = now.saturating_duration_since(rollout.since) >= self.hold;
+                if !expired && !complete(client, &rollout).await {
+                    still.push(rollout);
+                }
+            }
+            *in_flight = still;
+        }
+        let admitted = fits(in_flight.len());
+        if admitted {
+            in_flight.extend(targets.iter().map(|t| InFlight {
+                namespace: namespace.to_owned(),
+                kind: t.kind,
+                name: t.name.clone(),
+                since: now,
+            }));
+            self.waiting().remove(key);
+        } else {
+            self.waiting().insert(key.to_owned());
+        }
+        metrics.rollouts(in_flight.len(), self.waiting().len());
+        if admitted { Ok(()) } else { Err(RETRY) }
+    }
+
+    /// Integration `key` no longer waits (it went away, or has nothing to roll now).
+    pub fn forget(&self, key: &str) {
+        self.waiting().remove(key);
+    }
+}
+
+/// Whether a rollout is over: its workload is gone, reports no rollout (no controller acts
+/// on it), or has every replica updated and available at its current generation. A failed
+/// read counts as not over (the hold bounds it).
+async fn complete(client: &Client, rollout: &InFlight) -> bool {
+    let ns = &rollout.namespace;
+    let name = &rollout.name;
+    match rollout.kind {
+        RestartKind::Deployment => {
+            match Api::<Deployment>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+            {
+                Ok(None) => true,
+                Ok(Some(d)) => {
+                    let Some(status) = &d.status else { return true };
+                    let Some(observed) = status.observed_generation else {
+                        return true;
+                    };
+                    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    observed >= d.metadata.generation.unwrap_or(0)
+                        && status.updated_replicas.unwrap_or(0) >= want
+                        && status.available_replicas.unwrap_or(0) >= want
+                        && status.replicas.unwrap_or(0) <= want
+                }
+                Err(_) => false,
+            }
+        }
+        RestartKind::StatefulSet => {
+            match Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+            {
+                Ok(None) => true,
+                Ok(Some(s)) => {
+                    let Some(status) = &s.status else { return true };
+                    let Some(observed) = status.observed_generation else {
+                        return true;
+                    };
+                    let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    observed >= s.metadata.generation.unwrap_or(0)
+                        && status.updated_replicas.unwrap_or(0) >= want
+                        && status.ready_replicas.unwrap_or(0) >= want
+                        && status.current_revision == status.update_revision
+                }
+                Err(_) => false,
+            }
+        }
+        RestartKind::DaemonSet => {
+            match Api::<DaemonSet>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+            {
+                Ok(None) => true,
+                Ok(Some(d)) => {
+                    let Some(status) = &d.status else { return true };
+                    let Some(observed) = status.observed_generation else {
+                        return true;
+                    };
+                    let want = status.desired_number_scheduled;
+                    observed >= d.metadata.generation.unwrap_or(0)
+                        && status.updated_number_scheduled.unwrap_or(0) >= want
+                        && status.number_available.unwrap_or(0) >= want
+                }
+                Err(_) => false,
+            }
+        }
+    }
+}
