@@ -403,10 +403,17 @@ pub(crate) fn backoff(attempts: u32, err: &Error, seed: u64) -> Duration {
     }
 }
 
-/// Cached objects keep no `managedFields`: nothing here reads them, and on a real API server
-/// they are often the largest part of an object.
-pub(crate) fn forget_managed_fields<K: kube::Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+/// The annotation `kubectl apply` (client-side) leaves: a full copy of the object as applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Cached objects keep no `managedFields` and no `kubectl apply` copy of themselves: nothing
+/// here reads them, and on a real API server they are often the largest part of an object.
+pub(crate) fn forget_bulky_metadata<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
 }
 
 #[cfg(test)]

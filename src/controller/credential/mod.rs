@@ -397,6 +397,23 @@ fn credentials_for_secret(
         .collect()
 }
 
+/// What the credential cache keeps: metadata (without its bulk), the spec, and of the status
+/// only what picks a reconcile's priority. A reconcile reads its object afresh, so nothing
+/// else of a cached credential is ever read, and status (conditions, permissions, accounts)
+/// is a large part of each object: at 10,000 credentials, tens of MiB.
+fn slim(guard: &mut Guarded) {
+    super::forget_bulky_metadata(guard);
+    if let Ok(cred) = &mut guard.0
+        && let Some(status) = cred.status.take()
+    {
+        cred.status = Some(ConnectorCredentialStatus {
+            observed_generation: status.observed_generation,
+            active_revision: status.active_revision,
+            ..ConnectorCredentialStatus::default()
+        });
+    }
+}
+
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope>,
@@ -420,7 +437,7 @@ pub fn controller(ctx: &Context, namespace: Option<&str>) -> Controller<Guarded>
         spec_changes(
             watcher(api::<Guarded>(client, namespace), config())
                 .default_backoff()
-                .modify(super::forget_managed_fields)
+                .modify(slim)
                 .reflect(writer)
                 .inspect(move |event| {
                     if let Ok(event) = event {
@@ -454,7 +471,7 @@ pub fn controller(ctx: &Context, namespace: Option<&str>) -> Controller<Guarded>
             config(),
         )
         .default_backoff()
-        .modify(super::forget_managed_fields)
+        .modify(super::forget_bulky_metadata)
         .reflect(integration_writer),
     );
     // Secrets are watched as metadata only: a rotated Secret triggers its credentials at once,
@@ -497,4 +514,45 @@ pub async fn run(
         })
         .await;
     drop(cache);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_the_spec_and_what_picks_a_priority_and_nothing_bulky() {
+        let mut guard: Guarded = serde_json::from_value(serde_json::json!({
+            "apiVersion": "reconnect.dev/v1alpha1",
+            "kind": "ConnectorCredential",
+            "metadata": {
+                "name": "c", "namespace": "ns", "generation": 3,
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"a\": \"copy\"}",
+                    "team.example/owner": "sync",
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"provider": "procore", "auth": "RefreshToken", "secretRef": {"name": "src"}},
+            "status": {
+                "observedGeneration": 3,
+                "activeRevision": "sha256:aa",
+                "permissions": ["company:1"],
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Connected",
+                                "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            },
+        }))
+        .unwrap();
+        slim(&mut guard);
+        let cred = guard.0.as_ref().unwrap();
+        let status = cred.status.as_ref().unwrap();
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.active_revision.as_deref(), Some("sha256:aa"));
+        assert!(status.conditions.is_empty() && status.permissions.is_empty());
+        assert_eq!(cred.spec.secret_ref.name, "src");
+        assert!(cred.metadata.managed_fields.is_none());
+        let annotations = cred.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.len(), 1, "{annotations:?}");
+        assert!(annotations.contains_key("team.example/owner"));
+    }
 }

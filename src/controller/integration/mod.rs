@@ -502,7 +502,7 @@ fn controller(ctx: &Context, namespace: Option<&str>, index: Arc<Index>) -> Cont
     let (store, writer) = kube::runtime::reflector::store();
     let watched = watcher(integrations, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(super::forget_managed_fields)
+        .modify(super::forget_bulky_metadata)
         .reflect(writer)
         .applied_objects();
     let controller = Controller::for_stream(watched, store).with_config(ctx.controller_config());
