@@ -9,7 +9,7 @@
 //! get`-style table after each step and exits 0 when every step reached the state it
 //! should (non-zero otherwise, so CI can run it as a smoke test).
 //!
-//! Time is simulated: "16 minutes later" moves the controller's clock, not the wall clock.
+//! Time is simulated: "23 minutes later" moves the controller's clock, not the wall clock.
 //!
 //!     cargo run --example sandbox            # the story, then exit
 //!     cargo run --example sandbox -- --hold  # then keep serving for kubectl until Ctrl-C
@@ -184,9 +184,11 @@ async fn run(hold: bool) -> Result<()> {
         "   -> rejected: the target Secret still holds svc-sync-2's credential; the sync keeps running"
     );
 
-    step("4. svc-sync-2@acme.com is deactivated in Procore; 16 minutes later the operator probes");
+    step(
+        "4. svc-sync-2@acme.com is deactivated in Procore; 23 minutes later (past its next probe slot) the operator has probed",
+    );
     sb.procore.deactivate("4568");
-    sb.advance(Duration::from_secs(16 * 60));
+    sb.advance(Duration::from_secs(23 * 60));
     sb.wait("procore-sync", "ConnectionLost", |c| {
         phase(c) == Some(Phase::ConnectionLost)
     })

@@ -130,7 +130,7 @@ async fn a_hand_edited_target_is_restored_in_one_reconcile_and_the_credential_st
 
     // Restored material is what the next probe uses, and it passes.
     let probes = emu.count("/rest/v1.0/me");
-    env.advance(std::time::Duration::from_secs(16 * 60)).await;
+    env.advance(PAST_NEXT_PROBE).await;
     eventually("the restored credential is probed", || {
         emu.count("/rest/v1.0/me") > probes
     })

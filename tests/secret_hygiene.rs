@@ -74,7 +74,7 @@ async fn exercise<F: Flavor>(
     for path in &paths {
         for fault in [
             Fault::RateLimited {
-                retry_after_secs: 3,
+                retry_after_secs: 0,
             },
             Fault::Status(503),
             Fault::MalformedJson,
