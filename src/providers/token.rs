@@ -133,7 +133,18 @@ async fn obtain_once(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
         tracing::debug!("provider issued a new refresh token");
     }
     let access_token = Redacted::new(response.access_token().secret().as_str());
-    if access_token.is_empty() {
+    let token_type = response.token_type().as_ref().to_owned();
+    // Everything here is written to the target Secret: an empty token is no token, and one
+    // larger than any credential value would make the Secret too large to write.
+    let oversized = [
+        Some(access_token.expose()),
+        new_refresh.as_ref().map(Redacted::expose),
+        Some(token_type.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|v| v.len() > super::MAX_VALUE_BYTES);
+    if access_token.is_empty() || oversized {
         return Err(VerifyError::transient(
             provider,
             TOKEN_CALL,
@@ -146,7 +157,7 @@ async fn obtain_once(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
     Ok(Grant {
         tokens: Tokens {
             access_token: Some(access_token),
-            token_type: Some(response.token_type().as_ref().to_owned()),
+            token_type: Some(token_type),
             expires_at: response.expires_in().and_then(|d| {
                 cx.http
                     .now()
