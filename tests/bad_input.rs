@@ -228,6 +228,9 @@ enum Upstream {
     ClosedPort,
     /// The emulator of the good refresh-token credential.
     GoodOAuth2,
+    /// A Procore company whose `/rest/v1.0/me` always answers this (a probe that reads JSON;
+    /// the generic provider's `probeUrl` is satisfied by any 2xx, as documented).
+    ProcoreMe(Answer),
 }
 
 /// A hostile answer.
@@ -243,6 +246,9 @@ enum Answer {
     Huge,
     /// 200 with a well-formed token response whose access token is 10 MB.
     HugeToken,
+    /// 200 with a well-formed token response whose access token is 2 MB (under the answer
+    /// size limit, over the token size limit).
+    BigToken,
     /// 200 with a token response whose `expires_in` is this JSON number.
     ExpiresIn(&'static str),
     /// 302 to the same path on another host (a trap that counts what reaches it).
@@ -296,7 +302,6 @@ enum Expect {
 
 /// What a case's spec is built from.
 struct Fx {
-    name: &'static str,
     source: String,
     endpoint: String,
     good_oauth2: String,
@@ -372,11 +377,7 @@ macro_rules! oauth2_with {
     };
 }
 
-fn refused(
-    name: &'static str,
-    spec: fn(&Fx) -> Value,
-    says: &'static [&'static str],
-) -> Case {
+fn refused(name: &'static str, spec: fn(&Fx) -> Value, says: &'static [&'static str]) -> Case {
     Case {
         name,
         source: Some(CLIENT),
@@ -573,7 +574,12 @@ fn cases() -> Vec<Case> {
         ),
         refused(
             "company-id-negative",
-            |fx| merge(oauth2(fx), json!({"provider": "procore", "params": {"companyId": "-1"}})),
+            |fx| {
+                merge(
+                    oauth2(fx),
+                    json!({"provider": "procore", "params": {"companyId": "-1"}}),
+                )
+            },
             &["params.companyId must be a non-negative whole number"],
         ),
         // --- The source Secret. ---
@@ -806,6 +812,15 @@ fn cases() -> Vec<Case> {
             TRANSIENT_CALLS,
         ),
         not_ready(
+            "token-answer-holds-a-2mb-token",
+            Some(CLIENT),
+            oauth2,
+            Token(BigToken),
+            PROVIDER_UNREACHABLE,
+            &["malformed_response"],
+            TRANSIENT_CALLS,
+        ),
+        not_ready(
             "token-endpoint-drips-its-body",
             Some(CLIENT),
             oauth2,
@@ -853,10 +868,17 @@ fn cases() -> Vec<Case> {
         not_ready(
             "probe-answer-is-html",
             Some(CLIENT),
-            oauth2_probe,
-            Probe(Html),
+            |fx| {
+                json!({
+                    "provider": "procore", "auth": "ClientCredentials",
+                    "secretRef": {"name": fx.source}, "endpoint": fx.endpoint,
+                    "params": {"companyId": "1234"},
+                    "validation": {"timeout": "1s", "failureThreshold": 1},
+                })
+            },
+            ProcoreMe(Html),
             PROVIDER_UNREACHABLE,
-            &["malformed_response"],
+            &["malformed_response", "GET /rest/v1.0/me"],
             2 * TRANSIENT_CALLS,
         ),
         not_ready(
@@ -966,13 +988,15 @@ fn ten_mb(unit: &str) -> String {
 }
 
 fn hostile(case: &str, answer: Answer, trap: &str, path: &str, base: &str) -> Response {
-    let token = |expires_in: &str, access: &str| Response {
+    let token = |expires_in: &str, access: &str| {
+        Response {
         status: 200,
         headers: vec![("content-type".into(), "application/json".into())],
         body: format!(
             r#"{{"access_token":"{access}","token_type":"Bearer","expires_in":{expires_in},"scope":"read"}}"#
         )
         .into_bytes(),
+    }
     };
     match answer {
         Answer::Html => Response {
@@ -998,6 +1022,10 @@ fn hostile(case: &str, answer: Answer, trap: &str, path: &str, base: &str) -> Re
             let access = canary(case, "access-token");
             token("3600", &ten_mb(&format!("{access}.")))
         }
+        Answer::BigToken => {
+            let unit = format!("{}.", canary(case, "access-token"));
+            token("3600", &unit.repeat(2 * 1024 * 1024 / unit.len()))
+        }
         Answer::ExpiresIn(n) => token(n, &canary(case, "access-token")),
         Answer::Redirect => Response {
             status: 302,
@@ -1018,6 +1046,7 @@ fn hostile(case: &str, answer: Answer, trap: &str, path: &str, base: &str) -> Re
 /// How many requests an upstream received.
 enum Counter {
     Emulator(Arc<OAuth2Emulator>, usize),
+    Procore(Arc<ProcoreEmulator>),
     Connections(Arc<AtomicUsize>),
     None,
 }
@@ -1026,6 +1055,7 @@ impl Counter {
     fn get(&self) -> usize {
         match self {
             Counter::Emulator(e, baseline) => e.total_requests() - baseline,
+            Counter::Procore(e) => e.total_requests(),
             Counter::Connections(c) => c.load(Ordering::SeqCst),
             Counter::None => 0,
         }
@@ -1045,6 +1075,7 @@ struct Running {
     emulator: Option<Arc<OAuth2Emulator>>,
     /// Where redirects point: must see nothing.
     trap: Option<OAuth2Emulator>,
+    procore: Option<Arc<ProcoreEmulator>>,
     /// The case's own client secret, the only one its target may ever hold.
     secret: String,
     /// The target Secret just before the bad input arrived, and the Secret log's length then.
@@ -1198,7 +1229,8 @@ impl Good {
         simpro.add_account(Account::new("7", "ops@acme.com").with_permissions(["company:0"]));
         let key = canary(GOOD_SIMPRO, "api-key");
         simpro.add_api_key(&key, "7");
-        env.apply_secret("good-simpro-src", &[("api_key", &key)]).await;
+        env.apply_secret("good-simpro-src", &[("api_key", &key)])
+            .await;
         env.apply_credential(
             GOOD_SIMPRO,
             json!({
@@ -1292,7 +1324,10 @@ impl Good {
                 .cloned()
                 .collect::<Vec<_>>()
         }));
-        out.extend(self.simpro.with_state(|s| s.api_keys.keys().cloned().collect::<Vec<_>>()));
+        out.extend(
+            self.simpro
+                .with_state(|s| s.api_keys.keys().cloned().collect::<Vec<_>>()),
+        );
         out
     }
 }
@@ -1314,6 +1349,7 @@ async fn prepare(env: &Env, good: &Good, case: Case) -> Running {
     let secret = canary(name, "secret");
     let mut emulator = None;
     let mut trap = None;
+    let mut procore = None;
     let (endpoint, counter) = match case.upstream {
         Upstream::SlowBody | Upstream::SlowHead => {
             let (url, connections) = dripping(matches!(case.upstream, Upstream::SlowHead)).await;
@@ -1324,6 +1360,18 @@ async fn prepare(env: &Env, good: &Good, case: Case) -> Running {
             let url = format!("http://{}", listener.local_addr().unwrap());
             drop(listener);
             (url, Counter::None)
+        }
+        Upstream::ProcoreMe(answer) => {
+            let emu = Arc::new(ProcoreEmulator::start().await);
+            let account = format!("{name}-account");
+            emu.add_account(Account::new(&account, name).with_permissions(["company:1234"]));
+            emu.add_client(&format!("{name}-client"), &secret, Some(&account));
+            let base = emu.base_url();
+            let me = "/rest/v1.0/me";
+            let response = hostile(name, answer, "", me, &base);
+            emu.fail_next_on(me, 1_000_000, Fault::Respond(response));
+            procore = Some(emu.clone());
+            (base, Counter::Procore(emu))
         }
         Upstream::GoodOAuth2 => (
             good.oauth2.base_url(),
@@ -1362,7 +1410,6 @@ async fn prepare(env: &Env, good: &Good, case: Case) -> Running {
         }
     };
     let fx = Fx {
-        name,
         source: format!("{name}-src"),
         endpoint,
         good_oauth2: good.oauth2.base_url(),
@@ -1387,6 +1434,7 @@ async fn prepare(env: &Env, good: &Good, case: Case) -> Running {
         counter,
         emulator,
         trap,
+        procore,
         secret,
         before: None,
     }
@@ -1428,7 +1476,9 @@ fn mismatch(run: &Running, cred: Option<&ConnectorCredential>) -> Option<String>
                 )
             })
         }
-        Expect::Ready => (!is_true(cred, "Ready")).then(|| format!("want Ready; got {}", show(&ready))),
+        Expect::Ready => {
+            (!is_true(cred, "Ready")).then(|| format!("want Ready; got {}", show(&ready)))
+        }
         Expect::SharesTarget => {
             let owner = is_true(cred, "Ready");
             let not_owned = ready.as_ref().is_some_and(|r| r.reason == "TargetNotOwned");
@@ -1507,7 +1557,8 @@ async fn every_bad_input_gets_a_clear_answer_and_good_credentials_stay_untouched
             unreachable!()
         };
         match apply(&env, run.case.name, (run.case.spec)(&run.fx)).await {
-            Err(kube::Error::Api(e)) if e.code == 422 && says.iter().all(|s| e.message.contains(s)) => {}
+            Err(kube::Error::Api(e))
+                if e.code == 422 && says.iter().all(|s| e.message.contains(s)) => {}
             Err(kube::Error::Api(e)) => failures.push(format!(
                 "{}: want 422 saying {says:?}; got {} {}",
                 run.case.name, e.code, e.message
@@ -1540,7 +1591,12 @@ async fn every_bad_input_gets_a_clear_answer_and_good_credentials_stay_untouched
         run.before = Some((env.secret(&run.target).await, log.len()));
         match run.case.then {
             Then::Secret(keys) => {
-                put_secret(&env, &run.fx.source, material(run.case.name, keys, &run.secret)).await
+                put_secret(
+                    &env,
+                    &run.fx.source,
+                    material(run.case.name, keys, &run.secret),
+                )
+                .await
             }
             Then::Spec(spec) => {
                 apply(&env, run.case.name, spec(&run.fx)).await.unwrap();
@@ -1588,9 +1644,7 @@ async fn every_bad_input_gets_a_clear_answer_and_good_credentials_stay_untouched
                         failures.push(format!("{name}: target {} was written", run.target))
                     }
                     Target::Unchanged => {
-                        let same = |s: &Secret| {
-                            before.as_ref().is_some_and(|b| b.data == s.data)
-                        };
+                        let same = |s: &Secret| before.as_ref().is_some_and(|b| b.data == s.data);
                         if now.as_ref().is_none_or(|s| !same(s))
                             || !log.versions(&run.target, from).iter().all(same)
                         {
@@ -1608,7 +1662,10 @@ async fn every_bad_input_gets_a_clear_answer_and_good_credentials_stay_untouched
             }
             Expect::Ready => {
                 let target = env.secret(&run.target).await;
-                if target.as_ref().and_then(|t| value(t, "client_secret")).as_deref()
+                if target
+                    .as_ref()
+                    .and_then(|t| value(t, "client_secret"))
+                    .as_deref()
                     != Some(run.secret.as_str())
                 {
                     failures.push(format!("{name}: target does not hold the validated secret"));
@@ -1690,9 +1747,13 @@ async fn every_bad_input_gets_a_clear_answer_and_good_credentials_stay_untouched
         if let Some(emu) = &run.emulator {
             secrets.extend(minted(emu));
         }
+        if let Some(emu) = &run.procore {
+            secrets.extend(emu.with_state(|s| s.access_tokens.keys().cloned().collect::<Vec<_>>()));
+        }
     }
     let events = serde_json::to_string(&env.events().await).unwrap();
-    let creds = serde_json::to_string(&env.creds().list(&Default::default()).await.unwrap()).unwrap();
+    let creds =
+        serde_json::to_string(&env.creds().list(&Default::default()).await.unwrap()).unwrap();
     let metrics = env.ctx.metrics().encode();
     let text = capture.text.text();
     let json_logs = capture.json.text();
