@@ -314,7 +314,16 @@ pub(crate) enum RateLimitReset {
     DeltaSeconds(&'static str),
 }
 
+/// The longest wait a provider's answer can impose. A `Retry-After` of years (a
+/// misconfigured proxy, a garbled header) would otherwise stall the credential, its probes
+/// and its token refreshes for as long as the controller's scheduler allows (months).
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 pub(crate) fn retry_after(headers: &HeaderMap, reset: Option<RateLimitReset>) -> Option<Duration> {
+    asked_wait(headers, reset).map(|wait| wait.min(MAX_RETRY_AFTER))
+}
+
+fn asked_wait(headers: &HeaderMap, reset: Option<RateLimitReset>) -> Option<Duration> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -399,5 +408,17 @@ mod tests {
             Some(Duration::from_secs(30))
         );
         assert_eq!(retry_after(&headers, None), None);
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "18446744073709551615".parse().unwrap());
+        assert_eq!(retry_after(&headers, None), Some(MAX_RETRY_AFTER));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 01 Jan 3000 00:00:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers, None), Some(MAX_RETRY_AFTER));
     }
 }
