@@ -36,6 +36,7 @@ use reconnect_emulators::{
     Account, Fault, ProcoreEmulator, RefreshPolicy, Response, SimproEmulator,
 };
 use reconnect_operator::api::ConnectorCredential;
+use reconnect_operator::clock::Clock;
 use serde_json::{Value, json};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -251,6 +252,8 @@ enum Answer {
     BigToken,
     /// 200 with a token response whose `expires_in` is this JSON number.
     ExpiresIn(&'static str),
+    /// 429 with this `Retry-After` (none when empty).
+    RateLimited(&'static str),
     /// 302 to the same path on another host (a trap that counts what reaches it).
     Redirect,
     /// Discovery metadata naming a plain-http token endpoint off loopback.
@@ -281,6 +284,15 @@ enum Target {
     Unchanged,
 }
 
+/// What status says about the access token's expiry.
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    /// It expired when it was issued (and is refreshed on the floor, not in a loop).
+    AtOnce,
+    /// Not known: no time the operator's clock can represent.
+    Unknown,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Expect {
     /// The API server refuses the object; the message says all of these.
@@ -293,8 +305,9 @@ enum Expect {
         connected: bool,
         target: Target,
     },
-    /// Ready, and the target Secret holds exactly the case's material.
-    Ready,
+    /// Ready, the target Secret holds exactly the case's material, and status shows the
+    /// access token's expiry so.
+    Ready(Expiry),
     /// One of the cases sharing this target owns it and is Ready; the others report
     /// TargetNotOwned.
     SharesTarget,
@@ -839,6 +852,37 @@ fn cases() -> Vec<Case> {
             TRANSIENT_CALLS,
         ),
         not_ready(
+            "token-endpoint-rate-limits-without-retry-after",
+            Some(CLIENT),
+            oauth2,
+            Token(RateLimited("")),
+            PROVIDER_UNREACHABLE,
+            &["rate_limited", "HTTP 429"],
+            TRANSIENT_CALLS,
+        ),
+        not_ready(
+            "token-endpoint-asks-to-retry-in-584-billion-years",
+            Some(CLIENT),
+            oauth2,
+            Token(RateLimited("18446744073709551615")),
+            PROVIDER_UNREACHABLE,
+            &["rate_limited", "retry after 3600s"],
+            // The first attempt and the test's two reconcile-everything ticks: the wait
+            // itself (capped at an hour) never ends within the run.
+            3,
+        ),
+        not_ready(
+            "token-endpoint-asks-to-retry-in-the-year-3000",
+            Some(CLIENT),
+            oauth2,
+            Token(RateLimited("Wed, 01 Jan 3000 00:00:00 GMT")),
+            PROVIDER_UNREACHABLE,
+            &["rate_limited", "retry after 3600s"],
+            // The first attempt and the test's two reconcile-everything ticks: the wait
+            // itself (capped at an hour) never ends within the run.
+            3,
+        ),
+        not_ready(
             "token-endpoint-refuses-connections",
             Some(CLIENT),
             oauth2,
@@ -914,7 +958,7 @@ fn cases() -> Vec<Case> {
             spec: oauth2,
             upstream: Token(ExpiresIn("0")),
             then: Then::Nothing,
-            expect: Expect::Ready,
+            expect: Expect::Ready(Expiry::AtOnce),
             // The first grant, and at most one refresh after the clock moves 2 minutes:
             // the refresh floor, not the token's zero lifetime, sets the pace.
             calls: 3,
@@ -925,7 +969,7 @@ fn cases() -> Vec<Case> {
             spec: oauth2,
             upstream: Token(ExpiresIn("31557600000000")),
             then: Then::Nothing,
-            expect: Expect::Ready,
+            expect: Expect::Ready(Expiry::Unknown),
             calls: 1,
         },
         Case {
@@ -934,7 +978,7 @@ fn cases() -> Vec<Case> {
             spec: oauth2,
             upstream: Token(ExpiresIn("18446744073709551615")),
             then: Then::Nothing,
-            expect: Expect::Ready,
+            expect: Expect::Ready(Expiry::Unknown),
             calls: 1,
         },
     ]
@@ -1027,6 +1071,14 @@ fn hostile(case: &str, answer: Answer, trap: &str, path: &str, base: &str) -> Re
             token("3600", &unit.repeat(2 * 1024 * 1024 / unit.len()))
         }
         Answer::ExpiresIn(n) => token(n, &canary(case, "access-token")),
+        Answer::RateLimited(after) => {
+            let answer = Response::json(429, json!({"error": "rate_limit_exceeded"}));
+            if after.is_empty() {
+                answer
+            } else {
+                answer.header("retry-after", after)
+            }
+        }
         Answer::Redirect => Response {
             status: 302,
             headers: vec![("location".into(), format!("{trap}{path}"))],
@@ -1441,7 +1493,11 @@ async fn prepare(env: &Env, good: &Good, case: Case) -> Running {
 }
 
 /// What is wrong with `cred` for its case, or `None` when it is as expected.
-fn mismatch(run: &Running, cred: Option<&ConnectorCredential>) -> Option<String> {
+fn mismatch(
+    run: &Running,
+    cred: Option<&ConnectorCredential>,
+    now: jiff::Timestamp,
+) -> Option<String> {
     let Some(cred) = cred else {
         return Some("not found".into());
     };
@@ -1476,8 +1532,22 @@ fn mismatch(run: &Running, cred: Option<&ConnectorCredential>) -> Option<String>
                 )
             })
         }
-        Expect::Ready => {
-            (!is_true(cred, "Ready")).then(|| format!("want Ready; got {}", show(&ready)))
+        Expect::Ready(expiry) => {
+            let expires = cred
+                .status
+                .as_ref()
+                .and_then(|s| s.access_token_expires_at.clone());
+            let ok = is_true(cred, "Ready")
+                && match expiry {
+                    Expiry::AtOnce => expires.as_ref().is_some_and(|t| t.0 <= now),
+                    Expiry::Unknown => expires.is_none(),
+                };
+            (!ok).then(|| {
+                format!(
+                    "want Ready with token expiry {expiry:?}; got {} expiring {expires:?}",
+                    show(&ready)
+                )
+            })
         }
         Expect::SharesTarget => {
             let owner = is_true(cred, "Ready");
@@ -1506,7 +1576,8 @@ async fn settle(env: &Env, runs: &[Running]) {
             .iter()
             .filter(|r| !matches!(r.case.expect, Expect::Refused(_)))
             .filter_map(|r| {
-                mismatch(r, creds.get(r.case.name)).map(|m| format!("{}: {m}", r.case.name))
+                mismatch(r, creds.get(r.case.name), env.clock.now())
+                    .map(|m| format!("{}: {m}", r.case.name))
             })
             .collect();
         if wrong.is_empty() {
@@ -1660,7 +1731,7 @@ async fn every_bad_input_gets_a_clear_answer_and_good_credentials_stay_untouched
                         .insert(run.secret.clone());
                 }
             }
-            Expect::Ready => {
+            Expect::Ready(_) => {
                 let target = env.secret(&run.target).await;
                 if target
                     .as_ref()
