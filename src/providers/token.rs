@@ -134,16 +134,12 @@ async fn obtain_once(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
     }
     let access_token = Redacted::new(response.access_token().secret().as_str());
     let token_type = response.token_type().as_ref().to_owned();
-    // Everything here is written to the target Secret: an empty token is no token, and one
-    // larger than any credential value would make the Secret too large to write.
-    let oversized = [
-        Some(access_token.expose()),
-        new_refresh.as_ref().map(Redacted::expose),
-        Some(token_type.as_str()),
-    ]
-    .into_iter()
-    .flatten()
-    .any(|v| v.len() > super::MAX_VALUE_BYTES);
+    // Both are written to the target Secret: an empty token is no token, and one larger than
+    // any credential value would make the Secret too large to write. (A new refresh token is
+    // not judged by size: refusing it here would lose it.)
+    let oversized = [access_token.expose(), token_type.as_str()]
+        .iter()
+        .any(|v| v.len() > super::MAX_VALUE_BYTES);
     if access_token.is_empty() || oversized {
         return Err(VerifyError::transient(
             provider,
