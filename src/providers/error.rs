@@ -342,7 +342,7 @@ pub enum Misconfiguration {
     Other(&'static str),
 }
 
-/// A Secret key the auth type needs is absent, empty or not UTF-8.
+/// A Secret key the auth type needs is absent, empty, not UTF-8 or too large.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("Secret key {key:?} (the {field}) is {problem}; auth {auth} needs the keys {}", required_keys(*.auth))]
 pub struct MissingKey {
@@ -365,15 +365,25 @@ pub enum KeyProblem {
     Empty,
     /// Not valid UTF-8.
     NotUtf8,
+    /// Larger than any credential value is (see `MAX_VALUE_BYTES`).
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
 }
 
 impl fmt::Display for KeyProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KeyProblem::Absent => "missing",
-            KeyProblem::Empty => "empty",
-            KeyProblem::NotUtf8 => "not valid UTF-8",
-        })
+        match self {
+            KeyProblem::Absent => f.write_str("missing"),
+            KeyProblem::Empty => f.write_str("empty"),
+            KeyProblem::NotUtf8 => f.write_str("not valid UTF-8"),
+            KeyProblem::TooLarge { bytes } => write!(
+                f,
+                "too large ({bytes} bytes; credential values are at most {} bytes)",
+                super::MAX_VALUE_BYTES
+            ),
+        }
     }
 }
 

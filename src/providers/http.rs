@@ -175,7 +175,7 @@ impl Http {
             ));
         }
         let started = std::time::Instant::now();
-        let response = match self.client.execute(request).await {
+        let mut response = match self.client.execute(request).await {
             Ok(r) => r,
             Err(e) => {
                 self.observe(call, transport_outcome(&e), started);
@@ -187,8 +187,22 @@ impl Http {
         if let Some(budgets) = &self.budgets {
             budgets.observe(self.provider, &host, status, &headers);
         }
-        let body = match response.bytes().await {
-            Ok(b) => b,
+        let body = match read_capped(&mut response).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                // Read no further: a provider (or whatever answers in its place) that sends
+                // more than any document we ask for is not answering our question.
+                self.observe(call, status_outcome(status), started);
+                tracing::debug!(call, status = status.as_u16(), "provider answer too large");
+                return Err(VerifyError::transient(
+                    self.provider,
+                    call,
+                    TransientKind::Malformed,
+                    Some(status.as_u16()),
+                    None,
+                    None,
+                ));
+            }
             Err(e) => {
                 self.observe(call, transport_outcome(&e), started);
                 return Err(self.transport(call, &e));
@@ -217,6 +231,28 @@ impl Http {
         tracing::debug!(call, kind = kind.as_str(), "provider call failed");
         VerifyError::transient(self.provider, call, kind, None, None, None)
     }
+}
+
+/// The largest answer read from a provider. Token responses, discovery documents and probe
+/// answers are a few KiB; the largest (a Procore company's project list) stays well below.
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The whole body, or `None` as soon as it is known to exceed [`MAX_BODY_BYTES`].
+async fn read_capped(response: &mut reqwest::Response) -> Result<Option<Bytes>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// The metric outcome of an answered call, from its status code alone (what the status
@@ -278,7 +314,16 @@ pub(crate) enum RateLimitReset {
     DeltaSeconds(&'static str),
 }
 
+/// The longest wait a provider's answer can impose. A `Retry-After` of years (a
+/// misconfigured proxy, a garbled header) would otherwise stall the credential, its probes
+/// and its token refreshes for as long as the controller's scheduler allows (months).
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 pub(crate) fn retry_after(headers: &HeaderMap, reset: Option<RateLimitReset>) -> Option<Duration> {
+    asked_wait(headers, reset).map(|wait| wait.min(MAX_RETRY_AFTER))
+}
+
+fn asked_wait(headers: &HeaderMap, reset: Option<RateLimitReset>) -> Option<Duration> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -363,5 +408,17 @@ mod tests {
             Some(Duration::from_secs(30))
         );
         assert_eq!(retry_after(&headers, None), None);
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "18446744073709551615".parse().unwrap());
+        assert_eq!(retry_after(&headers, None), Some(MAX_RETRY_AFTER));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 01 Jan 3000 00:00:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers, None), Some(MAX_RETRY_AFTER));
     }
 }

@@ -88,6 +88,12 @@ pub use error::{
 use http::Http;
 use token::Grant;
 
+/// The largest credential value (a Secret key, or a token a provider issues) the operator
+/// accepts. Real ones are a few KiB at most; the target Secret holds several of them and
+/// the API server refuses Secrets over 1 MiB, and every value is sent to the provider on
+/// each validation.
+pub(crate) const MAX_VALUE_BYTES: usize = 64 * 1024;
+
 /// The provider layer the controller (and `reconnect-operator check`) calls.
 #[derive(Clone)]
 pub struct Providers {
@@ -429,8 +435,9 @@ pub fn required_fields(auth: AuthType) -> &'static [&'static str] {
 
 impl CredentialMaterial {
     /// Reads the fields `auth` uses from a Secret's data, honouring `secretRef.keys` renames.
-    /// Fails on the first required key that is absent, empty or not UTF-8. An optional key
-    /// (`client_secret` for RefreshToken) that is absent or empty is left out.
+    /// Fails on the first required key that is absent, empty or not UTF-8, and on any key
+    /// larger than [`MAX_VALUE_BYTES`]. An optional key (`client_secret` for RefreshToken)
+    /// that is absent or empty is left out.
     pub fn from_secret_data<V: AsRef<[u8]>>(
         auth: AuthType,
         keys: &SecretKeys,
@@ -442,12 +449,16 @@ impl CredentialMaterial {
             let problem = match data.get(&key).map(AsRef::as_ref) {
                 None => KeyProblem::Absent,
                 Some([]) => KeyProblem::Empty,
+                Some(bytes) if bytes.len() > MAX_VALUE_BYTES => {
+                    KeyProblem::TooLarge { bytes: bytes.len() }
+                }
                 Some(bytes) => match std::str::from_utf8(bytes) {
                     Ok(value) => return Ok(Some(Redacted::new(value))),
                     Err(_) => KeyProblem::NotUtf8,
                 },
             };
-            if required.contains(&field) || problem == KeyProblem::NotUtf8 {
+            let unusable = matches!(problem, KeyProblem::NotUtf8 | KeyProblem::TooLarge { .. });
+            if required.contains(&field) || unusable {
                 Err(MissingKey {
                     field,
                     key,
@@ -1035,5 +1046,30 @@ mod tests {
             CredentialMaterial::from_secret_data(AuthType::ApiKey, &SecretKeys::default(), &data)
                 .unwrap_err();
         assert_eq!(err.problem, KeyProblem::NotUtf8);
+    }
+
+    #[test]
+    fn material_rejects_oversized_values_even_in_optional_keys() {
+        let big = vec![b'x'; MAX_VALUE_BYTES + 1];
+        let data: BTreeMap<String, Vec<u8>> = [
+            ("client_id".to_owned(), b"id".to_vec()),
+            ("refresh_token".to_owned(), b"rt".to_vec()),
+            ("client_secret".to_owned(), big),
+        ]
+        .into();
+        let err = CredentialMaterial::from_secret_data(
+            AuthType::RefreshToken,
+            &SecretKeys::default(),
+            &data,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "client_secret");
+        assert_eq!(
+            err.problem,
+            KeyProblem::TooLarge {
+                bytes: MAX_VALUE_BYTES + 1
+            }
+        );
+        assert!(err.to_string().contains("too large"), "{err}");
     }
 }

@@ -133,7 +133,14 @@ async fn obtain_once(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
         tracing::debug!("provider issued a new refresh token");
     }
     let access_token = Redacted::new(response.access_token().secret().as_str());
-    if access_token.is_empty() {
+    let token_type = response.token_type().as_ref().to_owned();
+    // Both are written to the target Secret: an empty token is no token, and one larger than
+    // any credential value would make the Secret too large to write. (A new refresh token is
+    // not judged by size: refusing it here would lose it.)
+    let oversized = [access_token.expose(), token_type.as_str()]
+        .iter()
+        .any(|v| v.len() > super::MAX_VALUE_BYTES);
+    if access_token.is_empty() || oversized {
         return Err(VerifyError::transient(
             provider,
             TOKEN_CALL,
@@ -146,7 +153,7 @@ async fn obtain_once(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
     Ok(Grant {
         tokens: Tokens {
             access_token: Some(access_token),
-            token_type: Some(response.token_type().as_ref().to_owned()),
+            token_type: Some(token_type),
             expires_at: response.expires_in().and_then(|d| {
                 cx.http
                     .now()

@@ -21,15 +21,63 @@ pub(crate) struct Timing {
     pub failure_threshold: u32,
 }
 
+/// A spec duration the controller cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TimingError {
+    /// Not a duration at all.
+    #[error(transparent)]
+    Invalid(#[from] duration::InvalidDuration),
+    /// Outside the bounds the CRD sets.
+    #[error("{field} must be between {min} and {max}")]
+    OutOfRange {
+        field: &'static str,
+        min: String,
+        max: String,
+    },
+}
+
+/// Parses `raw` and holds it to the CRD's bounds for `field`.
+fn bounded(
+    field: &'static str,
+    raw: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, TimingError> {
+    let value = duration::parse(raw)?;
+    if value < min || value > max {
+        return Err(TimingError::OutOfRange {
+            field,
+            min: duration::format(min),
+            max: duration::format(max),
+        });
+    }
+    Ok(value)
+}
+
 impl Timing {
-    /// Parses the spec's durations. The CRD schema already refuses malformed ones; this is
-    /// the second line for objects stored before a schema change.
-    pub fn from_spec(spec: &ConnectorCredentialSpec) -> Result<Self, duration::InvalidDuration> {
+    /// Parses the spec's durations and holds them to the CRD's bounds. The CRD already
+    /// refuses malformed and out-of-range ones; this is the second line for objects stored
+    /// before a schema change (or where the CEL rules do not run): an interval under a second
+    /// made the requeue computation panic and stopped the controller.
+    pub fn from_spec(spec: &ConnectorCredentialSpec) -> Result<Self, TimingError> {
+        const MINUTE: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        let v = &spec.validation;
         Ok(Self {
-            interval: duration::parse(&spec.validation.interval)?,
-            timeout: duration::parse(&spec.validation.timeout)?,
-            refresh_before: duration::parse(&spec.refresh_before)?,
-            expiry_warning: duration::parse(&spec.expiry_warning)?,
+            interval: bounded("validation.interval", &v.interval, MINUTE, 24 * HOUR)?,
+            timeout: bounded(
+                "validation.timeout",
+                &v.timeout,
+                Duration::from_secs(1),
+                5 * MINUTE,
+            )?,
+            refresh_before: bounded(
+                "refreshBefore",
+                &spec.refresh_before,
+                Duration::ZERO,
+                24 * HOUR,
+            )?,
+            expiry_warning: bounded("expiryWarning", &spec.expiry_warning, HOUR, 8760 * HOUR)?,
             failure_threshold: spec.validation.failure_threshold.max(1) as u32,
         })
     }
@@ -781,5 +829,24 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(Timing::from_spec(&spec).unwrap(), timing());
+    }
+
+    #[test]
+    fn timing_holds_the_spec_to_the_crd_bounds() {
+        let spec = |validation: serde_json::Value| -> ConnectorCredentialSpec {
+            serde_json::from_value(serde_json::json!({
+                "provider": "google", "auth": "RefreshToken", "secretRef": {"name": "x"},
+                "validation": validation,
+            }))
+            .unwrap()
+        };
+        let err = Timing::from_spec(&spec(serde_json::json!({"interval": "500ms"}))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "validation.interval must be between 1m and 24h"
+        );
+        assert!(Timing::from_spec(&spec(serde_json::json!({"timeout": "0s"}))).is_err());
+        assert!(Timing::from_spec(&spec(serde_json::json!({"interval": "1d"}))).is_err());
+        assert!(Timing::from_spec(&spec(serde_json::json!({"interval": "1m"}))).is_ok());
     }
 }

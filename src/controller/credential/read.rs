@@ -68,6 +68,15 @@ pub(crate) enum Source {
     Missing,
     /// The Secret lacks a key the auth type needs.
     MissingKey(MissingKey),
+    /// The Secret is another ConnectorCredential's target: the operator writes it, and its
+    /// refresh token is that credential's to spend (a rotating one spent here would cut the
+    /// other credential off). Never read as a source.
+    Managed {
+        /// The Secret.
+        secret: String,
+        /// The ConnectorCredential that owns it.
+        owner: String,
+    },
     /// The Secret holds a complete credential.
     Ready {
         /// The credential.
@@ -99,6 +108,18 @@ pub(crate) async fn source(
     else {
         return Ok(Source::Missing);
     };
+    if let Some(owner) = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == ConnectorCredential::kind(&()))
+    {
+        return Ok(Source::Managed {
+            secret: cred.spec.secret_ref.name.clone(),
+            owner: owner.name.clone(),
+        });
+    }
     let reference = secret.object_ref(&());
     let data: BTreeMap<String, Vec<u8>> = secret
         .data

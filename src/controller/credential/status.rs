@@ -294,6 +294,12 @@ pub(crate) fn render(
             "the source Secret does not exist".to_owned(),
         )),
         Source::MissingKey(k) => Some((reasons::MISSING_KEY, format!("source Secret: {k}"))),
+        Source::Managed { secret, owner } => Some((
+            reasons::MISCONFIGURED,
+            format!(
+                "the source Secret {secret} is the target Secret of ConnectorCredential {owner}, written by the operator; reference the Secret that {owner} reads instead"
+            ),
+        )),
         Source::Ready { .. } => None,
     };
     let transient = fresh

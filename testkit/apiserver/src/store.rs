@@ -972,7 +972,13 @@ impl State {
             )));
         }
         let (key, old) = self.lookup(rt, namespace, name)?;
-        let old = old.clone();
+        // kube-apiserver applies the schema's defaults to what it reads from storage: an
+        // object stored before a default existed (or under another schema) is updated, and
+        // its generation compared, as defaulted.
+        let old = match &rt.schema {
+            Some(schema) => schema.defaulted(old),
+            None => old.clone(),
+        };
         if let Some(rv) = meta(&body, "resourceVersion").filter(|rv| !rv.is_empty())
             && Some(&rv) != meta(&old, "resourceVersion").as_ref()
         {

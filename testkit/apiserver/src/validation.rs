@@ -58,6 +58,11 @@ impl CrdSchema {
         })
     }
 
+    /// `object` with the schema's defaults applied.
+    pub(crate) fn defaulted(&self, object: &Value) -> Value {
+        apply_defaults(&self.raw, object)
+    }
+
     /// Prunes, defaults and validates `object`; `old` is the stored object on updates (for
     /// CEL transition rules). Returns the object as it would be persisted.
     pub(crate) fn admit(
@@ -71,8 +76,15 @@ impl CrdSchema {
         let mut causes = Vec::new();
         check(&self.raw, &object, "", &mut causes);
         // Validation ratcheting (GA since Kubernetes 1.30): errors on values an update left
-        // unchanged are dropped, so when every rule sits in `spec` and the spec is unchanged
-        // (a status write, a label), no rule can fail and none is evaluated.
+        // unchanged are dropped (a status write to an object whose spec an older schema let
+        // in is admitted), so when every rule sits in `spec` and the spec is unchanged (a
+        // status write, a label), no rule can fail and none is evaluated.
+        if let Some(old) = old {
+            causes.retain(|c| {
+                let now = value_at(&object, &c.field);
+                now.is_none() || now != value_at(old, &c.field)
+            });
+        }
         let ratcheted = !self.rules_outside_spec
             && old.is_some_and(|old| old.get("spec") == object.get("spec"));
         if causes.is_empty()

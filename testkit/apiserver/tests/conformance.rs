@@ -1590,6 +1590,137 @@ async fn custom_resource_definitions_can_be_created_through_the_api() {
     cluster.cleanup().await;
 }
 
+/// An object stored under an older, looser schema keeps working under a stricter one:
+/// kube-apiserver defaults what it reads from storage, and validation ratcheting lets an
+/// update keep values the new schema would refuse, so status writes (which never change the
+/// spec) are admitted and keep the generation. Only a change to a refused value is refused.
+/// (The stand-in defaults the stored object for updates only, not on reads.)
+#[tokio::test]
+async fn status_writes_to_an_object_an_older_schema_let_in_are_admitted() {
+    let cluster = test_cluster().await;
+    let suffix = cluster.namespace.replace('-', "");
+    let plural = format!("gadgets{suffix}");
+    let kind = format!("Gadget{suffix}");
+    let group = "test.reconnect.dev";
+    let name = format!("{plural}.{group}");
+    let schema = |spec: Value| {
+        json!({"type": "object", "properties": {
+            "spec": spec,
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+        }})
+    };
+    let crd = |spec: Value| -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"group": group, "scope": "Namespaced",
+                "names": {"plural": plural, "singular": format!("gadget{suffix}"), "kind": kind, "listKind": format!("{kind}List")},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "subresources": {"status": {}}, "schema": {"openAPIV3Schema": schema(spec)}}]},
+        }))
+        .unwrap()
+    };
+    let loose = crd(json!({"type": "object", "properties": {
+        "size": {"type": "integer"}, "unit": {"type": "string"},
+    }}));
+    let strict = crd(json!({"type": "object",
+        "x-kubernetes-validations": [{"rule": "self.size <= 20", "message": "size must be at most 20"}],
+        "properties": {
+            "size": {"type": "integer", "maximum": 10},
+            "unit": {"type": "string", "pattern": "^[a-z]+$"},
+            "mode": {"type": "string", "default": "fast"},
+        },
+    }));
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    crds.create(&PostParams::default(), &loose).await.unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds.clone(), &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("established")
+    .unwrap();
+    let resource = ApiResource {
+        group: group.into(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: kind.clone(),
+        plural: plural.clone(),
+    };
+    let gadgets: Api<DynamicObject> =
+        Api::default_namespaced_with(cluster.client.clone(), &resource);
+    let gadget = |name: &str| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": format!("{group}/v1"), "kind": kind,
+            "metadata": {"name": name}, "spec": {"size": 50, "unit": "Metres"}}))
+        .unwrap()
+    };
+    // A freshly established CRD can take a moment to be served on a real cluster.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match gadgets.create(&PostParams::default(), &gadget("old")).await {
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("gadget created")
+    .unwrap();
+
+    let mut current = crds.get(&name).await.unwrap();
+    current.spec = strict.spec.clone();
+    crds.replace(&name, &PostParams::default(), &current)
+        .await
+        .unwrap();
+    // The stricter schema is in force once a new object like the old one is refused.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match gadgets.create(&PostParams::default(), &gadget("new")).await {
+                Err(kube::Error::Api(s)) if s.code == 422 => break,
+                Ok(_) => {
+                    let _ = gadgets.delete("new", &DeleteParams::default()).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("the stricter schema took effect");
+
+    let written = gadgets
+        .patch_status(
+            "old",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"seen": true}})),
+        )
+        .await
+        .expect("a status write to an object the old schema let in is admitted");
+    assert_eq!(written.data["status"]["seen"], true);
+    assert_eq!(
+        written.metadata.generation,
+        Some(1),
+        "status writes keep the generation"
+    );
+    assert_eq!(written.data["spec"]["size"], 50);
+    assert_eq!(
+        written.data["spec"]["mode"], "fast",
+        "the update sees the new default"
+    );
+    // Changing a refused value is judged by the new schema.
+    let change = gadgets
+        .patch(
+            "old",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 60}})),
+        )
+        .await;
+    assert_eq!(status(change).code, 422);
+    crds.delete(&name, &DeleteParams::default()).await.unwrap();
+    cluster.cleanup().await;
+}
+
 #[tokio::test]
 async fn request_log_shows_no_writes_while_only_reading() {
     let cluster = test_cluster().await;
