@@ -261,6 +261,9 @@ async fn chaos_run_keeps_every_promise_under_api_and_provider_faults() {
     let _ = tokio::time::timeout(Duration::from_secs(30), operator).await;
     let published = world.published().await;
     let (text, json) = (log_text.text(), log_json.text());
+    if let Ok(path) = std::env::var("RECONNECT_CHAOS_LOG") {
+        std::fs::write(&path, &text).expect("write the operator log");
+    }
     let findings = world
         .check(&[
             ("text log", &text),

@@ -3,8 +3,8 @@
 //! Deployments roll after swaps, seeded rotations among good, weak, dead and short-token
 //! material, a recorder of what the cluster showed, and the checker.
 //!
-//! Every secret value the test makes carries the canary `cnry`; the emulators' tokens are
-//! known by value. The checker's independent log is the emulators' own record of what they
+//! Every secret value the test makes carries the canary `cnry` (client ids are identifiers,
+//! not secrets, and carry none); the emulators' tokens are known by value. The checker's independent log is the emulators' own record of what they
 //! served ([`reconnect_emulators::Served`]) and the material the test wrote, with the revision
 //! computed here (not by the operator's code).
 
@@ -268,7 +268,11 @@ impl World {
         let app_secret = format!("cnry{:x}appsecret", self.seed);
         match flavour {
             Flavour::ProcoreClient | Flavour::OAuthClient => {
-                let id = self.canary("id");
+                // A client id is an identifier, not a secret (RFC 6749 §2.2): the operator
+                // names an app-only account by it in status and events, so it carries no
+                // canary.
+                self.serial += 1;
+                let id = format!("client-{:x}-{}", self.seed, self.serial);
                 let secret = self.canary("secret");
                 if kind != Kind::Dead {
                     let account = match (flavour, good) {
@@ -889,15 +893,34 @@ impl World {
             // 2. No refresh token lost: the chain from the active source token ends in the
             // token the target holds, and the provider still takes it.
             if let Some(root) = active.get("refresh_token") {
-                let mut leaf = root.to_owned();
-                while let Some(next) = children.get(&leaf) {
-                    leaf = next.clone();
+                let mut chain = vec![root.to_owned()];
+                while let Some(next) = children.get(chain.last().expect("not empty")) {
+                    chain.push(next.clone());
                 }
+                let leaf = chain.last().expect("not empty").clone();
                 let holds = target_data("refresh_token");
                 if holds.as_deref() != Some(leaf.as_str()) || !valid.contains(&leaf) {
+                    let at = holds
+                        .as_ref()
+                        .and_then(|h| chain.iter().position(|t| t == h));
+                    for (i, token) in chain.iter().enumerate() {
+                        let uses: Vec<_> = served
+                            .iter()
+                            .filter(|s| s.refresh_token.as_deref() == Some(token.as_str()))
+                            .map(|s| (s.at.elapsed().as_millis(), s.status, s.fault))
+                            .collect();
+                        eprintln!("{}: token {i} presented (ms ago, status, fault): {uses:?}", cred.name);
+                    }
+                    if let Some(held) = held {
+                        let mut held: Vec<_> = held.iter().map(|(r, t)| (t.elapsed().as_millis(), r.clone())).collect();
+                        held.sort();
+                        eprintln!("{}: target held (ms ago, revision): {held:?}; history {:?}", cred.name, cred.history.iter().map(|m| (m.kind, m.revision.clone())).collect::<Vec<_>>());
+                    }
                     f.lost_tokens.push(format!(
-                        "{}: chain ends in a token the target {} (provider takes it: {})",
+                        "{} ({:?}): chain of {} tokens, the target holds token {at:?}; its end is a token the target {} (provider takes it: {})",
                         cred.name,
+                        cred.flavour,
+                        chain.len(),
                         if seen.target_tokens.get(&cred.target()).is_some_and(|t| t.contains(&leaf)) {
                             "held once but no longer holds"
                         } else {
@@ -993,12 +1016,20 @@ impl World {
 
         // 5. Leaks: no secret value in what the operator wrote or said.
         let values = self.secret_values();
-        let pattern = regex_lite::Regex::new(r"cnry[0-9a-z]+|(?:at|rt)-[0-9]+-[0-9a-f]{8}")
+        let pattern = regex_lite::Regex::new(r"cnry[0-9a-z]+|(?:at|rt)-[0-9]+-[0-9]+-[0-9a-f]+")
             .expect("static pattern");
         for (what, text) in texts {
             for m in pattern.find_iter(text) {
                 if values.contains(m.as_str()) {
-                    f.leaks.push(format!("{what}: {}", m.as_str()));
+                    let context = |at: usize| {
+                        let mut at = at.min(text.len());
+                        while !text.is_char_boundary(at) {
+                            at -= 1;
+                        }
+                        at
+                    };
+                    let around = &text[context(m.start().saturating_sub(100))..context(m.end() + 40)];
+                    f.leaks.push(format!("{what}: {} in …{around}…", m.as_str()));
                 }
             }
         }

@@ -212,11 +212,13 @@ impl State {
         }
     }
 
-    /// A fresh opaque token value.
+    /// A fresh opaque token value, unique across the emulators of a test process (the port
+    /// is part of it), so a checker can tell whose token it holds.
     pub fn mint(&mut self, prefix: &str) -> String {
         self.serial += 1;
+        let port = self.base_url.rsplit(':').next().unwrap_or_default();
         format!(
-            "{prefix}-{}-{:08x}",
+            "{prefix}-{port}-{}-{:08x}",
             self.serial,
             self.serial.wrapping_mul(0x9e37_79b9)
         )
