@@ -151,6 +151,9 @@ pub struct Cred {
     pub flavour: Flavour,
     /// Every material written to the source Secret, oldest first.
     pub history: Vec<Material>,
+    /// Never rotated: short-token material from the start, so its access tokens are
+    /// refreshed (and refresh tokens rotated) while the others rotate.
+    pub steady: bool,
 }
 
 impl Cred {
@@ -163,7 +166,9 @@ impl Cred {
     }
 
     pub fn latest(&self) -> &Material {
-        self.history.last().expect("every credential starts with material")
+        self.history
+            .last()
+            .expect("every credential starts with material")
     }
 
     fn by_revision(&self, revision: &str) -> Option<&Material> {
@@ -215,14 +220,21 @@ impl World {
     /// Emulators with a good and a weak account each, and the refresh-token apps.
     pub async fn new(cluster: TestCluster, seed: u64) -> Self {
         let procore = ProcoreEmulator::start().await;
-        procore.add_account(Account::new("100", "svc-good@acme.test").with_permissions(PROCORE_PERMS));
-        procore.add_account(Account::new("200", "svc-weak@acme.test").with_permissions(["company:1234"]));
+        procore
+            .add_account(Account::new("100", "svc-good@acme.test").with_permissions(PROCORE_PERMS));
+        procore.add_account(
+            Account::new("200", "svc-weak@acme.test").with_permissions(["company:1234"]),
+        );
         let oauth = OAuth2Emulator::start().await;
         oauth.add_account(Account::new("good", "good").with_scopes(OAUTH_SCOPES));
         oauth.add_account(Account::new("weak", "weak").with_scopes(["read"]));
         let safety = SafetyCultureEmulator::start().await;
-        safety.add_account(Account::new("user_good", "good@acme.test").with_permissions(SAFETY_PERMS));
-        safety.add_account(Account::new("user_weak", "weak@acme.test").with_permissions(["organisation:role_2"]));
+        safety.add_account(
+            Account::new("user_good", "good@acme.test").with_permissions(SAFETY_PERMS),
+        );
+        safety.add_account(
+            Account::new("user_weak", "weak@acme.test").with_permissions(["organisation:role_2"]),
+        );
         let app_secret = format!("cnry{seed:x}appsecret");
         procore.add_client("app", &app_secret, None);
         procore.add_client("app-short", &app_secret, None);
@@ -296,7 +308,11 @@ impl World {
                 Material::new(kind, vec![("client_id", id), ("client_secret", secret)])
             }
             Flavour::ProcoreRefresh | Flavour::OAuthRefresh => {
-                let app = if kind == Kind::Short { "app-short" } else { "app" };
+                let app = if kind == Kind::Short {
+                    "app-short"
+                } else {
+                    "app"
+                };
                 let token = self.canary("rt");
                 let account = match (flavour, good) {
                     (Flavour::ProcoreRefresh, true) => "100",
@@ -333,11 +349,41 @@ impl World {
 
     fn spec(&self, cred: &Cred) -> serde_json::Value {
         let (provider, auth, endpoint, required, params) = match cred.flavour {
-            Flavour::ProcoreClient => ("procore", "ClientCredentials", self.procore.base_url(), &PROCORE_PERMS[..], json!({"companyId": "1234"})),
-            Flavour::ProcoreRefresh => ("procore", "RefreshToken", self.procore.base_url(), &PROCORE_PERMS[..], json!({"companyId": "1234"})),
-            Flavour::OAuthClient => ("oauth2", "ClientCredentials", self.oauth.base_url(), &OAUTH_SCOPES[..], json!({})),
-            Flavour::OAuthRefresh => ("oauth2", "RefreshToken", self.oauth.base_url(), &OAUTH_SCOPES[..], json!({})),
-            Flavour::SafetyCultureKey => ("safetyculture", "ApiKey", self.safety.base_url(), &SAFETY_PERMS[..], json!({})),
+            Flavour::ProcoreClient => (
+                "procore",
+                "ClientCredentials",
+                self.procore.base_url(),
+                &PROCORE_PERMS[..],
+                json!({"companyId": "1234"}),
+            ),
+            Flavour::ProcoreRefresh => (
+                "procore",
+                "RefreshToken",
+                self.procore.base_url(),
+                &PROCORE_PERMS[..],
+                json!({"companyId": "1234"}),
+            ),
+            Flavour::OAuthClient => (
+                "oauth2",
+                "ClientCredentials",
+                self.oauth.base_url(),
+                &OAUTH_SCOPES[..],
+                json!({}),
+            ),
+            Flavour::OAuthRefresh => (
+                "oauth2",
+                "RefreshToken",
+                self.oauth.base_url(),
+                &OAUTH_SCOPES[..],
+                json!({}),
+            ),
+            Flavour::SafetyCultureKey => (
+                "safetyculture",
+                "ApiKey",
+                self.safety.base_url(),
+                &SAFETY_PERMS[..],
+                json!({}),
+            ),
         };
         json!({
             "provider": provider,
@@ -406,11 +452,14 @@ impl World {
     pub async fn populate(&mut self, n: usize) {
         for i in 0..n {
             let flavour = FLAVOURS[i % FLAVOURS.len()];
-            let material = self.mint(flavour, Kind::Good);
+            let steady = i % 7 == 3;
+            let kind = if steady { Kind::Short } else { Kind::Good };
+            let material = self.mint(flavour, kind);
             let cred = Cred {
                 name: format!("c{i}"),
                 flavour,
                 history: vec![material],
+                steady,
             };
             self.write_source(&cred.source(), cred.latest()).await;
             let obj = json!({
@@ -418,7 +467,11 @@ impl World {
                 "metadata": {"name": cred.name}, "spec": self.spec(&cred),
             });
             self.creds_api()
-                .patch(&cred.name, &PatchParams::apply("chaos-test").force(), &Patch::Apply(&obj))
+                .patch(
+                    &cred.name,
+                    &PatchParams::apply("chaos-test").force(),
+                    &Patch::Apply(&obj),
+                )
                 .await
                 .expect("apply credential");
             self.creds.push(cred);
@@ -457,20 +510,25 @@ impl World {
                 },
             });
             self.integrations_api()
-                .patch(&integ.name, &PatchParams::apply("chaos-test").force(), &Patch::Apply(&obj))
+                .patch(
+                    &integ.name,
+                    &PatchParams::apply("chaos-test").force(),
+                    &Patch::Apply(&obj),
+                )
                 .await
                 .expect("apply Integration");
             self.integrations.push(integ);
         }
     }
 
-    /// Rotates `count` credentials (distinct) to fresh material of seeded kinds: good 40%,
+    /// Rotates `count` credentials (distinct, not steady) to fresh material of seeded kinds: good 40%,
     /// weak 20%, dead 20%, short-token 20%. Returns the kinds.
     pub async fn rotate(&mut self, count: usize) -> Vec<Kind> {
         let n = self.creds.len();
+        let rotating: Vec<usize> = (0..n).filter(|i| !self.creds[*i].steady).collect();
         let mut chosen = BTreeSet::new();
-        while chosen.len() < count.min(n) {
-            chosen.insert(self.rng.below(n as u64) as usize);
+        while chosen.len() < count.min(rotating.len()) {
+            chosen.insert(rotating[self.rng.below(rotating.len() as u64) as usize]);
         }
         let mut kinds = Vec::new();
         for i in chosen {
@@ -496,7 +554,9 @@ impl World {
             per_mille,
             faults: vec![
                 Fault::Hang,
-                Fault::RateLimited { retry_after_secs: 1 },
+                Fault::RateLimited {
+                    retry_after_secs: 1,
+                },
                 Fault::Status(500),
                 Fault::Status(503),
                 Fault::DropConnection,
@@ -550,7 +610,11 @@ impl World {
             task.abort();
             let _ = task.await;
         }
-        let secrets = self.secrets().list(&ListParams::default()).await.expect("list Secrets");
+        let secrets = self
+            .secrets()
+            .list(&ListParams::default())
+            .await
+            .expect("list Secrets");
         let deployments = self
             .deployments()
             .list(&ListParams::default())
@@ -568,10 +632,12 @@ impl World {
     /// Waits until every credential settled on its latest material (swapped in when it
     /// passes, rejected when not) and every Integration recorded its credentials' revisions;
     /// returns the names still unsettled when the wait ends.
-    pub async fn converge(&self, within: Duration) -> Vec<String> {
+    /// `crashes`: a refresh-token rotation whose token a killed validation spent may settle
+    /// as rejected (spent) instead of active; the checker then requires the kill.
+    pub async fn converge(&self, within: Duration, crashes: bool) -> Vec<String> {
         let deadline = Instant::now() + within;
         loop {
-            let unsettled = self.unsettled().await;
+            let unsettled = self.unsettled(crashes).await;
             if unsettled.is_empty() || Instant::now() > deadline {
                 return unsettled;
             }
@@ -579,7 +645,7 @@ impl World {
         }
     }
 
-    async fn unsettled(&self) -> Vec<String> {
+    async fn unsettled(&self, crashes: bool) -> Vec<String> {
         let (Ok(creds), Ok(integrations), Ok(secrets)) = (
             self.creds_api().list(&ListParams::default()).await,
             self.integrations_api().list(&ListParams::default()).await,
@@ -608,8 +674,17 @@ impl World {
                 .and_then(|a| a.get("reconnect.dev/revision"))
                 .cloned();
             let active_rev = status.and_then(|s| s.active_revision.clone());
+            let spent_by_crash = crashes
+                && latest.get("refresh_token").is_some()
+                && status
+                    .and_then(|s| s.rejected.as_ref())
+                    .is_some_and(|r| r.revision == latest.revision)
+                && active_rev.is_some()
+                && active_rev == held;
             let settled = if latest.kind.passes() {
-                active_rev.as_deref() == Some(&latest.revision) && held.as_deref() == Some(&latest.revision)
+                (active_rev.as_deref() == Some(&latest.revision)
+                    && held.as_deref() == Some(&latest.revision))
+                    || spent_by_crash
             } else {
                 status
                     .and_then(|s| s.rejected.as_ref())
@@ -683,8 +758,16 @@ impl World {
             .list(&ListParams::default())
             .await
             .expect("list events");
-        let creds = self.creds_api().list(&ListParams::default()).await.expect("list");
-        let integrations = self.integrations_api().list(&ListParams::default()).await.expect("list");
+        let creds = self
+            .creds_api()
+            .list(&ListParams::default())
+            .await
+            .expect("list");
+        let integrations = self
+            .integrations_api()
+            .list(&ListParams::default())
+            .await
+            .expect("list");
         let statuses: Vec<_> = creds.items.iter().map(|c| json!(c.status)).collect();
         let istatuses: Vec<_> = integrations.items.iter().map(|i| json!(i.status)).collect();
         format!(
@@ -764,6 +847,14 @@ where
     }
 }
 
+/// One SIGKILL of the operator: just before the signal, and once the process was reaped.
+/// A provider request stamped between the two may come from either life.
+#[derive(Clone, Copy, Debug)]
+pub struct Kill {
+    pub sent: Instant,
+    pub dead: Instant,
+}
+
 /// What the checker found.
 #[derive(Debug, Default)]
 pub struct Findings {
@@ -775,11 +866,25 @@ pub struct Findings {
     pub bad_rolls: Vec<String>,
     pub leaks: Vec<String>,
     pub rolls: usize,
+    /// Successful token grants that presented a refresh token the provider minted (refreshes
+    /// and re-presented rotated tokens), and grants/probes of short-token client credentials
+    /// beyond their first.
+    pub refreshes: usize,
+    /// Revisions validated more than once, each time with a kill in between.
+    pub validated_again_after_kill: usize,
+    /// Refresh-token chains a kill cut inside the provider's rotation window: the provider
+    /// had rotated the token (the old one is spent) and the process died before the target
+    /// write; with the longest time from that grant to the kill.
+    pub cut_by_kill: usize,
+    pub cut_by_kill_max_gap: Duration,
 }
 
 impl World {
     /// The checker: run after convergence, with the recorder stopped.
-    pub async fn check(&self, texts: &[(&str, &str)]) -> Findings {
+    /// `kills`: when the operator was SIGKILLed (crash runs), so that a revision validated
+    /// twice can be told apart: allowed only with a kill between the two validations (nothing
+    /// was persisted yet), never without one.
+    pub async fn check(&self, texts: &[(&str, &str)], kills: Option<&[Kill]>) -> Findings {
         let mut f = Findings::default();
         let secrets: HashMap<String, Secret> = self
             .secrets()
@@ -852,7 +957,8 @@ impl World {
             // that passes and that its provider accepted.
             for revision in held.into_iter().flat_map(|h| h.keys()) {
                 let Some(m) = cred.by_revision(revision) else {
-                    f.unvalidated.push(format!("{}: unknown revision {revision}", cred.name));
+                    f.unvalidated
+                        .push(format!("{}: unknown revision {revision}", cred.name));
                     continue;
                 };
                 let presented = m
@@ -881,13 +987,17 @@ impl World {
                 .and_then(|c| c.status.as_ref())
                 .and_then(|s| s.active_revision.clone());
             let Some(active) = active.and_then(|r| cred.by_revision(&r).cloned()) else {
-                f.unvalidated.push(format!("{}: no known active revision", cred.name));
+                f.unvalidated
+                    .push(format!("{}: no known active revision", cred.name));
                 continue;
             };
             // The target's material is the active revision's.
             for key in ["client_id", "client_secret", "api_key"] {
                 if active.get(key).map(str::to_owned) != target_data(key) {
-                    f.unvalidated.push(format!("{}: target {key} is not the active material's", cred.name));
+                    f.unvalidated.push(format!(
+                        "{}: target {key} is not the active material's",
+                        cred.name
+                    ));
                 }
             }
             // 2. No refresh token lost: the chain from the active source token ends in the
@@ -899,7 +1009,33 @@ impl World {
                 }
                 let leaf = chain.last().expect("not empty").clone();
                 let holds = target_data("refresh_token");
-                if holds.as_deref() != Some(leaf.as_str()) || !valid.contains(&leaf) {
+                // The grant that minted the leaf, and the first kill after it.
+                let minted_at = chain.len().checked_sub(2).and_then(|parent| {
+                    served
+                        .iter()
+                        .filter(|s| {
+                            s.status == Some(200)
+                                && s.refresh_token.as_deref() == Some(chain[parent].as_str())
+                        })
+                        .map(|s| s.at)
+                        .min()
+                });
+                let cut = kills.and_then(|kills| {
+                    let minted_at = minted_at?;
+                    kills
+                        .iter()
+                        .filter(|k| k.dead > minted_at)
+                        .map(|k| k.sent.saturating_duration_since(minted_at))
+                        .min()
+                });
+                let never_held = !seen
+                    .target_tokens
+                    .get(&cred.target())
+                    .is_some_and(|t| t.contains(&leaf));
+                if let (Some(gap), true) = (cut, never_held) {
+                    f.cut_by_kill += 1;
+                    f.cut_by_kill_max_gap = f.cut_by_kill_max_gap.max(gap);
+                } else if holds.as_deref() != Some(leaf.as_str()) || !valid.contains(&leaf) {
                     let at = holds
                         .as_ref()
                         .and_then(|h| chain.iter().position(|t| t == h));
@@ -909,12 +1045,25 @@ impl World {
                             .filter(|s| s.refresh_token.as_deref() == Some(token.as_str()))
                             .map(|s| (s.at.elapsed().as_millis(), s.status, s.fault))
                             .collect();
-                        eprintln!("{}: token {i} presented (ms ago, status, fault): {uses:?}", cred.name);
+                        eprintln!(
+                            "{}: token {i} presented (ms ago, status, fault): {uses:?}",
+                            cred.name
+                        );
                     }
                     if let Some(held) = held {
-                        let mut held: Vec<_> = held.iter().map(|(r, t)| (t.elapsed().as_millis(), r.clone())).collect();
+                        let mut held: Vec<_> = held
+                            .iter()
+                            .map(|(r, t)| (t.elapsed().as_millis(), r.clone()))
+                            .collect();
                         held.sort();
-                        eprintln!("{}: target held (ms ago, revision): {held:?}; history {:?}", cred.name, cred.history.iter().map(|m| (m.kind, m.revision.clone())).collect::<Vec<_>>());
+                        eprintln!(
+                            "{}: target held (ms ago, revision): {held:?}; history {:?}",
+                            cred.name,
+                            cred.history
+                                .iter()
+                                .map(|m| (m.kind, m.revision.clone()))
+                                .collect::<Vec<_>>()
+                        );
                     }
                     f.lost_tokens.push(format!(
                         "{} ({:?}): chain of {} tokens, the target holds token {at:?}; its end is a token the target {} (provider takes it: {})",
@@ -928,6 +1077,80 @@ impl World {
                         },
                         valid.contains(&leaf)
                     ));
+                }
+            }
+            // 2b. A good refresh-token rotation rejected (its token spent when presented, or
+            // spent again by the provider on the way): only a kill between its grant and the
+            // target write may cause that.
+            let latest = cred.latest();
+            let rejected = creds
+                .get(&cred.name)
+                .and_then(|c| c.status.as_ref())
+                .and_then(|s| s.rejected.as_ref())
+                .is_some_and(|r| r.revision == latest.revision);
+            if latest.kind.passes() && rejected {
+                let granted = latest.get("refresh_token").and_then(|root| {
+                    served
+                        .iter()
+                        .filter(|s| {
+                            s.status == Some(200) && s.refresh_token.as_deref() == Some(root)
+                        })
+                        .map(|s| s.at)
+                        .min()
+                });
+                let cut = kills.zip(granted).and_then(|(kills, granted)| {
+                    kills
+                        .iter()
+                        .filter(|k| k.dead > granted)
+                        .map(|k| k.sent.saturating_duration_since(granted))
+                        .min()
+                });
+                let held_once = held.is_some_and(|h| h.contains_key(&latest.revision));
+                match cut {
+                    Some(gap) if !held_once => {
+                        f.cut_by_kill += 1;
+                        f.cut_by_kill_max_gap = f.cut_by_kill_max_gap.max(gap);
+                    }
+                    _ => f.lost_tokens.push(format!(
+                        "{}: good revision {} rejected (its token granted: {}, a kill after: {}, held once: {held_once})",
+                        cred.name,
+                        latest.revision,
+                        granted.is_some(),
+                        cut.is_some()
+                    )),
+                }
+            }
+            // 3b. In a crash run, a second validation needs a kill before it.
+            for m in &cred.history {
+                let short_client = m.kind == Kind::Short && m.get("refresh_token").is_none();
+                let presented = m
+                    .get("refresh_token")
+                    .or(m.get("api_key"))
+                    .or(m.get("client_id"))
+                    .unwrap_or_default();
+                let mut times = accepted.get(presented).cloned().unwrap_or_default();
+                times.sort();
+                if short_client {
+                    f.refreshes += times.len().saturating_sub(1);
+                    continue;
+                }
+                let Some(kills) = kills else { continue };
+                if times.len() > 1 {
+                    let unexplained = times
+                        .windows(2)
+                        .filter(|w| !kills.iter().any(|k| w[0] < k.dead && k.sent < w[1]))
+                        .count();
+                    if unexplained > 0 {
+                        f.revalidated.push(format!(
+                            "{}: {:?} revision {} validated {} times, {unexplained} of them with no kill since the one before",
+                            cred.name,
+                            cred.flavour,
+                            m.revision,
+                            times.len()
+                        ));
+                    } else {
+                        f.validated_again_after_kill += 1;
+                    }
                 }
             }
             // 3. Nothing validated again once the target held it (crash or not). Short-token
@@ -960,14 +1183,31 @@ impl World {
             }
         }
 
+        f.refreshes += served
+            .iter()
+            .filter(|s| {
+                s.status == Some(200)
+                    && s.refresh_token
+                        .as_deref()
+                        .is_some_and(|t| t.starts_with("rt-"))
+            })
+            .count();
+
         // 4. Rolls: once per swap window.
         for integ in &self.integrations {
-            let rolls = seen.rolls.get(&integ.deployment).cloned().unwrap_or_default();
+            let rolls = seen
+                .rolls
+                .get(&integ.deployment)
+                .cloned()
+                .unwrap_or_default();
             f.rolls += rolls.len();
             let mut revisions_seen = BTreeSet::new();
             for (_, revisions) in &rolls {
                 if !revisions_seen.insert(revisions.clone()) {
-                    f.bad_rolls.push(format!("{}: rolled twice for {revisions}", integ.deployment));
+                    f.bad_rolls.push(format!(
+                        "{}: rolled twice for {revisions}",
+                        integ.deployment
+                    ));
                 }
             }
             let current: BTreeMap<String, String> = integ
@@ -989,11 +1229,17 @@ impl World {
                 .iter()
                 .map(|(_, i)| {
                     let cred = &self.creds[*i];
-                    seen.target_held.get(&cred.target()).map_or(0, |h| h.len().saturating_sub(1))
+                    seen.target_held
+                        .get(&cred.target())
+                        .map_or(0, |h| h.len().saturating_sub(1))
                 })
                 .sum();
             if rolls.len() > swaps {
-                f.bad_rolls.push(format!("{}: {} rolls for {swaps} swaps", integ.deployment, rolls.len()));
+                f.bad_rolls.push(format!(
+                    "{}: {} rolls for {swaps} swaps",
+                    integ.deployment,
+                    rolls.len()
+                ));
             }
             if current != initial {
                 let last: BTreeMap<String, String> = rolls
@@ -1028,8 +1274,10 @@ impl World {
                         }
                         at
                     };
-                    let around = &text[context(m.start().saturating_sub(100))..context(m.end() + 40)];
-                    f.leaks.push(format!("{what}: {} in …{around}…", m.as_str()));
+                    let around =
+                        &text[context(m.start().saturating_sub(100))..context(m.end() + 40)];
+                    f.leaks
+                        .push(format!("{what}: {} in …{around}…", m.as_str()));
                 }
             }
         }

@@ -225,7 +225,9 @@ async fn reconcile_credential(
         key,
         timing,
         now,
-        unwritten: unwritten.as_ref().map(|(revision, token)| (revision.as_str(), token)),
+        unwritten: unwritten
+            .as_ref()
+            .map(|(revision, token)| (revision.as_str(), token)),
     };
     // A new or changed credential is validated ahead of routine upkeep at the provider too.
     let priority = match plan.step {

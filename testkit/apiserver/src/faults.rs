@@ -132,9 +132,10 @@ impl RequestMatch {
         } = *request;
         self.method.as_ref().is_none_or(|m| m == method)
             && self.verb.is_none_or(|v| v == verb)
-            && self.user_agent.as_deref().is_none_or(|needle| {
-                user_agent.is_some_and(|agent| agent.contains(needle))
-            })
+            && self
+                .user_agent
+                .as_deref()
+                .is_none_or(|needle| user_agent.is_some_and(|agent| agent.contains(needle)))
             && match &self.path {
                 PathPattern::Any => true,
                 PathPattern::Contains(needle) => path.contains(needle.as_str()),
@@ -207,10 +208,7 @@ impl ChaosState {
         if !self.plan.matcher.matches(request) {
             return None;
         }
-        let (path, query) = request
-            .path
-            .split_once('?')
-            .unwrap_or((request.path, ""));
+        let (path, query) = request.path.split_once('?').unwrap_or((request.path, ""));
         let key = format!("{:?} {path}", request.verb);
         let seen = self.seen.entry(key.clone()).or_default();
         let nth = *seen;

@@ -236,7 +236,10 @@ impl ChaosState {
         }
         let fingerprint = [
             request.path.as_bytes(),
-            request.header("authorization").unwrap_or_default().as_bytes(),
+            request
+                .header("authorization")
+                .unwrap_or_default()
+                .as_bytes(),
             &request.body,
         ]
         .iter()
@@ -488,7 +491,9 @@ async fn serve<F: Flavor>(
         })
     };
     let fault = fault.or_else(|| lock(&inner.chaos).as_mut()?.decide(&request));
-    record.fault = fault.as_ref().is_some_and(|f| !matches!(f, Fault::Latency(_)));
+    record.fault = fault
+        .as_ref()
+        .is_some_and(|f| !matches!(f, Fault::Latency(_)));
     let response = match fault {
         Some(Fault::Latency(delay)) => {
             tokio::time::sleep(delay).await;
