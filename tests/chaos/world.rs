@@ -58,7 +58,7 @@ pub fn env_or(name: &str, default: u64) -> u64 {
 
 /// The seed: `RECONNECT_CHAOS_SEED`, else a fixed one (CI is deterministic by default).
 pub fn seed() -> u64 {
-    env_or("RECONNECT_CHAOS_SEED", 0x5eed_c4a0_5)
+    env_or("RECONNECT_CHAOS_SEED", 0x0005_eedc_4a05)
 }
 
 /// How long the runs wait for convergence before calling a credential stuck.
@@ -635,11 +635,17 @@ impl World {
     /// `crashes`: a refresh-token rotation whose token a killed validation spent may settle
     /// as rejected (spent) instead of active; the checker then requires the kill.
     pub async fn converge(&self, within: Duration, crashes: bool) -> Vec<String> {
-        let deadline = Instant::now() + within;
+        let start = Instant::now();
+        let deadline = start + within;
+        let mut reported = false;
         loop {
             let unsettled = self.unsettled(crashes).await;
             if unsettled.is_empty() || Instant::now() > deadline {
                 return unsettled;
+            }
+            if !reported && start.elapsed() > Duration::from_secs(10) {
+                reported = true;
+                eprintln!("still unsettled after 10 s: {unsettled:#?}");
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

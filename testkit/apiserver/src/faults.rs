@@ -228,7 +228,7 @@ impl ChaosState {
                 Injected::Refuse(pick(&[429, 500, 504]))
             }
             _ => match pick(&[409, 429, 500, 504, 504]) {
-                504 if (roll >> 40) % 2 == 0 => Injected::AfterServing(504),
+                504 if (roll >> 40).is_multiple_of(2) => Injected::AfterServing(504),
                 code => Injected::Refuse(code),
             },
         };
