@@ -13,7 +13,8 @@
 //!   rotations and refreshes and started again, on both backends.
 //!
 //! Sizes: `RECONNECT_CHAOS_N` credentials (50), `RECONNECT_CHAOS_R` rotations (300),
-//! `RECONNECT_CHAOS_KILLS` (50), seed `RECONNECT_CHAOS_SEED` (printed on failure).
+//! `RECONNECT_CHAOS_KILLS` (50), seed `RECONNECT_CHAOS_SEED` (printed on failure), and
+//! `RECONNECT_CHAOS_CONVERGE` seconds to wait for convergence (90).
 
 #[path = "chaos/world.rs"]
 mod world;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use reconnect_apiserver::{Chaos, RequestMatch, test_cluster};
 use reconnect_operator::operator::{Options, run_on};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use world::{CONVERGE, Findings, Kill, Rng, World, env_or, seed};
+use world::{Findings, Kill, Rng, World, env_or, seed};
 
 /// The User-Agent of the in-process operator's client: the API fault plan matches it, so
 /// the test's own requests are never faulted.
@@ -232,7 +233,7 @@ async fn chaos_run_keeps_every_promise_under_api_and_provider_faults() {
     let mut world = World::new(cluster, seed).await;
     let started = Instant::now();
     world.populate(n).await;
-    let unsettled = world.converge(CONVERGE, false).await;
+    let unsettled = world.converge(world::converge_within(), false).await;
     assert!(unsettled.is_empty(), "setup did not settle: {unsettled:#?}");
     let setup = started.elapsed();
     let setup_done = Instant::now();
@@ -293,7 +294,7 @@ async fn chaos_run_keeps_every_promise_under_api_and_provider_faults() {
     let provider_faults = world.provider_faults();
     world.provider_chaos(None);
     let calm = Instant::now();
-    let unsettled = world.converge(CONVERGE, false).await;
+    let unsettled = world.converge(world::converge_within(), false).await;
     let converged = calm.elapsed();
     world.stop_recording().await;
 
@@ -421,7 +422,7 @@ async fn crash_anywhere_keeps_every_promise_across_sigkills() {
     let mut life = spawn_operator(&path, &namespace, &free_port(), true, rollouts);
     let started = Instant::now();
     world.populate(n).await;
-    let unsettled = world.converge(CONVERGE, false).await;
+    let unsettled = world.converge(world::converge_within(), false).await;
     assert!(unsettled.is_empty(), "setup did not settle: {unsettled:#?}");
     let setup = started.elapsed();
     world.record();
@@ -453,7 +454,7 @@ async fn crash_anywhere_keeps_every_promise_across_sigkills() {
     }
     let crash_time = crashing.elapsed();
     let calm = Instant::now();
-    let unsettled = world.converge(CONVERGE, true).await;
+    let unsettled = world.converge(world::converge_within(), true).await;
     let converged = calm.elapsed();
     world.stop_recording().await;
     // The last life's metrics, then its log.

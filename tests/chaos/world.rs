@@ -61,8 +61,11 @@ pub fn seed() -> u64 {
     env_or("RECONNECT_CHAOS_SEED", 0x0005_eedc_4a05)
 }
 
-/// How long the runs wait for convergence before calling a credential stuck.
-pub const CONVERGE: Duration = Duration::from_secs(90);
+/// How long the runs wait for convergence before calling a credential stuck:
+/// `RECONNECT_CHAOS_CONVERGE` seconds (90; larger runs need more).
+pub fn converge_within() -> Duration {
+    Duration::from_secs(env_or("RECONNECT_CHAOS_CONVERGE", 90))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
