@@ -142,9 +142,10 @@ fn print_figures(test: &str, seed: u64, lines: &[(&str, String)], findings: &Fin
         out.push_str(&format!("  {what}: {value}\n"));
     }
     out.push_str(&format!(
-        "  validated swaps: {}\n  rejected rotations: {}\n  refreshes: {}\n  revisions validated again after a kill: {}\n  refresh-token chains a kill cut in the provider's rotation window: {} (longest grant-to-kill gap {:?})\n  workload rolls: {}\n  unvalidated swaps: {}\n  lost refresh tokens: {}\n  validated again after a swap: {}\n  bad rolls: {}\n  leaks: {}\n",
+        "  validated swaps: {}\n  rejected rotations: {}\n  rotations overwritten before the operator saw them: {}\n  refreshes: {}\n  revisions validated again after a kill: {}\n  refresh-token chains a kill cut in the provider's rotation window: {} (longest grant-to-kill gap {:?})\n  workload rolls: {}\n  unvalidated swaps: {}\n  lost refresh tokens: {}\n  validated again after a swap: {}\n  bad rolls: {}\n  leaks: {}\n",
         findings.validated_swaps,
         findings.rejected_rotations,
+        findings.overwritten_unseen,
         findings.refreshes,
         findings.validated_again_after_kill,
         findings.cut_by_kill,

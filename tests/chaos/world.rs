@@ -868,7 +868,10 @@ pub struct Kill {
 #[derive(Debug, Default)]
 pub struct Findings {
     pub validated_swaps: usize,
+    /// Weak and dead material the provider was asked about (and that was not swapped in).
     pub rejected_rotations: usize,
+    /// Rotations replaced in the source before the operator asked the provider about them.
+    pub overwritten_unseen: usize,
     pub unvalidated: Vec<String>,
     pub lost_tokens: Vec<String>,
     pub revalidated: Vec<String>,
@@ -918,10 +921,8 @@ impl World {
 
         // Successful presentations of each material at its provider, with times.
         let mut accepted: HashMap<String, Vec<Instant>> = HashMap::new();
+        let mut presented_at_all: BTreeSet<String> = BTreeSet::new();
         for s in &served {
-            if s.status != Some(200) {
-                continue;
-            }
             let key = if s.path.ends_with("token") && s.refresh_token.is_some() {
                 s.refresh_token.clone()
             } else if s.path.ends_with("token") {
@@ -929,7 +930,11 @@ impl World {
             } else {
                 s.bearer.clone()
             };
-            if let Some(key) = key {
+            let Some(key) = key else { continue };
+            if s.status.is_some() && !s.fault {
+                presented_at_all.insert(key.clone());
+            }
+            if s.status == Some(200) {
                 accepted.entry(key).or_default().push(s.at);
             }
         }
@@ -958,7 +963,14 @@ impl World {
                 if i > 0 && was_held {
                     f.validated_swaps += 1;
                 }
-                if !m.kind.passes() {
+                let presented = m
+                    .get("refresh_token")
+                    .or(m.get("api_key"))
+                    .or(m.get("client_id"))
+                    .unwrap_or_default();
+                if !presented_at_all.contains(presented) {
+                    f.overwritten_unseen += usize::from(i > 0);
+                } else if !m.kind.passes() {
                     f.rejected_rotations += 1;
                 }
             }
