@@ -65,17 +65,6 @@ async fn operator_client(path: &std::path::Path, namespace: &str) -> kube::Clien
     kube::Client::try_from(config).expect("client")
 }
 
-/// Rollouts in flight at once: the default on a real cluster, whose Deployment controller
-/// reports rollouts complete; unbounded on the stand-in, which has no such controller (a
-/// rollout would hold its slot for the whole hold time).
-fn rollout_limit(standin: bool) -> usize {
-    if standin {
-        0
-    } else {
-        reconnect_operator::controller::integration::DEFAULT_MAX_CONCURRENT_ROLLOUTS
-    }
-}
-
 /// A shared in-memory log sink.
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -220,8 +209,9 @@ async fn chaos_run_keeps_every_promise_under_api_and_provider_faults() {
         lease_duration: Duration::from_secs(15),
         restart_debounce: Duration::from_secs(1),
         max_concurrent_reconciles: reconnect_operator::controller::DEFAULT_CONCURRENCY,
-        max_concurrent_rollouts: rollout_limit(standin.is_some()),
-        rollout_hold: Duration::from_secs(600),
+        max_concurrent_rollouts:
+            reconnect_operator::controller::integration::DEFAULT_MAX_CONCURRENT_ROLLOUTS,
+        rollout_hold: reconnect_operator::controller::integration::DEFAULT_ROLLOUT_HOLD,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(async move {
@@ -360,7 +350,6 @@ fn spawn_operator(
     namespace: &str,
     metrics: &str,
     json: bool,
-    rollouts: usize,
 ) -> Life {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reconnect-operator"))
         .args([
@@ -371,8 +360,6 @@ fn spawn_operator(
             metrics,
             "--restart-debounce",
             "1s",
-            "--max-concurrent-rollouts",
-            &rollouts.to_string(),
             "--log-format",
             if json { "json" } else { "text" },
         ])
@@ -417,10 +404,9 @@ async fn crash_anywhere_keeps_every_promise_across_sigkills() {
     let cluster = test_cluster().await;
     let (path, _served) = kubeconfig(&cluster).await;
     let namespace = cluster.namespace.clone();
-    let rollouts = rollout_limit(cluster.standin.is_some());
     let mut world = World::new(cluster, seed).await;
     let mut logs = Vec::new();
-    let mut life = spawn_operator(&path, &namespace, &free_port(), true, rollouts);
+    let mut life = spawn_operator(&path, &namespace, &free_port(), true);
     let started = Instant::now();
     world.populate(n).await;
     let unsettled = world.converge(world::converge_within(), false).await;
@@ -448,7 +434,7 @@ async fn crash_anywhere_keeps_every_promise_across_sigkills() {
         let (kill, log) = life.kill();
         kill_times.push(kill);
         logs.push(log);
-        life = spawn_operator(&path, &namespace, &free_port(), k % 2 == 1, rollouts);
+        life = spawn_operator(&path, &namespace, &free_port(), k % 2 == 1);
     }
     if rotated < r {
         world.rotate(r - rotated).await;
@@ -463,7 +449,7 @@ async fn crash_anywhere_keeps_every_promise_across_sigkills() {
     let (kill, log) = life.kill();
     kill_times.push(kill);
     logs.push(log);
-    let last = spawn_operator(&path, &namespace, &port, false, rollouts);
+    let last = spawn_operator(&path, &namespace, &port, false);
     let addr: std::net::SocketAddr = port.parse().expect("addr");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut metrics_text = String::new();
