@@ -20,6 +20,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::providers::{Providers, VerifyError};
+use crate::secret::Redacted;
 
 /// Field manager for every write the operator makes (server-side apply of status included).
 pub const FIELD_MANAGER: &str = "reconnect-operator";
@@ -186,6 +187,10 @@ struct ObjectState {
     attempts: u32,
     /// Refreshes in a row that returned a token living less than the minimum refresh gap.
     short_tokens: u32,
+    /// A refresh token the provider rotated for this revision that the target Secret may
+    /// not hold (its write failed, or the candidate's validation did not finish): the token
+    /// it replaced is spent, so this one is presented instead.
+    unwritten: Option<(String, Redacted)>,
 }
 
 /// Reconciles each controller runs at once by default.
@@ -328,6 +333,25 @@ impl Context {
 
     pub(crate) fn short_tokens(&self, key: &str) -> u32 {
         self.objects().get(key).map_or(0, |s| s.short_tokens)
+    }
+
+    /// The refresh token rotated for `key` and not known to be in its target Secret, with
+    /// the revision it belongs to.
+    pub(crate) fn unwritten(&self, key: &str) -> Option<(String, Redacted)> {
+        self.objects().get(key).and_then(|s| s.unwritten.clone())
+    }
+
+    /// Remembers a rotated refresh token until a target write holding it lands.
+    pub(crate) fn keep_unwritten(&self, key: &str, revision: &str, token: Redacted) {
+        self.objects().entry(key.to_owned()).or_default().unwritten =
+            Some((revision.to_owned(), token));
+    }
+
+    /// A target write landed: nothing rotated is held only in memory any more.
+    pub(crate) fn written(&self, key: &str) {
+        if let Some(state) = self.objects().get_mut(key) {
+            state.unwritten = None;
+        }
     }
 
     /// Counts a token that lives less than the minimum refresh gap, or resets the count.

@@ -9,7 +9,10 @@ use super::decide::{Step, Timing};
 use super::read::{Candidate, Source};
 use super::target::{self, Active, Target, Validated};
 use crate::api::{ConnectorCredential, PermissionPolicy};
-use crate::providers::{Providers, Tokens, Verified, VerifyError, VerifyRequest};
+use crate::providers::{
+    CredentialMaterial, Providers, Tokens, Verified, VerifyError, VerifyRequest,
+};
+use crate::secret::Redacted;
 
 /// What the provider step did.
 #[derive(Debug)]
@@ -42,10 +45,14 @@ pub(crate) enum Outcome {
         write: Option<Validated>,
     },
     /// The provider could not answer now; `rotating`: a candidate was being validated.
+    /// `unwritten`: a refresh token the provider rotated while validating the candidate of
+    /// this revision; not validated, so never written, but the next attempt presents it (the
+    /// source's is spent).
     Transient {
         error: VerifyError,
         write: Option<Validated>,
         rotating: bool,
+        unwritten: Option<(String, Redacted)>,
     },
 }
 
@@ -84,6 +91,8 @@ pub(crate) struct ProviderStep<'a> {
     pub key: &'a str,
     pub timing: Timing,
     pub now: Timestamp,
+    /// A rotated refresh token not known to be in the target Secret, and its revision.
+    pub unwritten: Option<(&'a str, &'a Redacted)>,
 }
 
 impl ProviderStep<'_> {
@@ -109,7 +118,7 @@ impl ProviderStep<'_> {
         };
         match (step, candidate, target) {
             (Step::Rotate { revision }, Some(c), _) if c.revision() == revision => {
-                self.validate(c, false).await
+                self.validate(&self.latest_candidate(c), false).await
             }
             (Step::Restore { revision }, Some(c), Target::Altered(altered))
                 if c.revision() == revision =>
@@ -117,10 +126,36 @@ impl ProviderStep<'_> {
                 self.validate(&c.restoring(altered.intact()), true).await
             }
             (Step::Revalidate { refresh }, _, Target::Intact(active)) => {
-                self.probe(active, *refresh).await
+                self.probe(&self.latest_active(active), *refresh).await
             }
-            (Step::Refresh, _, Target::Intact(active)) => self.refresh(active).await,
+            (Step::Refresh, _, Target::Intact(active)) => {
+                self.refresh(&self.latest_active(active)).await
+            }
             _ => Outcome::Nothing,
+        }
+    }
+
+    /// The candidate with the refresh token the provider rotated for it last, if an earlier
+    /// attempt got that far.
+    fn latest_candidate(&self, candidate: &Candidate) -> Candidate {
+        match self.unwritten {
+            Some((revision, token)) if revision == candidate.revision() => {
+                candidate.restoring(&CredentialMaterial {
+                    refresh_token: Some(token.clone()),
+                    ..Default::default()
+                })
+            }
+            _ => candidate.clone(),
+        }
+    }
+
+    /// The active credential with a rotated refresh token whose write did not land.
+    fn latest_active(&self, active: &Active) -> Active {
+        match self.unwritten {
+            Some((revision, token)) if revision == active.revision() => {
+                active.with_refresh_token(token)
+            }
+            _ => active.clone(),
         }
     }
 
@@ -139,6 +174,10 @@ impl ProviderStep<'_> {
                 error,
                 write: None,
                 rotating: true,
+                unwritten: rotated.and_then(|tokens| {
+                    let token = tokens.refresh_token()?.clone();
+                    Some((candidate.revision().to_owned(), token))
+                }),
             },
             Err(error) => Outcome::Rejected {
                 revision: candidate.revision().to_owned(),
@@ -177,6 +216,7 @@ impl ProviderStep<'_> {
                 write: self.rotated(active, rotated.as_ref()),
                 error,
                 rotating: false,
+                unwritten: None,
             },
             Err(error) => Outcome::ActiveFailed {
                 write: self.rotated(active, rotated.as_ref()),
@@ -197,6 +237,7 @@ impl ProviderStep<'_> {
                 write: self.rotated(active, rotated.as_ref()),
                 error,
                 rotating: false,
+                unwritten: None,
             },
             Err(error) => Outcome::ActiveFailed {
                 write: self.rotated(active, rotated.as_ref()),

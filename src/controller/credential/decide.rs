@@ -268,14 +268,17 @@ pub(crate) fn decide(o: &Observed<'_>) -> Plan {
         View::Intact { revision, access } => (Some(revision.as_str()), *access),
     };
 
-    // A rotation whose status write was lost: the target already holds the candidate.
-    if let Some(candidate) = o.source
-        && target_revision == Some(candidate)
-        && active != Some(candidate)
+    // A swap whose status write was lost: the target holds a revision status does not name.
+    // Only validated material reaches the target, so status follows it, even when the source
+    // has moved on meanwhile (that revision is validated next); otherwise status would keep
+    // naming a credential the target no longer holds, and nothing would refresh the one it
+    // does.
+    if let Some(held) = target_revision
+        && active != Some(held)
     {
         return plan(
             Step::FinishSwap {
-                revision: candidate.to_owned(),
+                revision: held.to_owned(),
             },
             None,
         );
@@ -376,6 +379,7 @@ mod tests {
 
     const A: &str = "sha256:aaaa";
     const B: &str = "sha256:bbbb";
+    const C: &str = "sha256:cccc";
 
     fn t(mins: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + mins * 60).unwrap()
@@ -475,6 +479,13 @@ mod tests {
                 want_step: Step::FinishSwap { revision: B.into() },
                 want_wake: None,
                 ..row("a swap whose status write was lost is finished without validating")
+            },
+            Row {
+                source: Some(C),
+                target: ours(B, None),
+                want_step: Step::FinishSwap { revision: B.into() },
+                want_wake: None,
+                ..row("a lost status write is finished even when the source has moved on since")
             },
             Row {
                 status: ConnectorCredentialStatus {

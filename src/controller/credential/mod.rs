@@ -218,12 +218,16 @@ async fn reconcile_credential(
     debug!(step = ?plan.step, "decided");
 
     // 3. The provider step.
+    let unwritten = ctx.unwritten(key);
     let step = ProviderStep {
         providers: &ctx.providers,
         cred,
         key,
         timing,
         now,
+        unwritten: unwritten
+            .as_ref()
+            .map(|(revision, token)| (revision.as_str(), token)),
     };
     // A new or changed credential is validated ahead of routine upkeep at the provider too.
     let priority = match plan.step {
@@ -231,6 +235,13 @@ async fn reconcile_credential(
         _ => priority,
     };
     let outcome = with_priority(priority, step.run(&plan.step, &source, &target.state)).await;
+    if let Outcome::Transient {
+        unwritten: Some((revision, token)),
+        ..
+    } = &outcome
+    {
+        ctx.keep_unwritten(key, revision, token.clone());
+    }
 
     // 4. React.
     let reaction = react::react(
@@ -253,10 +264,16 @@ async fn reconcile_credential(
     // Set when someone else wrote the target while this process was writing it: look again.
     let mut written_meanwhile = false;
     if let Some(validated) = outcome.target_write() {
+        // Until the write lands, a rotated refresh token lives only here: a failed write
+        // must not lose it (the one it replaced is spent).
+        if let Some(token) = validated.refresh_token() {
+            ctx.keep_unwritten(key, validated.revision(), token.clone());
+        }
         let flight = ctx.own_writes.begin(&ns, &target_name);
         let written = target::write(&secrets, cred, target.secret.as_ref(), validated).await;
         written_meanwhile = flight.landed(written.as_ref().ok().and_then(|w| w.resource_version()));
         written.map_err(kube_err("write target Secret"))?;
+        ctx.written(key);
         if let Some(lifetime) = act::issued_lifetime(validated) {
             ctx.token_issued(key, lifetime < MIN_REFRESH_GAP);
         }

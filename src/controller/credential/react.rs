@@ -166,6 +166,7 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
             error,
             write,
             rotating,
+            ..
         } => {
             if let Some(v) = write {
                 update.refreshed(v.record().access.map(|a| a.expires_at));

@@ -118,6 +118,14 @@ impl Active {
     pub fn record(&self) -> &ActiveRecord {
         &self.record
     }
+
+    /// This credential with a refresh token the provider rotated and the target Secret does
+    /// not hold yet: the one in the Secret is spent.
+    pub fn with_refresh_token(&self, token: &Redacted) -> Self {
+        let mut active = self.clone();
+        active.material.refresh_token = Some(token.clone());
+        active
+    }
 }
 
 /// A target Secret whose content differs from what the operator wrote.
@@ -212,6 +220,11 @@ impl Validated {
     /// What was validated about it.
     pub fn record(&self) -> &ActiveRecord {
         &self.record
+    }
+
+    /// The refresh token to persist, if the credential has one.
+    pub fn refresh_token(&self) -> Option<&Redacted> {
+        self.material.refresh_token.as_ref()
     }
 }
 

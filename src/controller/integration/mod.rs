@@ -153,6 +153,51 @@ where
     }
 }
 
+/// Whether every restart target already carries a roll for `revisions`: a process that
+/// rolled them died before status recorded it, and rolling again would restart the
+/// workloads twice for one swap.
+async fn rolled_already(
+    ctx: &Context,
+    ns: &str,
+    targets: &[RestartTarget],
+    revisions: &str,
+) -> Result<bool, Error> {
+    async fn carries<K>(api: Api<K>, name: &str, revisions: &str) -> Result<bool, Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + Debug,
+    {
+        let at = format!(
+            "/spec/template/metadata/annotations/{}",
+            restart::REVISIONS.replace('/', "~1")
+        );
+        let object = api
+            .get_opt(name)
+            .await
+            .map_err(kube_err("get restart target"))?;
+        Ok(object
+            .and_then(|o| serde_json::to_value(o).ok())
+            .is_some_and(|v| v.pointer(&at).and_then(|r| r.as_str()) == Some(revisions)))
+    }
+    for target in targets {
+        let client = ctx.client.clone();
+        let carried = match target.kind {
+            RestartKind::Deployment => {
+                carries::<Deployment>(Api::namespaced(client, ns), &target.name, revisions).await?
+            }
+            RestartKind::StatefulSet => {
+                carries::<StatefulSet>(Api::namespaced(client, ns), &target.name, revisions).await?
+            }
+            RestartKind::DaemonSet => {
+                carries::<DaemonSet>(Api::namespaced(client, ns), &target.name, revisions).await?
+            }
+        };
+        if !carried {
+            return Ok(false);
+        }
+    }
+    Ok(!targets.is_empty())
+}
+
 /// Rolls every restart target with `patch` (or checks they exist, without one); returns the
 /// targets that do not exist.
 async fn touch_targets<'a>(
@@ -305,8 +350,14 @@ async fn reconcile_integration(
 
     // 4. Roll the restart targets, or check they exist.
     let mut rolled = None;
+    let done_before = match &plan.action {
+        Restart::Roll(revisions) if !spec.suspend => {
+            rolled_already(ctx, ns, &spec.restart_targets, revisions).await?
+        }
+        _ => false,
+    };
     // A roll takes rollout slots first (a limit across every Integration), or waits.
-    if let Restart::Roll(_) = &plan.action {
+    if let (Restart::Roll(_), false) = (&plan.action, done_before) {
         let admitted = ctx
             .rollouts
             .admit(&ctx.client, &ctx.metrics, key, ns, &spec.restart_targets)
@@ -320,6 +371,9 @@ async fn reconcile_integration(
     }
     let missing = if spec.suspend {
         None
+    } else if let (Restart::Roll(revisions), true) = (&plan.action, done_before) {
+        rolled = Some(revisions.clone());
+        Some(touch_targets(ctx, ns, &spec.restart_targets, None).await?)
     } else if let Restart::Roll(revisions) = &plan.action {
         let patch = restart::rollout_patch(now, revisions);
         let missing = touch_targets(ctx, ns, &spec.restart_targets, Some(&patch)).await?;

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
-pub use faults::{RequestMatch, RequestRecord, Verb};
+pub use faults::{Chaos, RequestMatch, RequestRecord, Verb};
 pub use harness::{
     ASSETS_ENV, Backend, KUBECONFIG_ENV, SKIP_LOG_ENV, TEST_NAMESPACE_LABEL, TestCluster, backend,
     control_plane_startup, crds_dir, test_cluster,
@@ -188,7 +188,18 @@ impl ApiServer {
         lock(&self.inner.faults).add_latency(matcher, latency);
     }
 
-    /// Removes all failure and latency rules.
+    /// Starts a seeded probabilistic fault plan (replacing any running one), or stops it
+    /// with `None`. See [`Chaos`].
+    pub fn set_chaos(&self, plan: Option<Chaos>) {
+        lock(&self.inner.faults).set_chaos(plan);
+    }
+
+    /// Faults the running chaos plan has injected, by status code.
+    pub fn chaos_injected(&self) -> std::collections::BTreeMap<u16, usize> {
+        lock(&self.inner.faults).chaos_injected()
+    }
+
+    /// Removes all failure and latency rules and the chaos plan.
     pub fn clear_faults(&self) {
         lock(&self.inner.faults).clear();
     }

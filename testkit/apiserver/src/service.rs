@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use crate::errors::ApiError;
-use crate::faults::RequestRecord;
+use crate::faults::{Incoming, Injected, RequestRecord};
 use crate::patch::PatchType;
 use crate::render::Presentation;
 use crate::routes::{self, Query, ResourcePath, Route};
@@ -63,7 +63,19 @@ fn json_response(code: u16, body: &Value) -> Response<ResponseBody> {
 }
 
 fn error_response(err: &ApiError) -> Response<ResponseBody> {
-    json_response(err.code, &err.to_status())
+    let mut response = json_response(err.code, &err.to_status());
+    // kube-apiserver sends the Status's retryAfterSeconds as a Retry-After header too.
+    if let Some(secs) = err
+        .details
+        .as_ref()
+        .and_then(|d| d.get("retryAfterSeconds"))
+        .and_then(Value::as_u64)
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
+    response
 }
 
 fn header_str(parts: &http::request::Parts, name: header::HeaderName) -> Option<String> {
@@ -97,11 +109,22 @@ where
         user_agent: header_str(&parts, header::USER_AGENT),
         timestamp: jiff::Timestamp::now(),
     });
-    let latency = lock(&inner.faults).latency(&parts.method, verb, &target);
+    let user_agent = header_str(&parts, header::USER_AGENT);
+    let incoming = Incoming {
+        method: &parts.method,
+        verb,
+        path: &target,
+        user_agent: user_agent.as_deref(),
+    };
+    let latency = lock(&inner.faults).latency(&incoming);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if let Some(code) = lock(&inner.faults).take_failure(&parts.method, verb, &target) {
+    if let Some(code) = lock(&inner.faults).take_failure(&incoming) {
+        return error_response(&ApiError::injected(code));
+    }
+    let chaos = lock(&inner.faults).take_chaos(&incoming);
+    if let Some(Injected::Refuse(code)) = chaos {
         return error_response(&ApiError::injected(code));
     }
     let body = match body.collect().await {
@@ -113,9 +136,13 @@ where
             )));
         }
     };
-    match dispatch(&inner, &parts, route, verb, &query, &body) {
+    let response = match dispatch(&inner, &parts, route, verb, &query, &body) {
         Ok(response) => response,
         Err(err) => error_response(&err),
+    };
+    match chaos {
+        Some(Injected::AfterServing(code)) => error_response(&ApiError::injected(code)),
+        _ => response,
     }
 }
 

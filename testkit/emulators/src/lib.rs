@@ -31,7 +31,7 @@ mod server;
 mod simpro;
 mod state;
 
-pub use crate::server::{Emulator, Fault, Flavor, Request, Response};
+pub use crate::server::{Emulator, Fault, Flavor, ProviderChaos, Request, Response, Served};
 pub use dropbox::{Dropbox, DropboxEmulator};
 pub use google::{Google, GoogleEmulator};
 pub use microsoft::{Microsoft, MicrosoftEmulator};

@@ -102,7 +102,7 @@ impl Flavor for GenericOAuth2 {
             }
             (&Method::POST, "/token") => match state.grant(req, &opaque) {
                 Ok(issued) => {
-                    let mut body = json!({"access_token": issued.access_token, "token_type": "Bearer", "expires_in": 3600});
+                    let mut body = json!({"access_token": issued.access_token, "token_type": "Bearer", "expires_in": issued.expires_in.unwrap_or(3600)});
                     if self.scope_in_token_response.load(Ordering::SeqCst) {
                         body["scope"] = scope_string(&issued.scopes).into();
                     }

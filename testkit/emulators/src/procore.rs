@@ -53,7 +53,7 @@ impl Flavor for Procore {
                     let mut body = json!({
                         "access_token": issued.access_token,
                         "token_type": "bearer",
-                        "expires_in": 5400,
+                        "expires_in": issued.expires_in.unwrap_or(5400),
                         "created_at": now(),
                     });
                     if let Some(refresh) = issued.refresh_token {

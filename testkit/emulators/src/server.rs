@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -35,6 +35,9 @@ pub enum Fault {
     Status(u16),
     /// Close the connection without answering.
     DropConnection,
+    /// Never answer (the client's timeout ends the request); the request never reaches the
+    /// provider's handler, so nothing it would have changed (a spent refresh token) changes.
+    Hang,
     /// Answer 200 with a JSON content type and a truncated JSON body.
     MalformedJson,
     /// Answer exactly this.
@@ -176,6 +179,87 @@ impl Response {
     }
 }
 
+/// One request the emulator answered, for checks made after a run: who presented what, and
+/// what the answer was.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// When the request arrived.
+    pub at: Instant,
+    /// Method.
+    pub method: Method,
+    /// Path, without the query.
+    pub path: String,
+    /// The client id presented (Basic header or form field), on token requests.
+    pub client_id: Option<String>,
+    /// The `refresh_token` form field, on refresh grants.
+    pub refresh_token: Option<String>,
+    /// The bearer token (an access token or an API key).
+    pub bearer: Option<String>,
+    /// The status answered; `None` when the connection was dropped or never answered.
+    pub status: Option<u16>,
+    /// The answer was an injected fault.
+    pub fault: bool,
+}
+
+/// A seeded probabilistic fault plan: about `per_mille` of every thousand requests meet one
+/// of `faults`. The decision depends on the seed, the request's path and body and
+/// credentials, and how many identical requests came before, so one credential's requests
+/// meet the same faults whatever the interleaving with others.
+#[derive(Debug, Clone)]
+pub struct ProviderChaos {
+    /// The seed.
+    pub seed: u64,
+    /// Faulted requests per thousand.
+    pub per_mille: u64,
+    /// The faults to pick from.
+    pub faults: Vec<Fault>,
+}
+
+struct ChaosState {
+    plan: ProviderChaos,
+    seen: HashMap<u64, u64>,
+    injected: usize,
+}
+
+/// SplitMix64.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl ChaosState {
+    fn decide(&mut self, request: &Request) -> Option<Fault> {
+        if self.plan.faults.is_empty() {
+            return None;
+        }
+        let fingerprint = [
+            request.path.as_bytes(),
+            request
+                .header("authorization")
+                .unwrap_or_default()
+                .as_bytes(),
+            &request.body,
+        ]
+        .iter()
+        .flat_map(|part| part.iter().chain(&[0xff]))
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let seen = self.seen.entry(fingerprint).or_default();
+        let nth = *seen;
+        *seen += 1;
+        let roll = mix(self.plan.seed ^ mix(fingerprint ^ mix(nth)));
+        if roll % 1000 >= self.plan.per_mille {
+            return None;
+        }
+        self.injected += 1;
+        let pick = (roll >> 20) % self.plan.faults.len() as u64;
+        Some(self.plan.faults[pick as usize].clone())
+    }
+}
+
 struct ScriptedFault {
     path: Option<String>,
     remaining: usize,
@@ -189,6 +273,8 @@ pub(crate) struct Inner<F> {
     counts: Mutex<HashMap<String, usize>>,
     /// Requests being answered now, and the most there ever were at once.
     in_flight: Mutex<(usize, usize)>,
+    chaos: Mutex<Option<ChaosState>>,
+    served: Mutex<Vec<Served>>,
 }
 
 /// Counts a request as in flight until dropped.
@@ -241,6 +327,8 @@ impl<F: Flavor> Emulator<F> {
             faults: Mutex::new(Vec::new()),
             counts: Mutex::new(HashMap::new()),
             in_flight: Mutex::new((0, 0)),
+            chaos: Mutex::new(None),
+            served: Mutex::new(Vec::new()),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&inner)));
         Self {
@@ -289,6 +377,26 @@ impl<F: Flavor> Emulator<F> {
             remaining,
             fault,
         });
+    }
+
+    /// Starts a seeded probabilistic fault plan, or stops it with `None`. Scripted faults
+    /// ([`Emulator::fail_next`]) come first.
+    pub fn set_chaos(&self, plan: Option<ProviderChaos>) {
+        *lock(&self.inner.chaos) = plan.map(|plan| ChaosState {
+            plan,
+            seen: HashMap::new(),
+            injected: 0,
+        });
+    }
+
+    /// Faults the running chaos plan has injected.
+    pub fn chaos_injected(&self) -> usize {
+        lock(&self.inner.chaos).as_ref().map_or(0, |c| c.injected)
+    }
+
+    /// Every request answered (or dropped) so far, oldest first.
+    pub fn served(&self) -> Vec<Served> {
+        lock(&self.inner.served).clone()
     }
 
     /// Runs `f` with the emulator's state (accounts, clients, tokens).
@@ -353,6 +461,20 @@ async fn serve<F: Flavor>(
     };
     *lock(&inner.counts).entry(request.path.clone()).or_default() += 1;
     let _in_flight = InFlight::enter(&inner.in_flight);
+    let form = request.form();
+    let mut record = Served {
+        at: Instant::now(),
+        method: request.method.clone(),
+        path: request.path.clone(),
+        client_id: request
+            .basic()
+            .map(|(id, _)| id)
+            .or_else(|| form.get("client_id").cloned()),
+        refresh_token: form.get("refresh_token").cloned(),
+        bearer: request.bearer().map(str::to_owned),
+        status: None,
+        fault: false,
+    };
 
     let fault = {
         let mut faults = lock(&inner.faults);
@@ -368,6 +490,10 @@ async fn serve<F: Flavor>(
             fault
         })
     };
+    let fault = fault.or_else(|| lock(&inner.chaos).as_mut()?.decide(&request));
+    record.fault = fault
+        .as_ref()
+        .is_some_and(|f| !matches!(f, Fault::Latency(_)));
     let response = match fault {
         Some(Fault::Latency(delay)) => {
             tokio::time::sleep(delay).await;
@@ -384,7 +510,13 @@ async fn serve<F: Flavor>(
         }),
         Some(Fault::Respond(response)) => Some(response),
         Some(Fault::DropConnection) => {
+            lock(&inner.served).push(record.clone());
             drop_now.notify_one();
+            std::future::pending::<()>().await;
+            None
+        }
+        Some(Fault::Hang) => {
+            lock(&inner.served).push(record.clone());
             std::future::pending::<()>().await;
             None
         }
@@ -394,5 +526,7 @@ async fn serve<F: Flavor>(
         let mut state = lock(&inner.state);
         inner.flavor.handle(&mut state, &request)
     });
+    record.status = Some(response.status);
+    lock(&inner.served).push(record);
     response.into_http()
 }

@@ -65,6 +65,9 @@ pub struct Client {
     pub secret_expired: bool,
     /// Admin consent is missing (Microsoft AADSTS65001).
     pub consent_required: bool,
+    /// Seconds the access tokens issued to this client live, instead of the provider's
+    /// usual lifetime (flavours that support it: Procore, generic OAuth2).
+    pub token_lifetime: Option<u64>,
 }
 
 /// What a refresh grant does with the refresh token it consumed.
@@ -104,6 +107,9 @@ pub struct RefreshToken {
     pub used: bool,
     /// Revoked.
     pub revoked: bool,
+    /// The refresh token this one was issued in exchange for: chains can be followed back
+    /// to the token a user handed over.
+    pub parent: Option<String>,
 }
 
 /// A token-endpoint failure, in RFC 6749 §5.2 terms plus provider codes.
@@ -161,6 +167,8 @@ pub struct Issued {
     pub client: String,
     /// Client credentials (no user).
     pub app_only: bool,
+    /// The client's own access-token lifetime, when it has one ([`Client::token_lifetime`]).
+    pub expires_in: Option<u64>,
 }
 
 /// Makes an access token value: (state, account, client id, app-only, scopes) -> token.
@@ -204,11 +212,13 @@ impl State {
         }
     }
 
-    /// A fresh opaque token value.
+    /// A fresh opaque token value, unique across the emulators of a test process (the port
+    /// is part of it), so a checker can tell whose token it holds.
     pub fn mint(&mut self, prefix: &str) -> String {
         self.serial += 1;
+        let port = self.base_url.rsplit(':').next().unwrap_or_default();
         format!(
-            "{prefix}-{}-{:08x}",
+            "{prefix}-{port}-{}-{:08x}",
             self.serial,
             self.serial.wrapping_mul(0x9e37_79b9)
         )
@@ -290,7 +300,11 @@ impl State {
                 {
                     record.used = true;
                 }
-                Some(self.issue_refresh_token(&client_id, &account_id))
+                let next = self.issue_refresh_token(&client_id, &account_id);
+                if let Some(record) = self.refresh_tokens.get_mut(&next) {
+                    record.parent = Some(old);
+                }
+                Some(next)
             }
         };
         let scopes = account.scopes.clone();
@@ -312,6 +326,7 @@ impl State {
             account,
             client: client_id,
             app_only,
+            expires_in: client.token_lifetime,
         })
     }
 
@@ -345,6 +360,7 @@ impl State {
                 account: account.into(),
                 used: false,
                 revoked: false,
+                parent: None,
             },
         );
     }
@@ -418,6 +434,15 @@ impl<F: crate::server::Flavor> crate::server::Emulator<F> {
     /// Whether a refresh token would still be accepted.
     pub fn refresh_token_valid(&self, token: &str) -> bool {
         self.with_state(|s| s.refresh_token_valid(token))
+    }
+
+    /// Makes the access tokens issued to `client` live `secs` seconds.
+    pub fn set_token_lifetime(&self, client: &str, secs: u64) {
+        self.with_state(|s| {
+            if let Some(c) = s.clients.get_mut(client) {
+                c.token_lifetime = Some(secs);
+            }
+        });
     }
 
     /// Replaces an account's provider-side permissions.
