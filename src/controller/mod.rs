@@ -395,6 +395,14 @@ impl Context {
     }
 }
 
+/// FNV-1a of `bytes`: a stable hash (the same in every process and Rust release), for
+/// spreading objects over time by their key.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// A cheap, deterministic per-object jitter source: spreads retries of many objects apart
 /// without a random number generator.
 fn jitter_seed(key: &str, attempts: u32) -> u64 {

@@ -169,12 +169,7 @@ impl Queue {
 /// [`PUT_OFF`] plus up to a second, spread by key and attempt so that thousands of
 /// routine reconciles put off together do not come back together.
 fn put_off(key: &str, attempt: u32) -> Duration {
-    let hash = key
-        .bytes()
-        .chain(attempt.to_le_bytes())
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+    let hash = super::fnv1a(key.bytes().chain(attempt.to_le_bytes()));
     PUT_OFF + Duration::from_millis(hash % 1000)
 }
 

@@ -366,9 +366,7 @@ fn last_probe(
 /// A credential's offset in its validation interval: a stable hash of its key (FNV-1a), the
 /// same in every process, so its probe slots do not move across restarts.
 fn phase(key: &str, interval: Duration) -> Duration {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = super::fnv1a(key.bytes());
     let every = u64::try_from(interval.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
