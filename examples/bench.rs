@@ -175,6 +175,13 @@ fn source(name: &str, client: &str) -> Secret {
 }
 
 /// The operator: the code `reconnect-operator run` runs, in this child process.
+/// With `--features dhat-heap`, the operator child records every allocation; the bench asks
+/// it (SIGUSR1) to write `dhat-heap.json` once it has measured the steady-state RSS, so the
+/// profile's end state is the heap at steady state.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn operator_child(args: &[String]) -> Result<()> {
     let [kubeconfig, namespace, metrics_addr] = args else {
         return Err("--operator-child KUBECONFIG NAMESPACE METRICS_ADDR".into());
@@ -186,6 +193,18 @@ fn operator_child(args: &[String]) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    #[cfg(feature = "dhat-heap")]
+    {
+        let profiler = dhat::Profiler::new_heap();
+        runtime.spawn(async move {
+            let mut usr1 =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                    .expect("SIGUSR1 handler");
+            usr1.recv().await;
+            drop(profiler);
+            eprintln!("bench: heap profile written to dhat-heap.json");
+        });
+    }
     runtime.block_on(async {
         let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
@@ -377,6 +396,13 @@ async fn bench(o: Options) -> Result<()> {
     // Memory at steady state, then with unrelated Secrets.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = rss_mib(pid);
+    #[cfg(feature = "dhat-heap")]
+    {
+        std::process::Command::new("kill")
+            .args(["-USR1", &pid.to_string()])
+            .status()?;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    }
     let filler = "x".repeat(o.unrelated_kib * 1024);
     let unrelated: Vec<Secret> = (0..o.unrelated_secrets)
         .map(|i| {

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod controller;
 pub mod crd;
 pub(crate) mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod operator;
 pub mod providers;

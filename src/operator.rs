@@ -194,6 +194,7 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    crate::memory::start_trimming();
     let listener = TcpListener::bind(options.metrics_addr).await?;
     run_on(client, options, listener, shutdown).await
 }

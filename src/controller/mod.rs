@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -203,7 +202,7 @@ pub struct Context {
     pub(crate) clock: Arc<dyn Clock>,
     /// When the controllers last started (the process started, or its leadership began).
     started: Mutex<Timestamp>,
-    pub(crate) recorder: Recorder,
+    pub(crate) events: events::Publisher,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) caches: Arc<CacheSync>,
     /// Secrets this process wrote, so their watch events do not wake their credentials.
@@ -233,14 +232,10 @@ impl Context {
         metrics: Arc<Metrics>,
         instance: Option<String>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
         let queue = Arc::new(queue::Queue::new(DEFAULT_CONCURRENCY, metrics.clone()));
         Self {
             started: Mutex::new(clock.now()),
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::Publisher::new(client.clone(), FIELD_MANAGER, instance),
             client,
             providers,
             clock,

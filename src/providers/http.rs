@@ -16,6 +16,9 @@ use crate::api::Provider;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 
+/// Idle provider connections kept per host.
+const POOL_IDLE_PER_HOST: usize = 8;
+
 /// Builds the shared reqwest client. TLS is rustls with the ring provider (kube already builds
 /// ring; aws-lc-rs would need cmake), and provider redirects are not followed: a token or probe
 /// endpoint that redirects is misconfigured, and following it could carry a bearer token to
@@ -27,6 +30,9 @@ pub(crate) fn client(user_agent: &str) -> reqwest::Client {
         .user_agent(user_agent)
         .redirect(reqwest::redirect::Policy::none())
         .https_only(false) // loopback http is allowed; `parse_endpoint` enforces the rule
+        // A burst of first validations opens up to one connection per reconcile worker; a
+        // few stay open per host for the spread-out probes that follow.
+        .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
         .build()
         .expect("a reqwest client with rustls and the ring provider always builds")
 }

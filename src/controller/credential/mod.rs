@@ -412,15 +412,30 @@ fn credentials_for_secret(
         .collect()
 }
 
-/// What the credential cache keeps: metadata (without its bulk), the spec, and of the status
-/// only what picks a reconcile's priority. A reconcile reads its object afresh, so nothing
-/// else of a cached credential is ever read, and status (conditions, permissions, accounts)
-/// is a large part of each object: at 10,000 credentials, tens of MiB.
+/// What the credential cache keeps: metadata (without its bulk or labels and annotations),
+/// of the spec the two Secret names the Secret index needs, and of the status only what
+/// picks a reconcile's priority. A reconcile reads its object afresh, so nothing else of a
+/// cached credential is ever read, and the rest (conditions, permissions, accounts, params)
+/// is most of each object: at 10,000 credentials, tens of MiB.
 fn slim(guard: &mut Guarded) {
     super::forget_bulky_metadata(guard);
-    if let Ok(cred) = &mut guard.0
-        && let Some(status) = cred.status.take()
-    {
+    let Ok(cred) = &mut guard.0 else {
+        return;
+    };
+    let meta = &mut cred.metadata;
+    meta.labels = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    let spec = &mut cred.spec;
+    spec.endpoint = None;
+    spec.params = Default::default();
+    spec.required_permissions = Vec::new();
+    spec.refresh_before = String::new();
+    spec.expiry_warning = String::new();
+    spec.secret_ref.keys = Default::default();
+    spec.validation.interval = String::new();
+    spec.validation.timeout = String::new();
+    if let Some(status) = cred.status.take() {
         cred.status = Some(ConnectorCredentialStatus {
             observed_generation: status.observed_generation,
             active_revision: status.active_revision,
@@ -536,7 +551,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cache_keeps_the_spec_and_what_picks_a_priority_and_nothing_bulky() {
+    fn the_cache_keeps_the_secret_names_and_what_picks_a_priority_and_nothing_else() {
         let mut guard: Guarded = serde_json::from_value(serde_json::json!({
             "apiVersion": "reconnect.dev/v1alpha1",
             "kind": "ConnectorCredential",
@@ -548,7 +563,15 @@ mod tests {
                 },
                 "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
             },
-            "spec": {"provider": "procore", "auth": "RefreshToken", "secretRef": {"name": "src"}},
+            "spec": {
+                "provider": "procore", "auth": "RefreshToken",
+                "secretRef": {"name": "src", "keys": {"refreshToken": "rt"}},
+                "target": {"name": "tgt"},
+                "endpoint": "https://sandbox.procore.com",
+                "params": {"companyId": "1"},
+                "requiredPermissions": ["company:1"],
+                "validation": {"interval": "5m"},
+            },
             "status": {
                 "observedGeneration": 3,
                 "activeRevision": "sha256:aa",
@@ -564,10 +587,17 @@ mod tests {
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.active_revision.as_deref(), Some("sha256:aa"));
         assert!(status.conditions.is_empty() && status.permissions.is_empty());
+        // What the Secret index and the queue read stays.
         assert_eq!(cred.spec.secret_ref.name, "src");
+        assert_eq!(cred.target_secret_name(), "tgt");
+        assert_eq!(cred.metadata.generation, Some(3));
+        assert_eq!(cred.name_any(), "c");
+        // The rest is dropped: a reconcile reads its object afresh.
         assert!(cred.metadata.managed_fields.is_none());
-        let annotations = cred.metadata.annotations.as_ref().unwrap();
-        assert_eq!(annotations.len(), 1, "{annotations:?}");
-        assert!(annotations.contains_key("team.example/owner"));
+        assert!(cred.metadata.annotations.is_none());
+        assert!(cred.spec.endpoint.is_none() && cred.spec.params.is_empty());
+        assert!(cred.spec.required_permissions.is_empty());
+        assert!(cred.spec.secret_ref.keys.refresh_token.is_none());
+        assert!(cred.spec.validation.interval.is_empty());
     }
 }
