@@ -19,8 +19,20 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::controller::{Context, FIELD_MANAGER};
-use crate::operator::{Health, Options, run_controllers};
+use crate::controller::FIELD_MANAGER;
+use crate::health::Health;
+
+/// The Lease to hold.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseSettings {
+    pub name: String,
+    /// The client's default namespace when unset.
+    pub namespace: Option<String>,
+    /// This replica's identity, as the Lease's holder.
+    pub identity: String,
+    /// How long the Lease stays valid without renewal.
+    pub duration: Duration,
+}
 
 /// What the watchdog needs to know about the Lease.
 struct LeaseCheck {
@@ -72,29 +84,33 @@ impl LeaseCheck {
     }
 }
 
-/// Waits for the Lease, runs the controllers while holding it, and releases it on shutdown.
-pub(crate) async fn lead(
+/// Waits for the Lease, runs the controllers (`run`, until its stop signal flips to true)
+/// while holding it, and releases it on shutdown.
+pub(crate) async fn lead<F>(
     client: Client,
-    options: &Options,
-    ctx: Arc<Context>,
+    options: &LeaseSettings,
     health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    run: impl Fn(watch::Receiver<bool>) -> F,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    F: std::future::Future<Output = ()>,
+{
     let namespace = options
-        .lease_namespace
+        .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
     // The holder renews a third of the duration before expiry (at least a second).
-    let duration = options.lease_duration.as_secs().max(2);
+    let duration = options.duration.as_secs().max(2);
     let grace = (duration / 3).max(1);
     let check = LeaseCheck {
         api: Api::namespaced(client.clone(), &namespace),
-        name: options.lease_name.clone(),
+        name: options.name.clone(),
         identity: options.identity.clone(),
         duration: Duration::from_secs(duration),
         tolerance: Duration::from_secs(duration - grace),
     };
-    let manager = LeaseManagerBuilder::new(client, &options.lease_name)
+    let manager = LeaseManagerBuilder::new(client, &options.name)
         .with_namespace(&namespace)
         .with_identity(&options.identity)
         .with_duration(duration)
@@ -103,7 +119,7 @@ pub(crate) async fn lead(
         .build()
         .await?;
     let (mut leading, task) = manager.watch().await;
-    info!(lease = %options.lease_name, %namespace, identity = %options.identity, "waiting for the lease");
+    info!(lease = %options.name, %namespace, identity = %options.identity, "waiting for the lease");
     health.set_standby(true);
     loop {
         // (The watch guards are dropped inside each branch's future: they are not Send.)
@@ -122,7 +138,7 @@ pub(crate) async fn lead(
         health.set_standby(false);
         health.set_running(true);
         let (ctl_stop, ctl_stop_rx) = watch::channel(false);
-        let controllers = run_controllers(ctx.clone(), options, ctl_stop_rx);
+        let controllers = run(ctl_stop_rx);
         tokio::pin!(controllers);
         tokio::select! {
             () = &mut controllers => {}

@@ -8,6 +8,7 @@ pub mod check;
 pub mod clock;
 pub mod controller;
 pub mod crd;
+pub mod health;
 pub(crate) mod leader;
 pub mod memory;
 pub mod metrics;

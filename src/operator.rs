@@ -1,24 +1,19 @@
 //! The operator process: the HTTP endpoints (/metrics, /healthz, /readyz), leader election
 //! on a Lease, and the controllers, joined until shutdown.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use kube::Client;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::clock::SystemClock;
-use crate::controller::{self, CacheSync, Context};
+use crate::controller::{self, Context};
+pub use crate::health::{Health, serve_http};
+use crate::leader::LeaseSettings;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
 
@@ -47,97 +42,6 @@ pub struct Options {
     pub max_concurrent_rollouts: usize,
     /// How long a rollout holds its slot at most, if its workload never reports it done.
     pub rollout_hold: std::time::Duration,
-}
-
-/// Liveness and readiness as the HTTP endpoints report them.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The controllers are running (this replica leads, or leader election is off).
-    controllers_running: AtomicBool,
-    /// This replica waits as a standby for the Lease.
-    standby: AtomicBool,
-    /// The running controllers' caches.
-    caches: Arc<CacheSync>,
-}
-
-impl Health {
-    /// Health for controllers whose caches `caches` tracks.
-    pub fn new(caches: Arc<CacheSync>) -> Self {
-        Self {
-            caches,
-            ..Self::default()
-        }
-    }
-
-    /// Ready: the controllers run and have synced their caches, or this replica is a
-    /// healthy standby. A standby must be ready, or a two-replica rollout would never finish.
-    pub fn ready(&self) -> bool {
-        (self.controllers_running.load(Ordering::SeqCst) && self.caches.all_synced())
-            || self.standby.load(Ordering::SeqCst)
-    }
-}
-
-/// Serves /metrics, /healthz and /readyz on `listener` until `shutdown` resolves.
-pub async fn serve_http(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    warn!(error = %err, "accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let metrics = metrics.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let response = respond(req.uri().path(), &metrics, &health);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %err, "HTTP connection ended with an error");
-            }
-        });
-    }
-}
-
-fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/metrics" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" if health.ready() => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "controllers not running\n".to_owned(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_owned(),
-        ),
-    };
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
 }
 
 /// Runs the controllers for every configured namespace until `stop` flips to true.
@@ -245,9 +149,16 @@ pub async fn run_on(
     };
     let work = async {
         if options.leader_election {
-            crate::leader::lead(client, &options, ctx, health.clone(), stop_rx).await?;
+            let lease = LeaseSettings {
+                name: options.lease_name.clone(),
+                namespace: options.lease_namespace.clone(),
+                identity: options.identity.clone(),
+                duration: options.lease_duration,
+            };
+            let run = |stop| run_controllers(ctx.clone(), &options, stop);
+            crate::leader::lead(client, &lease, health.clone(), stop_rx, run).await?;
         } else {
-            health.controllers_running.store(true, Ordering::SeqCst);
+            health.set_running(true);
             run_controllers(ctx, &options, stop_rx).await;
         }
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
@@ -259,19 +170,9 @@ pub async fn run_on(
             "reconciles in flight did not finish within the shutdown grace period; stopping anyway"
         ),
     }
-    health.controllers_running.store(false, Ordering::SeqCst);
+    health.set_running(false);
     if let Err(err) = http.await {
         error!(error = %err, "HTTP server task failed");
     }
     Ok(())
-}
-
-impl Health {
-    pub(crate) fn set_running(&self, running: bool) {
-        self.controllers_running.store(running, Ordering::SeqCst);
-    }
-
-    pub(crate) fn set_standby(&self, standby: bool) {
-        self.standby.store(standby, Ordering::SeqCst);
-    }
 }
