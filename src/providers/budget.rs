@@ -23,7 +23,7 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 
-use super::http::{RateLimitReset, retry_after};
+use super::retry_after::{RateLimitReset, retry_after};
 use crate::api::Provider;
 use crate::metrics::Metrics;
 

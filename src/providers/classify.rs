@@ -6,7 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Call, DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
-use super::http::{RateLimitReset, Reply};
+use super::http::Reply;
+use super::retry_after::RateLimitReset;
 use crate::api::Provider;
 
 /// The class a provider-specific code table assigns.

@@ -62,6 +62,7 @@ mod jwt;
 mod microsoft;
 mod oauth2;
 mod procore;
+mod retry_after;
 mod safetyculture;
 mod salesforce;
 mod simpro;

@@ -18,7 +18,8 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
-use super::http::{RateLimitReset, Reply, host, join, parse_endpoint};
+use super::http::{Reply, host, join, parse_endpoint};
+use super::retry_after::RateLimitReset;
 use super::token::Grant;
 use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::{Account, AuthType};

@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
-use super::http::{RateLimitReset, join, parse_endpoint};
+use super::http::{join, parse_endpoint};
+use super::retry_after::RateLimitReset;
 use super::token::Grant;
 use super::{Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::Account;
