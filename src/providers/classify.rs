@@ -65,21 +65,18 @@ impl fmt::Display for OAuthErrorBody {
 
 impl ::oauth2::ErrorResponse for OAuthErrorBody {}
 
-/// Classifies a token-endpoint error body.
+/// Classifies a token-endpoint error body: by the provider's own codes (`own`, from
+/// [`super::ProviderApi::token_error_class`]) when it knows them, else by RFC 6749's.
 pub(crate) fn token_error(
     provider: Provider,
     call: Call,
     status: Option<u16>,
     body: &OAuthErrorBody,
     requested_scopes: &[String],
+    own: Option<(Class, String)>,
 ) -> VerifyError {
-    if provider == Provider::Microsoft
-        && let Some((class, aadsts)) = super::microsoft::classify_aadsts(&body.error_codes)
-    {
-        let code = Some(format!(
-            "{}/AADSTS{aadsts}",
-            sanitize_code(&body.error).unwrap_or_default()
-        ));
+    if let Some((class, code)) = own {
+        let code = Some(code);
         return match class {
             Class::Denied => {
                 VerifyError::denied(provider, call, status, code, requested_scopes.to_vec())
@@ -97,10 +94,6 @@ pub(crate) fn token_error(
         "temporarily_unavailable" | "server_error" => Class::Transient(TransientKind::Unavailable),
         "invalid_request" | "unsupported_grant_type" | "unsupported_response_type" => {
             Class::Misconfigured
-        }
-        // Salesforce token-endpoint codes (Nango/Paragon write-ups; not in an official table).
-        "inactive_user" | "inactive_org" if provider == Provider::Salesforce => {
-            Class::Dead(DeadCause::AccountInactive)
         }
         "rate_limit_exceeded" => Class::Transient(TransientKind::RateLimited),
         // Any other code from a token endpoint means the credential was refused.

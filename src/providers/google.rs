@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
+use super::grant::Grant;
 use super::http::{Reply, join, parse_endpoint};
-use super::token::Grant;
 use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::Account;
 

@@ -20,10 +20,10 @@ use std::collections::BTreeSet;
 use reqwest::{Method, Url};
 use serde::Deserialize;
 
-use super::classify::{Class, api_status};
+use super::classify::{Class, OAuthErrorBody, api_status};
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
+use super::grant::Grant;
 use super::http::{Reply, host, join, parse_endpoint};
-use super::token::Grant;
 use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig, jwt, missing_permissions};
 use crate::api::{Account, AuthType};
 
@@ -160,6 +160,12 @@ pub(crate) fn classify_aadsts(codes: &[u64]) -> Option<(Class, u64)> {
 
 impl ProviderApi for Microsoft {
     const PARAMS: &'static [&'static str] = &["tenantId", "cloud", "siteId", "scope"];
+
+    fn token_error_class(&self, body: &OAuthErrorBody) -> Option<(Class, String)> {
+        let (class, aadsts) = classify_aadsts(&body.error_codes)?;
+        let error = sanitize_code(&body.error).unwrap_or_default();
+        Some((class, format!("{error}/AADSTS{aadsts}")))
+    }
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
         hosts(cx)?;

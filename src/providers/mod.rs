@@ -57,6 +57,7 @@ mod classify;
 mod dropbox;
 mod error;
 mod google;
+mod grant;
 mod http;
 mod jwt;
 mod microsoft;
@@ -86,8 +87,8 @@ pub use error::{
     Call, DeadCause, KeyProblem, Misconfiguration, MissingKey, TransientKind, VerifyError,
 };
 
+use grant::Grant;
 use http::Http;
-use token::Grant;
 
 /// The largest credential value (a Secret key, or a token a provider issues) the operator
 /// accepts. Real ones are a few KiB at most; the target Secret holds several of them and
@@ -795,6 +796,16 @@ pub(crate) trait ProviderApi {
     /// was spent).
     fn endpoints_moved(&self, _cx: &Cx<'_>, _error: &VerifyError) -> bool {
         false
+    }
+
+    /// This provider's own token-endpoint error codes, which decide the class before the
+    /// RFC 6749 codes do (Microsoft's AADSTS numbers, Salesforce's inactive user or org):
+    /// the class, and the code to report.
+    fn token_error_class(
+        &self,
+        _body: &classify::OAuthErrorBody,
+    ) -> Option<(classify::Class, String)> {
+        None
     }
 }
 

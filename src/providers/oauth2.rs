@@ -32,8 +32,9 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
+use super::grant::Grant;
 use super::http::{Reply, join, parse_endpoint};
-use super::token::{Grant, Introspected, introspect};
+use super::token::{Introspected, introspect};
 use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig, json_id, jwt};
 use crate::api::{Account, AuthType};
 

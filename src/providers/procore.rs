@@ -18,9 +18,9 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
+use super::grant::Grant;
 use super::http::{Reply, host, join, parse_endpoint};
 use super::retry_after::RateLimitReset;
-use super::token::Grant;
 use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::{Account, AuthType};
 

@@ -14,9 +14,9 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
+use super::grant::Grant;
 use super::http::{join, parse_endpoint};
 use super::retry_after::RateLimitReset;
-use super::token::Grant;
 use super::{Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::Account;
 

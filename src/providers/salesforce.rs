@@ -16,10 +16,10 @@ use std::collections::BTreeSet;
 use reqwest::{Method, Url};
 use serde::Deserialize;
 
-use super::classify::api_status;
+use super::classify::{Class, OAuthErrorBody, api_status};
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
+use super::grant::Grant;
 use super::http::{Reply, host, join, parse_endpoint};
-use super::token::Grant;
 use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::{Account, AuthType};
 
@@ -96,6 +96,18 @@ fn fields(cx: &Cx<'_>) -> Result<BTreeSet<String>, VerifyError> {
 
 impl ProviderApi for Salesforce {
     const PARAMS: &'static [&'static str] = &["apiVersion"];
+
+    /// Salesforce's token-endpoint codes for a user or org that is switched off (from
+    /// integration vendors' write-ups; Salesforce publishes no table).
+    fn token_error_class(&self, body: &OAuthErrorBody) -> Option<(Class, String)> {
+        match body.error.as_str() {
+            "inactive_user" | "inactive_org" => Some((
+                Class::Dead(DeadCause::AccountInactive),
+                sanitize_code(&body.error)?,
+            )),
+            _ => None,
+        }
+    }
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
         login(cx)?;

@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
+use super::grant::Grant;
 use super::http::{join, parse_endpoint};
-use super::token::Grant;
 use super::{Cx, Probe, ProviderApi, TokenConfig, json_id, missing_permissions};
 use crate::api::Account;
 

@@ -23,41 +23,13 @@ use tracing::instrument;
 
 use super::classify::{OAuthErrorBody, token_error};
 use super::error::{Call, DeadCause, TransientKind, VerifyError, sanitize_code};
+use super::grant::{Grant, TOKEN_CALL};
 use super::http::Http;
 use super::{ClientAuth, Cx, ProviderApi, Tokens};
-use crate::api::{AuthType, Provider};
+use crate::api::AuthType;
 use crate::secret::Redacted;
 
-const TOKEN_CALL: Call = "POST token endpoint";
 const INTROSPECTION_CALL: Call = "POST introspection endpoint";
-
-/// The result of a token grant: the tokens plus what probes need from the response.
-#[derive(Debug, Clone)]
-pub(crate) struct Grant {
-    pub tokens: Tokens,
-    /// Scopes the provider says it granted, when it says.
-    pub scopes: Option<BTreeSet<String>>,
-    /// Salesforce: the org's API base URL.
-    pub instance_url: Option<String>,
-    /// The introspection endpoint, when configured (generic oauth2).
-    pub introspection_url: Option<reqwest::Url>,
-    pub client_auth: ClientAuth,
-}
-
-impl Grant {
-    pub fn access_token(&self, provider: Provider) -> Result<&Redacted, VerifyError> {
-        self.tokens.access_token.as_ref().ok_or_else(|| {
-            VerifyError::transient(
-                provider,
-                TOKEN_CALL,
-                TransientKind::Malformed,
-                None,
-                None,
-                None,
-            )
-        })
-    }
-}
 
 /// Token response fields beyond RFC 6749 that a probe needs (Salesforce).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -274,7 +246,8 @@ impl<'a> Transport<'a> {
         match error {
             RequestTokenError::Request(Classified(e)) => e,
             RequestTokenError::ServerResponse(body) => {
-                token_error(provider, self.call, status, &body, scopes)
+                let own = with_api!(provider, api => api.token_error_class(&body));
+                token_error(provider, self.call, status, &body, scopes, own)
             }
             // A body that is not the JSON we expect: on success a malformed answer (transient);
             // on a 4xx the endpoint refused the credential without a parseable code (Procore's
