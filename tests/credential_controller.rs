@@ -573,10 +573,11 @@ async fn concurrent_reconciles_never_spend_the_same_refresh_token() {
     env.clock.advance(Duration::from_secs(85 * 60));
     let grants = emu.count("/oauth/token");
     let obj = std::sync::Arc::new(
-        kube::Api::<kube::core::DeserializeGuard<reconnect_operator::api::ConnectorCredential>>::namespaced(
-            env.cluster.client.clone(),
-            env.ns(),
-        )
+        kube::Api::<
+            kube::core::DeserializeGuard<
+                reconnect_operator::controller::credential::CredentialHead,
+            >,
+        >::namespaced(env.cluster.client.clone(), env.ns())
         .get("procore-sync")
         .await
         .unwrap(),

@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher::Event;
 
-use crate::api::ConnectorCredential;
+use super::CredentialHead;
 
 /// Namespace -> name -> `T`: each namespace's name is kept once, and lookups need no
 /// owned key.
@@ -55,12 +55,12 @@ impl Maps {
         }
     }
 
-    fn insert(&mut self, cred: &ConnectorCredential) {
+    fn insert(&mut self, cred: &CredentialHead) {
         let ns = cred.namespace().unwrap_or_default();
         let name = cred.name_any();
         self.remove(&ns, &name);
         let secrets: [Box<str>; 2] = [
-            cred.spec.secret_ref.name.as_str().into(),
+            cred.source_secret_name().into(),
             cred.target_secret_name().into(),
         ];
         let by_secret = self.by_secret.entry(ns.as_str().into()).or_default();
@@ -99,7 +99,7 @@ pub(crate) struct SecretIndex {
 impl SecretIndex {
     /// Takes in one event of the credential watch. (A poisoned lock only means a panic
     /// elsewhere mid-update: the maps stay usable, so poisoning is ignored.)
-    pub fn observe(&self, event: &Event<DeserializeGuard<ConnectorCredential>>) {
+    pub fn observe(&self, event: &Event<DeserializeGuard<CredentialHead>>) {
         match event {
             Event::Init => {
                 *self.relist.lock().unwrap_or_else(|e| e.into_inner()) = Some(Maps::default());
@@ -151,11 +151,7 @@ mod tests {
     use super::*;
     use kube::core::DeserializeGuard;
 
-    fn cred(
-        name: &str,
-        source: &str,
-        target: Option<&str>,
-    ) -> DeserializeGuard<ConnectorCredential> {
+    fn cred(name: &str, source: &str, target: Option<&str>) -> DeserializeGuard<CredentialHead> {
         let mut spec = serde_json::json!({
             "provider": "procore",
             "auth": "RefreshToken",
@@ -170,7 +166,7 @@ mod tests {
             "metadata": {"name": name, "namespace": "ns"},
             "spec": spec,
         });
-        let guard: DeserializeGuard<ConnectorCredential> =
+        let guard: DeserializeGuard<CredentialHead> =
             serde_json::from_value(value).expect("a credential");
         assert!(guard.0.is_ok(), "{:?}", guard.0.err());
         guard

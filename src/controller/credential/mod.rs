@@ -17,6 +17,7 @@
 pub(crate) mod act;
 pub(crate) mod decide;
 pub(crate) mod events;
+mod head;
 mod in_use;
 mod index;
 pub(crate) mod react;
@@ -54,7 +55,10 @@ use crate::api::conditions::reasons;
 use crate::api::{ConnectorCredential, ConnectorCredentialStatus, Integration};
 use crate::providers::budget::{Priority, with_priority};
 
-type Guarded = DeserializeGuard<ConnectorCredential>;
+/// The cached form of a credential (malformed ones included, so they never block a watch).
+type Guarded = DeserializeGuard<CredentialHead>;
+
+pub use head::CredentialHead;
 
 /// This controller's name in metrics.
 const CONTROLLER: &str = "connectorcredential";
@@ -91,19 +95,10 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
     };
     let key = object_key(&ns, &name);
     if let Err(invalid) = &guard.0 {
-        warn!(error = %invalid, "malformed ConnectorCredential skipped");
-        let note = format!("the object does not match the ConnectorCredential schema: {invalid}");
-        let note = Note::warning(reasons::MISCONFIGURED, "Reconcile", note);
-        publish(&ctx, &guard.object_ref(&()), note).await;
-        return Ok(Action::await_change());
+        return malformed(&ctx, &guard.object_ref(&()), invalid).await;
     }
     // Routine upkeep waits for a routine worker; a change goes first (see `queue`).
-    let routine = guard.0.as_ref().is_ok_and(|cached| {
-        let status = cached.status.as_ref();
-        status.is_some_and(|s| {
-            s.active_revision.is_some() && s.observed_generation == cached.meta().generation
-        })
-    });
+    let routine = guard.0.as_ref().is_ok_and(CredentialHead::settled);
     let (priority, _routine_worker) = match ctx.queue.turn(&key, routine) {
         Turn::PutOff(wait) => return Ok(Action::requeue(wait)),
         Turn::Go { priority, permit } => (priority, permit),
@@ -112,17 +107,23 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
     let _held = lock.lock().await;
 
     let api: Api<ConnectorCredential> = Api::namespaced(ctx.client.clone(), &ns);
-    // Read afresh: the watch cache may not have seen our own last status write yet, and
-    // acting on a stale status could validate the same revision twice.
-    let Some(mut cred) = api
-        .get_opt(&name)
-        .await
-        .map_err(kube_err("get ConnectorCredential"))?
+    // Read afresh, and whole (the cache holds only a head): the watch cache may not have
+    // seen our own last status write yet, and acting on a stale status could validate the
+    // same revision twice.
+    let Some(fresh) =
+        Api::<DeserializeGuard<ConnectorCredential>>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get ConnectorCredential"))?
     else {
         ctx.forget(&key);
         ctx.queue.forget(&key);
         ctx.metrics.forget_credential(&ns, &name);
         return Ok(Action::await_change());
+    };
+    let mut cred = match fresh.0 {
+        Ok(cred) => cred,
+        Err(invalid) => return malformed(&ctx, &guard.object_ref(&()), &invalid).await,
     };
     let started = std::time::Instant::now();
     // In-use protection first. A credential whose deletion waits for its Integrations keeps
@@ -141,6 +142,20 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
         ctx.succeeded(&key);
     }
     result
+}
+
+/// A ConnectorCredential that does not match the schema (an older or hand-edited object):
+/// said once per change, then left until it changes.
+async fn malformed(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    invalid: &kube::core::error_boundary::InvalidObject,
+) -> Result<Action, Error> {
+    warn!(error = %invalid, "malformed ConnectorCredential skipped");
+    let note = format!("the object does not match the ConnectorCredential schema: {invalid}");
+    let note = Note::warning(reasons::MISCONFIGURED, "Reconcile", note);
+    publish(ctx, reference, note).await;
+    Ok(Action::await_change())
 }
 
 /// The decision's view of the target Secret.
@@ -412,36 +427,14 @@ fn credentials_for_secret(
         .collect()
 }
 
-/// What the credential cache keeps: metadata (without its bulk or labels and annotations),
-/// of the spec the two Secret names the Secret index needs, and of the status only what
-/// picks a reconcile's priority. A reconcile reads its object afresh, so nothing else of a
-/// cached credential is ever read, and the rest (conditions, permissions, accounts, params)
-/// is most of each object: at 10,000 credentials, tens of MiB.
+/// What the credential cache keeps of metadata: not its bulk, labels or annotations (the
+/// head type already leaves out everything else; see [`CredentialHead`]).
 fn slim(guard: &mut Guarded) {
     super::forget_bulky_metadata(guard);
-    let Ok(cred) = &mut guard.0 else {
-        return;
-    };
-    let meta = &mut cred.metadata;
+    let meta = guard.meta_mut();
     meta.labels = None;
     meta.annotations = None;
     meta.owner_references = None;
-    let spec = &mut cred.spec;
-    spec.endpoint = None;
-    spec.params = Default::default();
-    spec.required_permissions = Vec::new();
-    spec.refresh_before = String::new();
-    spec.expiry_warning = String::new();
-    spec.secret_ref.keys = Default::default();
-    spec.validation.interval = String::new();
-    spec.validation.timeout = String::new();
-    if let Some(status) = cred.status.take() {
-        cred.status = Some(ConnectorCredentialStatus {
-            observed_generation: status.observed_generation,
-            active_revision: status.active_revision,
-            ..ConnectorCredentialStatus::default()
-        });
-    }
 }
 
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -557,6 +550,7 @@ mod tests {
             "kind": "ConnectorCredential",
             "metadata": {
                 "name": "c", "namespace": "ns", "generation": 3,
+                "labels": {"team": "sync"},
                 "annotations": {
                     "kubectl.kubernetes.io/last-applied-configuration": "{\"a\": \"copy\"}",
                     "team.example/owner": "sync",
@@ -570,7 +564,6 @@ mod tests {
                 "endpoint": "https://sandbox.procore.com",
                 "params": {"companyId": "1"},
                 "requiredPermissions": ["company:1"],
-                "validation": {"interval": "5m"},
             },
             "status": {
                 "observedGeneration": 3,
@@ -582,22 +575,23 @@ mod tests {
         }))
         .unwrap();
         slim(&mut guard);
-        let cred = guard.0.as_ref().unwrap();
-        let status = cred.status.as_ref().unwrap();
-        assert_eq!(status.observed_generation, Some(3));
-        assert_eq!(status.active_revision.as_deref(), Some("sha256:aa"));
-        assert!(status.conditions.is_empty() && status.permissions.is_empty());
+        let head = guard.0.as_ref().unwrap();
         // What the Secret index and the queue read stays.
-        assert_eq!(cred.spec.secret_ref.name, "src");
-        assert_eq!(cred.target_secret_name(), "tgt");
-        assert_eq!(cred.metadata.generation, Some(3));
-        assert_eq!(cred.name_any(), "c");
-        // The rest is dropped: a reconcile reads its object afresh.
-        assert!(cred.metadata.managed_fields.is_none());
-        assert!(cred.metadata.annotations.is_none());
-        assert!(cred.spec.endpoint.is_none() && cred.spec.params.is_empty());
-        assert!(cred.spec.required_permissions.is_empty());
-        assert!(cred.spec.secret_ref.keys.refresh_token.is_none());
-        assert!(cred.spec.validation.interval.is_empty());
+        assert_eq!(head.source_secret_name(), "src");
+        assert_eq!(head.target_secret_name(), "tgt");
+        assert!(head.settled());
+        assert_eq!(head.name_any(), "c");
+        // Metadata bulk is dropped; the head type holds nothing else of the object.
+        assert!(head.metadata.managed_fields.is_none());
+        assert!(head.metadata.annotations.is_none() && head.metadata.labels.is_none());
+        let kept = serde_json::to_value(head).unwrap();
+        assert_eq!(
+            kept["spec"],
+            serde_json::json!({"secretRef": {"name": "src"}, "target": {"name": "tgt"}})
+        );
+        assert_eq!(
+            kept["status"],
+            serde_json::json!({"observedGeneration": 3, "activeRevision": "sha256:aa"})
+        );
     }
 }
