@@ -179,62 +179,84 @@ impl Providers {
     }
 
     /// Token exchange plus one cheap identity and permission probe. Succeeds only if every
-    /// permission in `req.required` is held.
-    #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
+    /// permission in `req.required` is held. For callers that keep nothing between the two
+    /// (`check`); the controller persists a rotated refresh token between [`Self::exchange`]
+    /// and [`Self::probe`].
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> Verdict<Verified> {
+        match self.exchange(req).await {
+            Ok(exchanged) => self.probe(req, exchanged).await,
+            Err(e) => Verdict::new(Err(e)),
+        }
+    }
+
+    /// The first half of [`Self::verify`]: the token grant (none for an API key). When it
+    /// rotated the refresh token ([`Exchanged::rotated_refresh_token`]), the spent one may be
+    /// dead already: persist the new one before [`Self::probe`] uses the access token.
+    #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
+    pub async fn exchange(&self, req: &VerifyRequest<'_>) -> Result<Exchanged, VerifyError> {
         #[cfg(test)]
         if let Some(script) = &self.script {
-            return script.verify(req).await;
+            return Ok(Exchanged(Exchange::Scripted(script.verify(req).await)));
         }
-        let provider = req.spec.provider;
-        let outcome: Verdict<Verified> = async {
-            let cx = self.cx(req);
-            if let Err(e) = preflight(&cx) {
-                return Verdict::new(Err(e));
-            }
-            let grant = match req.spec.auth {
-                AuthType::ApiKey => None,
+        let outcome: Result<Exchanged, VerifyError> = async {
+            preflight(&self.cx(req))?;
+            match req.spec.auth {
+                AuthType::ApiKey => Ok(Exchanged(Exchange::Granted(None))),
                 AuthType::ClientCredentials | AuthType::RefreshToken => {
-                    match self.grant(req).await {
-                        Ok(grant) => Some(grant),
-                        Err(e) => return Verdict::new(Err(e)),
-                    }
+                    Ok(Exchanged(Exchange::Granted(Some(self.grant(req).await?))))
                 }
-            };
-            let probed = async {
-                let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
-                let missing = missing_permissions(provider, &probe.permissions, req.required);
-                if !missing.is_empty() {
-                    return Err(VerifyError::PermissionDenied {
-                        provider,
-                        account: Some(probe.account),
-                        missing,
-                        granted: probe.permissions,
-                        call: None,
-                        status: None,
-                        code: None,
-                    });
-                }
-                Ok(probe)
-            }
-            .await;
-            match probed {
-                Ok(probe) => Verdict::new(Ok(Verified {
-                    account: probe.account,
-                    permissions: probe.permissions,
-                    tokens: grant.map_or_else(Tokens::none, |g| g.tokens),
-                    credential_expires_at: probe.credential_expires_at,
-                })),
-                // A failed probe must not lose a refresh token the grant just rotated.
-                Err(e) => Verdict {
-                    result: Err(e),
-                    rotated: grant
-                        .map(|g| g.tokens)
-                        .filter(|t| t.refresh_token.is_some()),
-                },
             }
         }
         .await;
+        if let Err(e) = &outcome {
+            tracing::info!(reason = e.reason(), error = %e, "credential not verified");
+        }
+        outcome
+    }
+
+    /// The second half of [`Self::verify`]: one cheap identity and permission probe with the
+    /// exchange's access token (or the API key).
+    #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
+    pub async fn probe(&self, req: &VerifyRequest<'_>, exchanged: Exchanged) -> Verdict<Verified> {
+        let grant = match exchanged.0 {
+            Exchange::Granted(grant) => grant,
+            #[cfg(test)]
+            Exchange::Scripted(verdict) => return verdict,
+        };
+        let provider = req.spec.provider;
+        let cx = self.cx(req);
+        let probed = async {
+            let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
+            let missing = missing_permissions(provider, &probe.permissions, req.required);
+            if !missing.is_empty() {
+                return Err(VerifyError::PermissionDenied {
+                    provider,
+                    account: Some(probe.account),
+                    missing,
+                    granted: probe.permissions,
+                    call: None,
+                    status: None,
+                    code: None,
+                });
+            }
+            Ok(probe)
+        }
+        .await;
+        let outcome = match probed {
+            Ok(probe) => Verdict::new(Ok(Verified {
+                account: probe.account,
+                permissions: probe.permissions,
+                tokens: grant.map_or_else(Tokens::none, |g| g.tokens),
+                credential_expires_at: probe.credential_expires_at,
+            })),
+            // A failed probe must not lose a refresh token the grant just rotated.
+            Err(e) => Verdict {
+                result: Err(e),
+                rotated: grant
+                    .map(|g| g.tokens)
+                    .filter(|t| t.refresh_token.is_some()),
+            },
+        };
         match &outcome.result {
             Ok(v) => tracing::debug!(account = %v.account.id, "credential verified"),
             Err(e) => tracing::info!(reason = e.reason(), error = %e, "credential not verified"),
@@ -691,6 +713,45 @@ impl<T> Verdict<T> {
 impl<T> From<Result<T, VerifyError>> for Verdict<T> {
     fn from(result: Result<T, VerifyError>) -> Self {
         Self::new(result)
+    }
+}
+
+/// A token exchange's result, between [`Providers::exchange`] and [`Providers::probe`].
+#[derive(Debug)]
+pub struct Exchanged(Exchange);
+
+#[derive(Debug)]
+enum Exchange {
+    /// The grant (none for an API key).
+    Granted(Option<Grant>),
+    /// A scripted provider's whole verdict, answered by the probe.
+    #[cfg(test)]
+    Scripted(Verdict<Verified>),
+}
+
+impl Exchanged {
+    /// The refresh token the provider rotated in this exchange: the one presented is spent.
+    pub fn rotated_refresh_token(&self) -> Option<&Redacted> {
+        match &self.0 {
+            Exchange::Granted(grant) => grant.as_ref()?.tokens.refresh_token(),
+            #[cfg(test)]
+            Exchange::Scripted(verdict) => match verdict.as_result() {
+                Ok(v) => v.tokens().refresh_token(),
+                Err(_) => verdict.rotated()?.refresh_token(),
+            },
+        }
+    }
+
+    /// The exchange's tokens: what a persisted refresh token is written with.
+    pub fn tokens(&self) -> Option<&Tokens> {
+        match &self.0 {
+            Exchange::Granted(grant) => grant.as_ref().map(|g| &g.tokens),
+            #[cfg(test)]
+            Exchange::Scripted(verdict) => match verdict.as_result() {
+                Ok(v) => Some(v.tokens()),
+                Err(_) => verdict.rotated(),
+            },
+        }
     }
 }
 
