@@ -131,14 +131,16 @@ fn print_figures(test: &str, seed: u64, lines: &[(&str, String)], findings: &Fin
         out.push_str(&format!("  {what}: {value}\n"));
     }
     out.push_str(&format!(
-        "  validated swaps: {}\n  rejected rotations: {}\n  rotations overwritten before the operator saw them: {}\n  refreshes: {}\n  revisions validated again after a kill: {}\n  refresh-token chains a kill cut in the provider's rotation window: {} (longest grant-to-kill gap {:?})\n  workload rolls: {}\n  unvalidated swaps: {}\n  lost refresh tokens: {}\n  validated again after a swap: {}\n  bad rolls: {}\n  leaks: {}\n",
+        "  validated swaps: {}\n  rejected rotations: {}\n  rotations overwritten before the operator saw them: {}\n  refreshes: {}\n  revisions validated again after a kill: {}\n  refresh-token chains a kill cut in the unavoidable window (provider answer to the first durable write): {} (longest grant-to-kill gap {:?})\n  spent refresh tokens presented again: {} (after a kill inside the window: {})\n  workload rolls: {}\n  unvalidated swaps: {}\n  lost refresh tokens: {}\n  validated again after a swap: {}\n  bad rolls: {}\n  leaks: {}\n",
         findings.validated_swaps,
         findings.rejected_rotations,
         findings.overwritten_unseen,
         findings.refreshes,
         findings.validated_again_after_kill,
-        findings.cut_by_kill,
-        findings.cut_by_kill_max_gap,
+        findings.cut_in_window,
+        findings.cut_in_window_max_gap,
+        findings.spent_presented.len(),
+        findings.spent_presented_in_window,
         findings.rolls,
         findings.unvalidated.len(),
         findings.lost_tokens.len(),
@@ -170,6 +172,12 @@ fn assert_findings(seed: u64, unsettled: &[String], findings: &Findings) {
             .revalidated
             .iter()
             .map(|s| format!("validated again: {s}")),
+    );
+    problems.extend(
+        findings
+            .spent_presented
+            .iter()
+            .map(|s| format!("spent token presented: {s}")),
     );
     problems.extend(findings.bad_rolls.iter().map(|s| format!("roll: {s}")));
     problems.extend(findings.leaks.iter().map(|s| format!("leak: {s}")));

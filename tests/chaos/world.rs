@@ -193,6 +193,8 @@ pub struct Seen {
     pub target_held: HashMap<String, HashMap<String, Instant>>,
     /// Target Secret -> every refresh token it was seen holding.
     pub target_tokens: HashMap<String, BTreeSet<String>>,
+    /// Refresh token -> when it was first seen persisted (in a target or a staging Secret).
+    pub durable: HashMap<String, Instant>,
     /// Deployment -> the distinct rolls seen: (restartedAt, revisions).
     pub rolls: HashMap<String, Vec<(String, String)>>,
 }
@@ -795,8 +797,30 @@ fn applied<K>(event: watcher::Event<K>) -> Vec<K> {
     }
 }
 
+/// The suffix of the operator's staging Secrets (the write-ahead of rotated refresh tokens).
+const STAGING_SUFFIX: &str = ".reconnect-staging";
+
 fn note_secret(seen: &mut Seen, secret: &Secret) {
     let name = secret.metadata.name.clone().unwrap_or_default();
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("refresh_token"))
+        .map(|t| String::from_utf8_lossy(&t.0).into_owned());
+    let operators = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|m| m == "reconnect-operator");
+    if operators && let Some(token) = &token {
+        seen.durable
+            .entry(token.clone())
+            .or_insert_with(Instant::now);
+    }
+    if name.ends_with(STAGING_SUFFIX) {
+        return;
+    }
     let Some(rev) = secret
         .metadata
         .annotations
@@ -884,11 +908,38 @@ pub struct Findings {
     pub refreshes: usize,
     /// Revisions validated more than once, each time with a kill in between.
     pub validated_again_after_kill: usize,
-    /// Refresh-token chains a kill cut inside the provider's rotation window: the provider
-    /// had rotated the token (the old one is spent) and the process died before the target
-    /// write; with the longest time from that grant to the kill.
-    pub cut_by_kill: usize,
-    pub cut_by_kill_max_gap: Duration,
+    /// Refresh-token chains a kill cut inside the unavoidable window: the provider had
+    /// rotated the token (the old one is spent) and the process died before the new one
+    /// was persisted anywhere (staging or target Secret); with the longest time from that
+    /// grant's request to the kill. A chain cut after its token was persisted is a lost
+    /// token, never counted here.
+    pub cut_in_window: usize,
+    pub cut_in_window_max_gap: Duration,
+    /// Refresh tokens presented again after the provider had spent them, outside a window a
+    /// kill explains.
+    pub spent_presented: Vec<String>,
+    /// Spent refresh tokens presented again by the next life after a kill inside the window.
+    pub spent_presented_in_window: usize,
+}
+
+/// How long after a SIGKILL a request the dead process had already sent may still reach an
+/// emulator or the API server.
+const ORPHAN_SLACK: Duration = Duration::from_millis(500);
+
+/// The first kill that ended after `at` (or just before: a request the dying process sent
+/// may be stamped after its death).
+fn first_kill_after(kills: &[Kill], at: Instant) -> Option<&Kill> {
+    kills
+        .iter()
+        .filter(|k| k.dead + ORPHAN_SLACK > at)
+        .min_by_key(|k| k.sent)
+}
+
+/// The longest the unavoidable window (from a token grant's request to the first durable
+/// write of the token it minted) may plausibly last: `RECONNECT_CHAOS_WINDOW_MS` (10,000).
+/// A kill later than that after the grant does not excuse a lost chain.
+pub fn window_bound() -> Duration {
+    Duration::from_millis(env_or("RECONNECT_CHAOS_WINDOW_MS", 10_000))
 }
 
 impl World {
@@ -1041,21 +1092,24 @@ impl World {
                         .map(|s| s.at)
                         .min()
                 });
-                let cut = kills.and_then(|kills| {
-                    let minted_at = minted_at?;
-                    kills
-                        .iter()
-                        .filter(|k| k.dead > minted_at)
-                        .map(|k| k.sent.saturating_duration_since(minted_at))
-                        .min()
+                // The first kill after that grant, and whether the leaf had been seen
+                // persisted before it (a write the dying process sent may still land after
+                // the kill: that is inside the window).
+                let cutting = kills.and_then(|kills| first_kill_after(kills, minted_at?));
+                let cut = cutting.map(|k| {
+                    k.sent
+                        .saturating_duration_since(minted_at.unwrap_or(k.sent))
                 });
-                let never_held = !seen
-                    .target_tokens
-                    .get(&cred.target())
-                    .is_some_and(|t| t.contains(&leaf));
-                if let (Some(gap), true) = (cut, never_held) {
-                    f.cut_by_kill += 1;
-                    f.cut_by_kill_max_gap = f.cut_by_kill_max_gap.max(gap);
+                let persisted = seen
+                    .durable
+                    .get(&leaf)
+                    .is_some_and(|at| cutting.is_none_or(|k| *at < k.sent));
+                let lost = holds.as_deref() != Some(leaf.as_str()) || !valid.contains(&leaf);
+                if let (Some(gap), false, true) = (cut, persisted, lost)
+                    && gap <= window_bound()
+                {
+                    f.cut_in_window += 1;
+                    f.cut_in_window_max_gap = f.cut_in_window_max_gap.max(gap);
                 } else if holds.as_deref() != Some(leaf.as_str()) || !valid.contains(&leaf) {
                     let at = holds
                         .as_ref()
@@ -1087,7 +1141,7 @@ impl World {
                         );
                     }
                     f.lost_tokens.push(format!(
-                        "{} ({:?}): chain of {} tokens, the target holds token {at:?}; its end is a token the target {} (provider takes it: {})",
+                        "{} ({:?}): chain of {} tokens, the target holds token {at:?}; its end is a token the target {} (persisted: {persisted}; provider takes it: {}; a kill {cut:?} after its grant)",
                         cred.name,
                         cred.flavour,
                         chain.len(),
@@ -1119,25 +1173,30 @@ impl World {
                         .map(|s| s.at)
                         .min()
                 });
-                let cut = kills.zip(granted).and_then(|(kills, granted)| {
-                    kills
-                        .iter()
-                        .filter(|k| k.dead > granted)
-                        .map(|k| k.sent.saturating_duration_since(granted))
-                        .min()
-                });
+                let cutting = kills
+                    .zip(granted)
+                    .and_then(|(kills, granted)| first_kill_after(kills, granted));
+                let cut = cutting
+                    .zip(granted)
+                    .map(|(k, g)| k.sent.saturating_duration_since(g));
                 let held_once = held.is_some_and(|h| h.contains_key(&latest.revision));
+                // The token its first grant minted: excused only if not persisted before the
+                // kill.
+                let persisted = latest
+                    .get("refresh_token")
+                    .and_then(|root| children.get(root))
+                    .and_then(|child| seen.durable.get(child))
+                    .is_some_and(|at| cutting.is_none_or(|k| *at < k.sent));
                 match cut {
-                    Some(gap) if !held_once => {
-                        f.cut_by_kill += 1;
-                        f.cut_by_kill_max_gap = f.cut_by_kill_max_gap.max(gap);
+                    Some(gap) if !held_once && !persisted && gap <= window_bound() => {
+                        f.cut_in_window += 1;
+                        f.cut_in_window_max_gap = f.cut_in_window_max_gap.max(gap);
                     }
                     _ => f.lost_tokens.push(format!(
-                        "{}: good revision {} rejected (its token granted: {}, a kill after: {}, held once: {held_once})",
+                        "{}: good revision {} rejected (its token granted: {}, a kill after: {cut:?}, held once: {held_once}, its next token persisted: {persisted})",
                         cred.name,
                         latest.revision,
                         granted.is_some(),
-                        cut.is_some()
                     )),
                 }
             }
@@ -1201,6 +1260,52 @@ impl World {
                         cred.name, cred.flavour, m.revision
                     ));
                 }
+            }
+        }
+
+        // 2c. A refresh token the provider spent is never presented again, unless a kill
+        // came between and the token it minted was never persisted (the unavoidable window).
+        let mut spent_at: HashMap<&str, Instant> = HashMap::new();
+        for s in &served {
+            if s.status == Some(200)
+                && let Some(token) = s.refresh_token.as_deref()
+            {
+                let at = spent_at.entry(token).or_insert(s.at);
+                *at = (*at).min(s.at);
+            }
+        }
+        for s in &served {
+            let Some(token) = s.refresh_token.as_deref() else {
+                continue;
+            };
+            let Some(&spent) = spent_at.get(token) else {
+                continue;
+            };
+            if s.at <= spent {
+                continue;
+            }
+            // A kill after the spending grant (its request may reach the provider just after
+            // the process died) and before this presentation, with the minted token not seen
+            // persisted before that kill: the unavoidable window.
+            let cutting = kills.and_then(|kills| {
+                kills
+                    .iter()
+                    .filter(|k| k.sent < s.at && spent < k.dead + ORPHAN_SLACK)
+                    .min_by_key(|k| k.sent)
+            });
+            let child = children.get(token);
+            let persisted_before = child
+                .and_then(|c| seen.durable.get(c))
+                .is_some_and(|at| *at < s.at && cutting.is_none_or(|k| *at < k.sent));
+            let killed_between = cutting.is_some();
+            if !persisted_before && killed_between {
+                f.spent_presented_in_window += 1;
+            } else {
+                f.spent_presented.push(format!(
+                    "a refresh token spent {} ms earlier was presented again (answer {:?}; its successor persisted before: {persisted_before}; a kill between: {killed_between})",
+                    s.at.duration_since(spent).as_millis(),
+                    s.status
+                ));
             }
         }
 
