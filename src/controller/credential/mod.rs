@@ -5,10 +5,13 @@
 //! 1. read: the source Secret ([`read::source`]: a [`read::Candidate`] with its revision)
 //!    and the target Secret ([`target::inspect`]: intact, altered, missing or foreign);
 //! 2. decide ([`decide::decide`], pure): the step and when to look again;
-//! 3. provider step ([`act`]): the only provider call, returning an [`act::Outcome`];
+//! 3. provider step ([`act`]): the only provider calls, returning an [`act::Outcome`]; a
+//!    refresh token the exchange rotates is persisted before the probe uses the new access
+//!    token (the write-ahead: [`staging`] for a candidate, the target for the active one);
 //! 4. react ([`react::react`], pure): the status and events the outcome deserves;
 //! 5. apply: the target Secret first (a rotated refresh token must be persisted before
-//!    anything else), then status, then events.
+//!    anything else), then status, then the staging Secret is emptied once its rotation is
+//!    settled, then events.
 //!
 //! The target Secret only ever holds material that passed validation; [`target`] makes that
 //! a property of the types. The controller's own writes never wake it: status writes are
@@ -304,7 +307,7 @@ async fn reconcile_credential(
         &outcome,
     );
 
-    // 5. Apply: the target Secret, then the staging Secret, then status, then events.
+    // 5. Apply: the target Secret, then status, then the staging Secret, then events.
     // Set when someone else wrote the target while this process was writing it: look again.
     let mut written_meanwhile = persist.meanwhile.load(Ordering::SeqCst);
     if let Some(validated) = outcome.target_write() {
@@ -312,17 +315,6 @@ async fn reconcile_credential(
         let (_, meanwhile) =
             write_target(ctx, key, &ns, &secrets, cred, existing.as_ref(), validated).await?;
         written_meanwhile |= meanwhile;
-    }
-    // A staged token is obsolete once its rotation is settled, or once the target holds its
-    // lineage again.
-    if let Some(staged) = persist.staged() {
-        let settled = matches!(outcome, Outcome::Swapped { .. } | Outcome::Rejected { .. })
-            || outcome
-                .target_holds()
-                .is_some_and(|v| v.revision() == staged.revision);
-        if settled {
-            persist.clear().await;
-        }
     }
     // A dead credential is probed again on the interval too, not in a loop.
     if let Outcome::Swapped { .. } | Outcome::Probed { .. } | Outcome::ActiveFailed { .. } =
@@ -344,6 +336,18 @@ async fn reconcile_credential(
         timing.expiry_warning,
     );
     write_status(api, &name, cred.status.as_ref(), &reaction.status).await?;
+    // A staged token is obsolete once its rotation is settled and recorded (a rejection that
+    // status has not recorded yet is validated again after a crash, from the staged token),
+    // or once the target holds its lineage again.
+    if let Some(staged) = persist.staged() {
+        let settled = matches!(outcome, Outcome::Swapped { .. } | Outcome::Rejected { .. })
+            || outcome
+                .target_holds()
+                .is_some_and(|v| v.revision() == staged.revision);
+        if settled {
+            persist.clear().await;
+        }
+    }
     let reference = cred.object_ref(&());
     for note in reaction.events {
         publish(ctx, &reference, note).await;
