@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use reconnect_apiserver::TestCluster;
 use reconnect_emulators::{
     Account, Emulator, Fault, Flavor, OAuth2Emulator, ProcoreEmulator, ProviderChaos,
@@ -432,7 +432,7 @@ impl World {
             "metadata": {"name": name}, "type": "Opaque", "stringData": data,
         }))
         .expect("static Secret");
-        retry(|| async {
+        retry("source Secret write", || async {
             match self.secrets().get_opt(name).await? {
                 Some(mut existing) => {
                     existing.string_data = secret.string_data.clone();
@@ -471,14 +471,12 @@ impl World {
                 "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
                 "metadata": {"name": cred.name}, "spec": self.spec(&cred),
             });
-            self.creds_api()
-                .patch(
-                    &cred.name,
-                    &PatchParams::apply("chaos-test").force(),
-                    &Patch::Apply(&obj),
-                )
-                .await
-                .expect("apply credential");
+            let (api, pp, patch) = (
+                self.creds_api(),
+                PatchParams::apply("chaos-test").force(),
+                Patch::Apply(&obj),
+            );
+            retry("credential apply", || api.patch(&cred.name, &pp, &patch)).await;
             self.creds.push(cred);
         }
         for j in 0..n / 5 {
@@ -502,10 +500,14 @@ impl World {
                 },
             }))
             .expect("static Deployment");
-            self.deployments()
-                .create(&PostParams::default(), &deployment)
-                .await
-                .expect("create Deployment");
+            retry("Deployment create", || async {
+                created(
+                    self.deployments()
+                        .create(&PostParams::default(), &deployment)
+                        .await,
+                )
+            })
+            .await;
             let obj = json!({
                 "apiVersion": "reconnect.dev/v1alpha1", "kind": "Integration",
                 "metadata": {"name": integ.name},
@@ -514,14 +516,12 @@ impl World {
                     "restartTargets": [{"kind": "Deployment", "name": integ.deployment}],
                 },
             });
-            self.integrations_api()
-                .patch(
-                    &integ.name,
-                    &PatchParams::apply("chaos-test").force(),
-                    &Patch::Apply(&obj),
-                )
-                .await
-                .expect("apply Integration");
+            let (api, pp, patch) = (
+                self.integrations_api(),
+                PatchParams::apply("chaos-test").force(),
+                Patch::Apply(&obj),
+            );
+            retry("Integration apply", || api.patch(&integ.name, &pp, &patch)).await;
             self.integrations.push(integ);
         }
     }
@@ -583,8 +583,13 @@ impl World {
         let deployments = self.deployments();
         let seen = self.seen.clone();
         self.recorder = Some(tokio::spawn(async move {
-            let secrets = watcher(secrets, watcher::Config::default()).boxed();
-            let deployments = watcher(deployments, watcher::Config::default()).boxed();
+            // With backoff: a watch the API server ends under load is resumed, not hammered.
+            let secrets = watcher(secrets, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            let deployments = watcher(deployments, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             let mut secrets = secrets.fuse();
             let mut deployments = deployments.fuse();
             loop {
@@ -615,16 +620,14 @@ impl World {
             task.abort();
             let _ = task.await;
         }
-        let secrets = self
-            .secrets()
-            .list(&ListParams::default())
-            .await
-            .expect("list Secrets");
-        let deployments = self
-            .deployments()
-            .list(&ListParams::default())
-            .await
-            .expect("list Deployments");
+        let secrets = retry("Secret listing", || async {
+            self.secrets().list(&ListParams::default()).await
+        })
+        .await;
+        let deployments = retry("Deployment listing", || async {
+            self.deployments().list(&ListParams::default()).await
+        })
+        .await;
         let mut seen = lock(&self.seen);
         for s in &secrets.items {
             note_secret(&mut seen, s);
@@ -652,7 +655,11 @@ impl World {
                 reported = true;
                 eprintln!("still unsettled after 10 s: {unsettled:#?}");
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            // Three listings per look: at a large run's size, not more than about one a
+            // second, so the test's own polling does not load the API server it measures.
+            let every =
+                Duration::from_millis(250).max(Duration::from_millis(self.creds.len() as u64));
+            tokio::time::sleep(every).await;
         }
     }
 
@@ -660,7 +667,7 @@ impl World {
         let (Ok(creds), Ok(integrations), Ok(secrets)) = (
             self.creds_api().list(&ListParams::default()).await,
             self.integrations_api().list(&ListParams::default()).await,
-            self.secrets().list(&ListParams::default()).await,
+            self.secrets().list_metadata(&ListParams::default()).await,
         ) else {
             return vec!["(list failed)".into()];
         };
@@ -765,20 +772,19 @@ impl World {
 
     /// Everything the operator published: events, statuses (as JSON text).
     pub async fn published(&self) -> String {
-        let events = Api::<Event>::namespaced(self.cluster.client.clone(), self.ns())
-            .list(&ListParams::default())
-            .await
-            .expect("list events");
-        let creds = self
-            .creds_api()
-            .list(&ListParams::default())
-            .await
-            .expect("list");
-        let integrations = self
-            .integrations_api()
-            .list(&ListParams::default())
-            .await
-            .expect("list");
+        let events_api = Api::<Event>::namespaced(self.cluster.client.clone(), self.ns());
+        let events = retry("Event listing", || async {
+            events_api.list(&ListParams::default()).await
+        })
+        .await;
+        let creds = retry("credential listing", || async {
+            self.creds_api().list(&ListParams::default()).await
+        })
+        .await;
+        let integrations = retry("Integration listing", || async {
+            self.integrations_api().list(&ListParams::default()).await
+        })
+        .await;
         let statuses: Vec<_> = creds.items.iter().map(|c| json!(c.status)).collect();
         let istatuses: Vec<_> = integrations.items.iter().map(|i| json!(i.status)).collect();
         format!(
@@ -862,21 +868,35 @@ fn note_roll(seen: &mut Seen, d: &Deployment) {
     }
 }
 
-/// Retries a test-side API call a few times (a real API server can be briefly busy).
-pub async fn retry<F, Fut>(mut call: F)
+/// Retries a test-side API call with exponential backoff (200 ms doubling to 5 s, about a
+/// minute in all): a real API server under a large run's load answers the test's own
+/// requests slowly, with 429 or 5xx, or times out; none of that is what the test checks.
+pub async fn retry<T, F, Fut>(what: &str, mut call: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
+    let mut wait = Duration::from_millis(200);
     for attempt in 0.. {
         match call().await {
-            Ok(()) => return,
-            Err(e) if attempt < 5 => {
-                eprintln!("retrying a test write: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(value) => return value,
+            Err(e) if attempt < 15 => {
+                eprintln!("retrying the test's {what} in {wait:?}: {e}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
-            Err(e) => panic!("test write failed: {e}"),
+            Err(e) => panic!("the test's {what} failed: {e}"),
         }
+    }
+    unreachable!("the loop returns")
+}
+
+/// `Ok` for a create that an earlier attempt made already (409 AlreadyExists).
+fn created<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -949,24 +969,22 @@ impl World {
     /// was persisted yet), never without one.
     pub async fn check(&self, texts: &[(&str, &str)], kills: Option<&[Kill]>) -> Findings {
         let mut f = Findings::default();
-        let secrets: HashMap<String, Secret> = self
-            .secrets()
-            .list(&ListParams::default())
-            .await
-            .expect("list Secrets")
-            .items
-            .into_iter()
-            .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
-            .collect();
-        let creds: HashMap<String, ConnectorCredential> = self
-            .creds_api()
-            .list(&ListParams::default())
-            .await
-            .expect("list credentials")
-            .items
-            .into_iter()
-            .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
-            .collect();
+        let secrets: HashMap<String, Secret> = retry("Secret listing", || async {
+            self.secrets().list(&ListParams::default()).await
+        })
+        .await
+        .items
+        .into_iter()
+        .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
+        .collect();
+        let creds: HashMap<String, ConnectorCredential> = retry("credential listing", || async {
+            self.creds_api().list(&ListParams::default()).await
+        })
+        .await
+        .items
+        .into_iter()
+        .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
+        .collect();
         let served = self.served();
         let seen = lock(&self.seen);
 
