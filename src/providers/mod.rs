@@ -218,6 +218,13 @@ impl Providers {
     /// exchange's access token (or the API key).
     #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
     pub async fn probe(&self, req: &VerifyRequest<'_>, exchanged: Exchanged) -> Verdict<Verified> {
+        #[cfg_attr(
+            not(test),
+            expect(
+                clippy::infallible_destructuring_match,
+                reason = "unit tests add a scripted variant"
+            )
+        )]
         let grant = match exchanged.0 {
             Exchange::Granted(grant) => grant,
             #[cfg(test)]
