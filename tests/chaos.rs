@@ -12,10 +12,16 @@
 //! - `crash_anywhere_*`: the `reconnect-operator` binary, SIGKILLed at seeded moments during
 //!   rotations and refreshes and started again, on both backends.
 //!
+//! A share of the credentials (two flavours in seven) use the OAuth peer, a real and
+//! independent OAuth server (oidc-provider), through an observing and faulting proxy
+//! (`chaos/peer.rs`): rotating refresh tokens with reuse detection, and client credentials.
+//!
 //! Sizes: `RECONNECT_CHAOS_N` credentials (50), `RECONNECT_CHAOS_R` rotations (300),
 //! `RECONNECT_CHAOS_KILLS` (50), seed `RECONNECT_CHAOS_SEED` (printed on failure), and
 //! `RECONNECT_CHAOS_CONVERGE` seconds to wait for convergence (90).
 
+#[path = "chaos/peer.rs"]
+mod peer;
 #[path = "chaos/world.rs"]
 mod world;
 
@@ -334,6 +340,7 @@ async fn chaos_run_keeps_every_promise_under_api_and_provider_faults() {
             ),
             ("provider faults injected", provider_faults.to_string()),
             ("provider requests", world.served().len().to_string()),
+            ("of them to the OAuth peer", world.peer_figures()),
             (
                 "time to converge after faults off",
                 format!("{converged:.1?}"),
@@ -508,6 +515,7 @@ async fn crash_anywhere_keeps_every_promise_across_sigkills() {
             ),
             ("rotating while killing", format!("{crash_time:.1?}")),
             ("provider requests", world.served().len().to_string()),
+            ("of them to the OAuth peer", world.peer_figures()),
             (
                 "time to converge after the last kill",
                 format!("{converged:.1?}"),

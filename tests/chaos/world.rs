@@ -1,4 +1,5 @@
-//! The world both reliability runs share: provider emulators with good and weak accounts,
+//! The world both reliability runs share: provider emulators and the OAuth peer (behind an
+//! observing proxy) with good and weak accounts,
 //! N ConnectorCredentials over several providers and auth types, Integrations whose
 //! Deployments roll after swaps, seeded rotations among good, weak, dead and short-token
 //! material, a recorder of what the cluster showed, and the checker.
@@ -23,7 +24,10 @@ use reconnect_emulators::{
     Account, Emulator, Fault, Flavor, OAuth2Emulator, ProcoreEmulator, ProviderChaos,
     SafetyCultureEmulator, Served,
 };
+use reconnect_oauth_peer::{NewClient, OAuthPeer, PeerClient, RefreshTokenState};
 use reconnect_operator::api::{ConnectorCredential, Integration};
+
+use crate::peer::PeerProxy;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -92,14 +96,20 @@ pub enum Flavour {
     OAuthClient,
     OAuthRefresh,
     SafetyCultureKey,
+    /// The OAuth peer (oidc-provider): client credentials.
+    PeerClient,
+    /// The OAuth peer: rotating refresh tokens with reuse detection.
+    PeerRefresh,
 }
 
-const FLAVOURS: [Flavour; 5] = [
+const FLAVOURS: [Flavour; 7] = [
     Flavour::ProcoreClient,
     Flavour::ProcoreRefresh,
     Flavour::OAuthClient,
     Flavour::OAuthRefresh,
     Flavour::SafetyCultureKey,
+    Flavour::PeerRefresh,
+    Flavour::PeerClient,
 ];
 
 /// Seconds a short-lived access token lives.
@@ -206,6 +216,11 @@ pub struct World {
     pub procore: ProcoreEmulator,
     pub oauth: OAuth2Emulator,
     pub safety: SafetyCultureEmulator,
+    /// The OAuth peer, reached only through `proxy`.
+    pub peer: OAuthPeer,
+    pub proxy: PeerProxy,
+    /// The peer's refresh-token apps: normal, and with 40-second access tokens.
+    peer_apps: [PeerClient; 2],
     pub creds: Vec<Cred>,
     pub integrations: Vec<Integ>,
     pub seen: Arc<Mutex<Seen>>,
@@ -247,6 +262,18 @@ impl World {
         oauth.add_client("app", &app_secret, None);
         oauth.add_client("app-short", &app_secret, None);
         oauth.set_token_lifetime("app-short", SHORT_LIFETIME);
+        let peer = OAuthPeer::start().await;
+        let proxy = PeerProxy::start(&peer.issuer()).await;
+        let mut peer_apps = Vec::new();
+        for app in ["app", "app-short"] {
+            let client = NewClient::refresh_token(app)
+                .secret(&app_secret)
+                .scopes(&OAUTH_SCOPES);
+            peer_apps.push(peer.add_client(client).await);
+        }
+        peer.set_client_access_token_ttl("app-short", SHORT_LIFETIME)
+            .await;
+        let peer_apps: [PeerClient; 2] = peer_apps.try_into().expect("two apps");
         if let Some(standin) = &cluster.standin {
             // A large run makes more changes than the default watch history holds.
             standin.set_history_limit(2_000_000);
@@ -258,6 +285,9 @@ impl World {
             procore,
             oauth,
             safety,
+            peer,
+            proxy,
+            peer_apps,
             creds: Vec::new(),
             integrations: Vec::new(),
             seen: Arc::new(Mutex::new(Seen::default())),
@@ -280,7 +310,7 @@ impl World {
     }
 
     /// New material of `kind` for a credential of `flavour`, registered at its provider.
-    fn mint(&mut self, flavour: Flavour, kind: Kind) -> Material {
+    async fn mint(&mut self, flavour: Flavour, kind: Kind) -> Material {
         let good = kind != Kind::Weak;
         let app_secret = format!("cnry{:x}appsecret", self.seed);
         match flavour {
@@ -341,6 +371,45 @@ impl World {
                     ],
                 )
             }
+            Flavour::PeerClient => {
+                self.serial += 1;
+                let id = format!("peer-{:x}-{}", self.seed, self.serial);
+                let secret = self.canary("secret");
+                if kind != Kind::Dead {
+                    let scopes: &[&str] = if good { &OAUTH_SCOPES } else { &["read"] };
+                    let client = NewClient::client_credentials(&id)
+                        .secret(&secret)
+                        .scopes(scopes);
+                    self.peer.add_client(client).await;
+                    if kind == Kind::Short {
+                        self.peer
+                            .set_client_access_token_ttl(&id, SHORT_LIFETIME)
+                            .await;
+                    }
+                }
+                Material::new(kind, vec![("client_id", id), ("client_secret", secret)])
+            }
+            Flavour::PeerRefresh => {
+                let app = usize::from(kind == Kind::Short);
+                let token = if kind == Kind::Dead {
+                    self.canary("rt")
+                } else {
+                    // The peer mints its own values (no canary): the checker knows them.
+                    let scopes: &[&str] = if good { &OAUTH_SCOPES } else { &["read"] };
+                    let account = if good { "good" } else { "weak" };
+                    self.peer
+                        .refresh_token_for(&self.peer_apps[app], account, scopes)
+                        .await
+                };
+                Material::new(
+                    kind,
+                    vec![
+                        ("client_id", self.peer_apps[app].id.clone()),
+                        ("client_secret", app_secret),
+                        ("refresh_token", token),
+                    ],
+                )
+            }
             Flavour::SafetyCultureKey => {
                 let key = self.canary("key");
                 if kind != Kind::Dead {
@@ -387,6 +456,22 @@ impl World {
                 "ApiKey",
                 self.safety.base_url(),
                 &SAFETY_PERMS[..],
+                json!({}),
+            ),
+            // The peer grants no scope that is not asked for (client credentials); a refresh
+            // keeps the scopes of the grant.
+            Flavour::PeerClient => (
+                "oauth2",
+                "ClientCredentials",
+                self.proxy.base_url(),
+                &OAUTH_SCOPES[..],
+                json!({"scope": OAUTH_SCOPES.join(" ")}),
+            ),
+            Flavour::PeerRefresh => (
+                "oauth2",
+                "RefreshToken",
+                self.proxy.base_url(),
+                &OAUTH_SCOPES[..],
                 json!({}),
             ),
         };
@@ -459,7 +544,7 @@ impl World {
             let flavour = FLAVOURS[i % FLAVOURS.len()];
             let steady = i % 7 == 3;
             let kind = if steady { Kind::Short } else { Kind::Good };
-            let material = self.mint(flavour, kind);
+            let material = self.mint(flavour, kind).await;
             let cred = Cred {
                 name: format!("c{i}"),
                 flavour,
@@ -543,7 +628,7 @@ impl World {
                 6 | 7 => Kind::Dead,
                 _ => Kind::Short,
             };
-            let material = self.mint(self.creds[i].flavour, kind);
+            let material = self.mint(self.creds[i].flavour, kind).await;
             self.write_source(&self.creds[i].source(), &material).await;
             self.creds[i].history.push(material);
             kinds.push(kind);
@@ -570,10 +655,14 @@ impl World {
         self.procore.set_chaos(plan.clone());
         self.oauth.set_chaos(plan.clone());
         self.safety.set_chaos(plan);
+        self.proxy.set_chaos(self.seed, per_mille);
     }
 
     pub fn provider_faults(&self) -> usize {
-        self.procore.chaos_injected() + self.oauth.chaos_injected() + self.safety.chaos_injected()
+        self.procore.chaos_injected()
+            + self.oauth.chaos_injected()
+            + self.safety.chaos_injected()
+            + self.proxy.chaos_injected()
     }
 
     /// Starts recording what target Secrets and Deployments go through, from watches of the
@@ -745,7 +834,22 @@ impl World {
         let mut all = self.procore.served();
         all.extend(self.oauth.served());
         all.extend(self.safety.served());
+        all.extend(self.proxy.served());
         all
+    }
+
+    /// What went to the OAuth peer: requests (faults injected), successful refresh grants.
+    pub fn peer_figures(&self) -> String {
+        let served = self.proxy.served();
+        let refreshes = served
+            .iter()
+            .filter(|s| s.status == Some(200) && s.refresh_token.is_some())
+            .count();
+        format!(
+            "{} ({} faults), {refreshes} refresh-token grants",
+            served.len(),
+            self.proxy.chaos_injected()
+        )
     }
 
     /// Every secret value in play: the materials written and every token the emulators
@@ -767,6 +871,7 @@ impl World {
         }
         tokens(&self.procore, &mut values);
         tokens(&self.oauth, &mut values);
+        values.extend(self.proxy.minted());
         values
     }
 
@@ -1021,6 +1126,28 @@ impl World {
                 if !record.used && !record.revoked {
                     valid.insert(token);
                 }
+            }
+        }
+        // The peer's chains, from what its proxy saw; whether a token is still good, from the
+        // peer itself (its reuse detection may have revoked a whole chain).
+        let peer_children = self.proxy.children();
+        children.extend(peer_children.clone());
+        let mut peer_tokens: BTreeSet<String> = peer_children.values().cloned().collect();
+        for cred in self
+            .creds
+            .iter()
+            .filter(|c| c.flavour == Flavour::PeerRefresh)
+        {
+            for m in &cred.history {
+                peer_tokens.extend(m.get("refresh_token").map(str::to_owned));
+            }
+        }
+        for token in &peer_tokens {
+            if matches!(
+                self.peer.refresh_token_state(token).await,
+                RefreshTokenState::Active { .. }
+            ) {
+                valid.insert(token.clone());
             }
         }
 
@@ -1327,13 +1454,14 @@ impl World {
             }
         }
 
+        let peer_minted: BTreeSet<&String> = peer_children.values().collect();
         f.refreshes += served
             .iter()
             .filter(|s| {
                 s.status == Some(200)
                     && s.refresh_token
-                        .as_deref()
-                        .is_some_and(|t| t.starts_with("rt-"))
+                        .as_ref()
+                        .is_some_and(|t| t.starts_with("rt-") || peer_minted.contains(t))
             })
             .count();
 
@@ -1422,6 +1550,19 @@ impl World {
                         &text[context(m.start().saturating_sub(100))..context(m.end() + 40)];
                     f.leaks
                         .push(format!("{what}: {} in …{around}…", m.as_str()));
+                }
+            }
+        }
+        // The peer's tokens are its own random base64url values, not canaries.
+        let runs = regex_lite::Regex::new(r"[A-Za-z0-9_-]{32,}").expect("static pattern");
+        let peer_values = self.proxy.minted();
+        for (what, text) in texts {
+            for m in runs.find_iter(text) {
+                if peer_values.contains(m.as_str()) || peer_tokens.contains(m.as_str()) {
+                    f.leaks.push(format!(
+                        "{what}: a token of the OAuth peer ({} bytes)",
+                        m.len()
+                    ));
                 }
             }
         }
