@@ -295,20 +295,21 @@ async fn handle(
     record.status = Some(status);
     {
         let mut log = lock(&shared.log);
-        if status == 200 && path.ends_with("/token") {
-            if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                let minted = |key: &str| json.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-                if let (Some(parent), Some(child)) =
-                    (record.refresh_token.clone(), minted("refresh_token"))
-                {
-                    log.children.insert(parent, child);
-                }
-                for token in ["access_token", "refresh_token"]
-                    .into_iter()
-                    .filter_map(minted)
-                {
-                    log.minted.insert(token);
-                }
+        if status == 200
+            && path.ends_with("/token")
+            && let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        {
+            let minted = |key: &str| json.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+            if let (Some(parent), Some(child)) =
+                (record.refresh_token.clone(), minted("refresh_token"))
+            {
+                log.children.insert(parent, child);
+            }
+            for token in ["access_token", "refresh_token"]
+                .into_iter()
+                .filter_map(minted)
+            {
+                log.minted.insert(token);
             }
         }
         log.served.push(record);

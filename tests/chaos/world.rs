@@ -1091,6 +1091,28 @@ impl World {
         .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
         .collect();
         let served = self.served();
+        // The peer's chains, from what its proxy saw; whether a token is still good, from the
+        // peer itself (its reuse detection may have revoked a whole chain).
+        let peer_children = self.proxy.children();
+        let mut peer_tokens: BTreeSet<String> = peer_children.values().cloned().collect();
+        for cred in self
+            .creds
+            .iter()
+            .filter(|c| c.flavour == Flavour::PeerRefresh)
+        {
+            for m in &cred.history {
+                peer_tokens.extend(m.get("refresh_token").map(str::to_owned));
+            }
+        }
+        let mut peer_valid = BTreeSet::new();
+        for token in &peer_tokens {
+            if matches!(
+                self.peer.refresh_token_state(token).await,
+                RefreshTokenState::Active { .. }
+            ) {
+                peer_valid.insert(token.clone());
+            }
+        }
         let seen = lock(&self.seen);
 
         // Successful presentations of each material at its provider, with times.
@@ -1128,28 +1150,8 @@ impl World {
                 }
             }
         }
-        // The peer's chains, from what its proxy saw; whether a token is still good, from the
-        // peer itself (its reuse detection may have revoked a whole chain).
-        let peer_children = self.proxy.children();
         children.extend(peer_children.clone());
-        let mut peer_tokens: BTreeSet<String> = peer_children.values().cloned().collect();
-        for cred in self
-            .creds
-            .iter()
-            .filter(|c| c.flavour == Flavour::PeerRefresh)
-        {
-            for m in &cred.history {
-                peer_tokens.extend(m.get("refresh_token").map(str::to_owned));
-            }
-        }
-        for token in &peer_tokens {
-            if matches!(
-                self.peer.refresh_token_state(token).await,
-                RefreshTokenState::Active { .. }
-            ) {
-                valid.insert(token.clone());
-            }
-        }
+        valid.extend(peer_valid);
 
         for cred in &self.creds {
             // Swaps and rejections, from what the target was seen holding.
