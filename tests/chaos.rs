@@ -18,7 +18,8 @@
 //!
 //! Sizes: `RECONNECT_CHAOS_N` credentials (50), `RECONNECT_CHAOS_R` rotations (300),
 //! `RECONNECT_CHAOS_KILLS` (50), seed `RECONNECT_CHAOS_SEED` (printed on failure), and
-//! `RECONNECT_CHAOS_CONVERGE` seconds to wait for convergence (90).
+//! `RECONNECT_CHAOS_CONVERGE` seconds to wait for convergence (90); `RECONNECT_CHAOS_LOG=path`
+//! writes the operator's log (every life's, in the crash run) there.
 
 #[path = "chaos/peer.rs"]
 mod peer;
@@ -478,6 +479,9 @@ async fn crash_anywhere_keeps_every_promise_across_sigkills() {
     logs.push(last.kill().1);
     let published = world.published().await;
     let all_logs = logs.join("\n");
+    if let Ok(path) = std::env::var("RECONNECT_CHAOS_LOG") {
+        std::fs::write(&path, &all_logs).expect("write the operator logs");
+    }
     // Kills that landed while the operator was talking to a provider: a request within the
     // 200 ms before.
     let served = world.served();

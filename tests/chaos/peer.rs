@@ -269,6 +269,20 @@ async fn handle(
         };
     }
 
+    // In a task of its own: a client that gives up (a timeout) does not cancel a request the
+    // peer may already be answering, and the answer is still recorded.
+    tokio::spawn(forward(shared, parts, body, record))
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the forwarding task failed")))
+}
+
+async fn forward(
+    shared: Arc<Shared>,
+    parts: http::request::Parts,
+    body: Bytes,
+    mut record: Served,
+) -> Result<hyper::Response<Body>, std::io::Error> {
+    let path = parts.uri.path().to_owned();
     let url = format!(
         "{}{}",
         shared.upstream,

@@ -1311,11 +1311,22 @@ impl World {
                 .and_then(|s| s.rejected.as_ref())
                 .is_some_and(|r| r.revision == latest.revision);
             if latest.kind.passes() && rejected {
-                let granted = latest.get("refresh_token").and_then(|root| {
+                // The rotation's chain may have gone on through several lives; the token lost
+                // is its end, minted by the grant that spent the one before.
+                let mut chain: Vec<String> = latest
+                    .get("refresh_token")
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect();
+                while let Some(next) = chain.last().and_then(|t| children.get(t)) {
+                    chain.push(next.clone());
+                }
+                let granted = chain.len().checked_sub(2).and_then(|parent| {
                     served
                         .iter()
                         .filter(|s| {
-                            s.status == Some(200) && s.refresh_token.as_deref() == Some(root)
+                            s.status == Some(200)
+                                && s.refresh_token.as_deref() == Some(chain[parent].as_str())
                         })
                         .map(|s| s.at)
                         .min()
@@ -1327,24 +1338,43 @@ impl World {
                     .zip(granted)
                     .map(|(k, g)| k.sent.saturating_duration_since(g));
                 let held_once = held.is_some_and(|h| h.contains_key(&latest.revision));
-                // The token its first grant minted: excused only if not persisted before the
-                // kill.
-                let persisted = latest
-                    .get("refresh_token")
-                    .and_then(|root| children.get(root))
-                    .and_then(|child| seen.durable.get(child))
+                // Excused only if the chain's end was not persisted before the kill.
+                let persisted = chain
+                    .last()
+                    .filter(|_| chain.len() > 1)
+                    .and_then(|leaf| seen.durable.get(leaf))
                     .is_some_and(|at| cutting.is_none_or(|k| *at < k.sent));
                 match cut {
                     Some(gap) if !held_once && !persisted && gap <= window_bound() => {
                         f.cut_in_window += 1;
                         f.cut_in_window_max_gap = f.cut_in_window_max_gap.max(gap);
                     }
-                    _ => f.lost_tokens.push(format!(
-                        "{}: good revision {} rejected (its token granted: {}, a kill after: {cut:?}, held once: {held_once}, its next token persisted: {persisted})",
-                        cred.name,
-                        latest.revision,
-                        granted.is_some(),
-                    )),
+                    _ => {
+                        let why = creds
+                            .get(&cred.name)
+                            .and_then(|c| c.status.as_ref())
+                            .and_then(|s| s.rejected.as_ref())
+                            .map(|r| format!("{:?} (spent: {}): {}", r.reason, r.spent, r.message))
+                            .unwrap_or_default();
+                        let presented: Vec<_> = latest
+                            .get("refresh_token")
+                            .map(|root| {
+                                served
+                                    .iter()
+                                    .filter(|s| s.refresh_token.as_deref() == Some(root))
+                                    .map(|s| (s.at.elapsed().as_millis(), s.status, s.fault))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        f.lost_tokens.push(format!(
+                            "{} ({:?}): good revision {} rejected: {why} (a chain of {} tokens; its end granted: {}; the source's token presented (ms ago, status, fault): {presented:?}; a kill after: {cut:?}; held once: {held_once}; its end persisted: {persisted})",
+                            cred.name,
+                            cred.flavour,
+                            latest.revision,
+                            chain.len(),
+                            granted.is_some(),
+                        ))
+                    }
                 }
             }
             // 3b. In a crash run, a second validation needs a kill before it.
