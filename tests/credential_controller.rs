@@ -884,6 +884,103 @@ async fn a_probe_of_the_active_credential_persists_its_rotated_token_before_prob
     env.shutdown().await;
 }
 
+/// A relay in front of `upstream` that passes requests on at once but holds back the answer
+/// to the first token request by `delay`: the provider has done the grant (and spent the
+/// refresh token) long before the client hears of it.
+async fn slow_answer_relay(upstream: std::net::SocketAddr, delay: Duration) -> String {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held_once = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let held_once = held_once.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let token_request = Arc::new(AtomicBool::new(false));
+                let seen = token_request.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if buf[..n].starts_with(b"POST /oauth/token") {
+                            seen.store(true, Ordering::SeqCst);
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if token_request.swap(false, Ordering::SeqCst)
+                        && !held_once.swap(true, Ordering::SeqCst)
+                    {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_rotating_grant_answered_after_the_timeout_is_taken_up_not_presented_again() {
+    let env = Env::start().await;
+    let emu = procore().await;
+    emu.add_client("app", "app-secret", None);
+    let rt0 = emu.issue_refresh_token("app", "4567");
+    env.apply_secret(
+        "procore-src",
+        &[
+            ("client_id", "app"),
+            ("client_secret", "app-secret"),
+            ("refresh_token", &rt0),
+        ],
+    )
+    .await;
+    // The provider does the first grant at once, but its answer reaches the operator only
+    // after the 1-second timeout.
+    let upstream: std::net::SocketAddr = emu
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let relay = slow_answer_relay(upstream, Duration::from_millis(1500)).await;
+    let mut spec = procore_spec(&emu);
+    spec["auth"] = json!("RefreshToken");
+    spec["endpoint"] = json!(relay);
+    spec["validation"] = json!({"timeout": "1s"});
+    env.apply_credential("procore-sync", spec).await;
+    env.wait_cred("procore-sync", "Connected", |c| {
+        phase(c) == Some(Phase::Connected)
+    })
+    .await;
+    assert_eq!(
+        presented(&emu, &rt0),
+        1,
+        "the late answer was taken up, the spent token not presented again"
+    );
+    let held = data(&env.secret("procore-sync-active").await.unwrap())["refresh_token"].clone();
+    assert!(emu.refresh_token_valid(&held));
+    env.shutdown().await;
+}
+
 /// What kstatus (Flux, kpt, Config Sync) computes for an object: InProgress until the
 /// generation is observed or while Reconciling, Failed when Stalled, else Current.
 fn kstatus(cred: &reconnect_operator::api::ConnectorCredential) -> &'static str {

@@ -104,6 +104,11 @@ pub struct Providers {
     /// part of the key so that validating a new source revision never receives the tokens of
     /// the active one (or the other way round) when both run at once.
     flights: Arc<Mutex<HashMap<FlightKey, Flight>>>,
+    /// Refresh-token grants that rotated the token and were answered after every caller had
+    /// given up (a caller's timeout is shorter than [`GRANT_PATIENCE`]): the answer holds the
+    /// only live refresh token, so the next grant for the same credential and material takes
+    /// it up instead of presenting the spent one.
+    landed: Arc<Mutex<HashMap<FlightKey, (std::time::Instant, Grant)>>>,
     /// Authorization-server metadata by issuer (generic oauth2), so refreshes and probes do
     /// not fetch discovery every time.
     discovery: oauth2::DiscoveryCache,
@@ -132,6 +137,14 @@ struct FlightKey {
 
 type Flight = Shared<BoxFuture<'static, Result<Grant, VerifyError>>>;
 
+/// How long a refresh-token grant goes on in the background after its caller's timeout: a
+/// rotating provider that answers late has spent the old token all the same, and its answer
+/// holds the new one.
+const GRANT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long a grant answered after its callers gave up is kept for the next attempt.
+const LANDED_FOR: Duration = Duration::from_secs(15 * 60);
+
 impl Default for Providers {
     fn default() -> Self {
         Self::new()
@@ -149,6 +162,7 @@ impl Providers {
         Self {
             client: http::client(user_agent),
             flights: Arc::default(),
+            landed: Arc::default(),
             discovery: oauth2::DiscoveryCache::default(),
             clock: Arc::new(SystemClock),
             metrics: None,
@@ -350,30 +364,69 @@ impl Providers {
             key: req.key.to_owned(),
             material: req.material.clone(),
         };
+        let provider = req.spec.provider;
+        let timeout = req.timeout;
+        // The caller waits for its timeout; the grant itself may go on (see GRANT_PATIENCE).
+        let within = move |flight: Flight| {
+            async move {
+                tokio::time::timeout(timeout, flight)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(VerifyError::transient(
+                            provider,
+                            token::TOKEN_CALL,
+                            TransientKind::Timeout,
+                            None,
+                            None,
+                            None,
+                        ))
+                    })
+            }
+            .boxed()
+        };
+        {
+            let mut landed = self.landed.lock().unwrap_or_else(|e| e.into_inner());
+            landed.retain(|_, (at, _)| at.elapsed() < LANDED_FOR);
+            if let Some((_, grant)) = landed.remove(&flight_key) {
+                tracing::debug!("taking up a token grant answered after its caller gave up");
+                return futures::future::ready(Ok(grant)).boxed();
+            }
+        }
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = flights.get(&flight_key) {
             tracing::debug!("joining an in-flight token grant");
-            return flight.clone();
+            return within(flight.clone());
         }
         // The grant runs in its own task, so a caller that gives up (timeout, shutdown) does
         // not abort a request that may already have spent the refresh token: whoever still
-        // waits receives the new one.
-        let http = self.http(req);
+        // waits receives the new one, and when nobody does, the next grant takes it up.
+        let mut http = self.http(req);
+        http.timeout = GRANT_PATIENCE.max(req.timeout);
         let discovery = self.discovery.clone();
         let spec = req.spec.clone();
         let material = req.material.clone();
         let required = req.required.clone();
         let key = flight_key.clone();
         let map = Arc::clone(&self.flights);
-        let provider = spec.provider;
+        let landed = Arc::clone(&self.landed);
         let task = tokio::spawn(async move {
             let cx = Cx::new(http, discovery, &spec, &material, &required);
             let result = token::obtain(&cx).await;
+            if let Ok(grant) = &result
+                && grant.tokens.refresh_token.is_some()
+            {
+                landed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone(), (std::time::Instant::now(), grant.clone()));
+            }
             map.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
             result
         });
+        let received = Arc::clone(&self.landed);
+        let key = flight_key.clone();
         let flight = async move {
-            task.await.unwrap_or_else(|_| {
+            let result = task.await.unwrap_or_else(|_| {
                 Err(VerifyError::transient(
                     provider,
                     "token grant",
@@ -382,12 +435,18 @@ impl Providers {
                     None,
                     None,
                 ))
-            })
+            });
+            // A caller receives it: nothing is left for the next grant to take up.
+            received
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            result
         }
         .boxed()
         .shared();
         flights.insert(flight_key, flight.clone());
-        flight
+        within(flight)
     }
 }
 
