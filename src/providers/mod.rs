@@ -105,9 +105,9 @@ pub struct Providers {
     /// the active one (or the other way round) when both run at once.
     flights: Arc<Mutex<HashMap<FlightKey, Flight>>>,
     /// Refresh-token grants that rotated the token and were answered after every caller had
-    /// given up (a caller's timeout is shorter than [`GRANT_PATIENCE`]): the answer holds the
-    /// only live refresh token, so the next grant for the same credential and material takes
-    /// it up instead of presenting the spent one.
+    /// given up (a caller's timeout is shorter than the grant's, see [`GRANT_PATIENCE`]): the
+    /// answer holds the only live refresh token, so the next grant for the same credential
+    /// and material takes it up instead of presenting the spent one.
     landed: Arc<Mutex<HashMap<FlightKey, (std::time::Instant, Grant)>>>,
     /// Authorization-server metadata by issuer (generic oauth2), so refreshes and probes do
     /// not fetch discovery every time.
@@ -137,10 +137,13 @@ struct FlightKey {
 
 type Flight = Shared<BoxFuture<'static, Result<Grant, VerifyError>>>;
 
-/// How long a refresh-token grant goes on in the background after its caller's timeout: a
-/// rotating provider that answers late has spent the old token all the same, and its answer
-/// holds the new one.
-const GRANT_PATIENCE: Duration = Duration::from_secs(60);
+/// How long a refresh-token grant goes on in the background, in multiples of its caller's
+/// timeout: a rotating provider that answers late has spent the old token all the same, and
+/// its answer holds the new one. Bounded both ways: a provider that hangs holds the
+/// credential's grants (which join it rather than present the token a second time) that long.
+const GRANT_PATIENCE: u32 = 4;
+const GRANT_PATIENCE_MIN: Duration = Duration::from_secs(10);
+const GRANT_PATIENCE_MAX: Duration = Duration::from_secs(60);
 
 /// How long a grant answered after its callers gave up is kept for the next attempt.
 const LANDED_FOR: Duration = Duration::from_secs(15 * 60);
@@ -366,7 +369,7 @@ impl Providers {
         };
         let provider = req.spec.provider;
         let timeout = req.timeout;
-        // The caller waits for its timeout; the grant itself may go on (see GRANT_PATIENCE).
+        // The caller waits for its timeout; the grant itself may go on (GRANT_PATIENCE).
         let within = move |flight: Flight| {
             async move {
                 tokio::time::timeout(timeout, flight)
@@ -401,7 +404,11 @@ impl Providers {
         // not abort a request that may already have spent the refresh token: whoever still
         // waits receives the new one, and when nobody does, the next grant takes it up.
         let mut http = self.http(req);
-        http.timeout = GRANT_PATIENCE.max(req.timeout);
+        http.timeout = req
+            .timeout
+            .saturating_mul(GRANT_PATIENCE)
+            .clamp(GRANT_PATIENCE_MIN, GRANT_PATIENCE_MAX)
+            .max(req.timeout);
         let discovery = self.discovery.clone();
         let spec = req.spec.clone();
         let material = req.material.clone();
