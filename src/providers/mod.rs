@@ -377,7 +377,7 @@ impl Providers {
                     .unwrap_or_else(|_| {
                         Err(VerifyError::transient(
                             provider,
-                            token::TOKEN_CALL,
+                            "token grant",
                             TransientKind::Timeout,
                             None,
                             None,

@@ -28,7 +28,7 @@ use super::{ClientAuth, Cx, ProviderApi, Tokens};
 use crate::api::{AuthType, Provider};
 use crate::secret::Redacted;
 
-pub(crate) const TOKEN_CALL: Call = "POST token endpoint";
+const TOKEN_CALL: Call = "POST token endpoint";
 const INTROSPECTION_CALL: Call = "POST introspection endpoint";
 
 /// The result of a token grant: the tokens plus what probes need from the response.
