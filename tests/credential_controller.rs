@@ -712,6 +712,276 @@ async fn a_crash_between_the_secret_write_and_the_status_write_converges_without
     env.shutdown().await;
 }
 
+/// How often the emulator was asked to spend `token` (any answer).
+fn presented(emu: &ProcoreEmulator, token: &str) -> usize {
+    emu.served()
+        .iter()
+        .filter(|s| s.refresh_token.as_deref() == Some(token))
+        .count()
+}
+
+/// The token the emulator minted when `parent` was spent.
+fn child_of(emu: &ProcoreEmulator, parent: &str) -> Option<String> {
+    emu.with_state(|s| {
+        s.refresh_tokens
+            .iter()
+            .find(|(_, r)| r.parent.as_deref() == Some(parent))
+            .map(|(t, _)| t.clone())
+    })
+}
+
+/// A refresh-token credential on Procore (which rotates refresh tokens), connected.
+async fn connect_refresh_token(env: &Env, emu: &ProcoreEmulator) {
+    emu.add_client("app", "app-secret", None);
+    let rt0 = emu.issue_refresh_token("app", "4567");
+    env.apply_secret(
+        "procore-src",
+        &[
+            ("client_id", "app"),
+            ("client_secret", "app-secret"),
+            ("refresh_token", &rt0),
+        ],
+    )
+    .await;
+    let mut spec = procore_spec(emu);
+    spec["auth"] = json!("RefreshToken");
+    env.apply_credential("procore-sync", spec).await;
+    env.wait_cred("procore-sync", "Connected", |c| {
+        phase(c) == Some(Phase::Connected)
+    })
+    .await;
+    env.tick(1).await;
+}
+
+#[tokio::test]
+async fn a_kill_between_the_exchange_and_the_swap_continues_from_the_staged_token() {
+    let mut env = Env::start().await;
+    let emu = procore().await;
+    connect_refresh_token(&env, &emu).await;
+
+    // The next probe hangs, so the process is killed after the provider rotated the new
+    // revision's refresh token and before anything was swapped in.
+    emu.fail_next_on("/rest/v1.0/me", 1, Fault::Hang);
+    let probes = emu.count("/rest/v1.0/me");
+    let rt_new = emu.issue_refresh_token("app", "4568");
+    env.apply_secret(
+        "procore-src",
+        &[
+            ("client_id", "app"),
+            ("client_secret", "app-secret"),
+            ("refresh_token", &rt_new),
+        ],
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    let (staged, revision) = loop {
+        let staging = env.secret("procore-sync.reconnect-staging").await;
+        let child = child_of(&emu, &rt_new);
+        if let (Some(staging), Some(child)) = (staging, child)
+            && data(&staging).get("refresh_token") == Some(&child)
+            && emu.count("/rest/v1.0/me") > probes
+        {
+            let revision = staging.metadata.annotations.unwrap()["reconnect.dev/revision"].clone();
+            break (child, revision);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotated token was never staged"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    env.kill().await;
+    let staging = env.secret("procore-sync.reconnect-staging").await.unwrap();
+    assert_eq!(
+        staging.metadata.labels.unwrap()["reconnect.dev/role"],
+        "staging"
+    );
+    assert!(
+        staging
+            .metadata
+            .owner_references
+            .unwrap()
+            .iter()
+            .any(|o| o.kind == "ConnectorCredential" && o.name == "procore-sync"),
+        "the staging Secret is collected with its credential"
+    );
+    let target = env.secret("procore-sync-active").await.unwrap();
+    assert_ne!(
+        target.metadata.annotations.unwrap()["reconnect.dev/revision"],
+        revision,
+        "nothing unvalidated reached the target"
+    );
+
+    env.restart().await;
+    let cred = env
+        .wait_cred("procore-sync", "swapped after the restart", |c| {
+            active_revision(c).as_deref() == Some(revision.as_str())
+        })
+        .await;
+    assert_eq!(cred.status.unwrap().account.unwrap().id, "4568");
+    assert_eq!(
+        presented(&emu, &rt_new),
+        1,
+        "the spent refresh token is never presented again"
+    );
+    assert_eq!(
+        presented(&emu, &staged),
+        1,
+        "the restart went on from the staged token"
+    );
+    let held = data(&env.secret("procore-sync-active").await.unwrap())["refresh_token"].clone();
+    assert_eq!(Some(held.clone()), child_of(&emu, &staged));
+    assert!(
+        emu.refresh_token_valid(&held),
+        "the target holds the live token"
+    );
+    let staging = env.secret("procore-sync.reconnect-staging").await.unwrap();
+    assert!(
+        !data(&staging).contains_key("refresh_token"),
+        "the staging Secret is emptied after the swap"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_probe_of_the_active_credential_persists_its_rotated_token_before_probing() {
+    let mut env = Env::start().await;
+    let emu = procore().await;
+    connect_refresh_token(&env, &emu).await;
+    let before = data(&env.secret("procore-sync-active").await.unwrap())["refresh_token"].clone();
+
+    // The routine probe's exchange rotates the token; the probe itself hangs and the process
+    // is killed: the target already holds the new token.
+    emu.fail_next_on("/rest/v1.0/me", 1, Fault::Hang);
+    let probes = emu.count("/rest/v1.0/me");
+    env.clock.advance(PAST_NEXT_PROBE);
+    env.tick_nowait();
+    let deadline = Instant::now() + WAIT;
+    while emu.count("/rest/v1.0/me") == probes {
+        assert!(Instant::now() < deadline, "no probe");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rotated = child_of(&emu, &before).expect("the probe's exchange rotated the token");
+    let held = data(&env.secret("procore-sync-active").await.unwrap())["refresh_token"].clone();
+    assert_eq!(
+        held, rotated,
+        "persisted before the probe used its access token"
+    );
+    env.kill().await;
+
+    env.restart().await;
+    env.advance(PAST_NEXT_PROBE).await;
+    env.wait_cred("procore-sync", "probed again", |c| {
+        phase(c) == Some(Phase::Connected)
+    })
+    .await;
+    assert_eq!(
+        presented(&emu, &before),
+        1,
+        "the spent token is never presented again"
+    );
+    let held = data(&env.secret("procore-sync-active").await.unwrap())["refresh_token"].clone();
+    assert!(emu.refresh_token_valid(&held));
+    env.shutdown().await;
+}
+
+/// A relay in front of `upstream` that passes requests on at once but holds back the answer
+/// to the first token request by `delay`: the provider has done the grant (and spent the
+/// refresh token) long before the client hears of it.
+async fn slow_answer_relay(upstream: std::net::SocketAddr, delay: Duration) -> String {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held_once = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let held_once = held_once.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let token_request = Arc::new(AtomicBool::new(false));
+                let seen = token_request.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if buf[..n].starts_with(b"POST /oauth/token") {
+                            seen.store(true, Ordering::SeqCst);
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if token_request.swap(false, Ordering::SeqCst)
+                        && !held_once.swap(true, Ordering::SeqCst)
+                    {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_rotating_grant_answered_after_the_timeout_is_taken_up_not_presented_again() {
+    let env = Env::start().await;
+    let emu = procore().await;
+    emu.add_client("app", "app-secret", None);
+    let rt0 = emu.issue_refresh_token("app", "4567");
+    env.apply_secret(
+        "procore-src",
+        &[
+            ("client_id", "app"),
+            ("client_secret", "app-secret"),
+            ("refresh_token", &rt0),
+        ],
+    )
+    .await;
+    // The provider does the first grant at once, but its answer reaches the operator only
+    // after the 1-second timeout.
+    let upstream: std::net::SocketAddr = emu
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let relay = slow_answer_relay(upstream, Duration::from_millis(1500)).await;
+    let mut spec = procore_spec(&emu);
+    spec["auth"] = json!("RefreshToken");
+    spec["endpoint"] = json!(relay);
+    spec["validation"] = json!({"timeout": "1s"});
+    env.apply_credential("procore-sync", spec).await;
+    env.wait_cred("procore-sync", "Connected", |c| {
+        phase(c) == Some(Phase::Connected)
+    })
+    .await;
+    assert_eq!(
+        presented(&emu, &rt0),
+        1,
+        "the late answer was taken up, the spent token not presented again"
+    );
+    let held = data(&env.secret("procore-sync-active").await.unwrap())["refresh_token"].clone();
+    assert!(emu.refresh_token_valid(&held));
+    env.shutdown().await;
+}
+
 /// What kstatus (Flux, kpt, Config Sync) computes for an object: InProgress until the
 /// generation is observed or while Reconciling, Failed when Stalled, else Current.
 fn kstatus(cred: &reconnect_operator::api::ConnectorCredential) -> &'static str {

@@ -102,6 +102,8 @@ async fn a_hand_edited_target_is_restored_in_one_reconcile_and_the_credential_st
         !note.contains("typed-by-hand") && !note.contains("secret-1"),
         "no credential material in events: {note}"
     );
+    // The reconcile is counted when it ends, after its event: wait for it, then for nothing.
+    env.reconciled(reconciles + 1).await;
     assert_eq!(
         env.reconciles() - reconciles,
         1,

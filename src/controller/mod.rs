@@ -39,6 +39,15 @@ pub enum Error {
     /// The provider could not answer now; retried with backoff.
     #[error(transparent)]
     Provider(#[from] VerifyError),
+    /// The Secret a credential stages rotated refresh tokens in exists and is not the
+    /// operator's: a rotation whose provider rotates refresh tokens cannot go on.
+    #[error(
+        "Secret {secret} exists and is not owned by this ConnectorCredential; rotated refresh tokens cannot be staged there"
+    )]
+    StagingNotOwned {
+        /// The Secret's name.
+        secret: String,
+    },
 }
 
 impl Error {
@@ -48,6 +57,7 @@ impl Error {
             Error::Kube { source, .. } if is_conflict(source) => "Conflict",
             Error::Kube { .. } => "KubeApiError",
             Error::Provider(e) => e.reason(),
+            Error::StagingNotOwned { .. } => "StagingSecretNotOwned",
         }
     }
 }
@@ -190,9 +200,21 @@ struct ObjectState {
     /// not hold (its write failed, or the candidate's validation did not finish): the token
     /// it replaced is spent, so this one is presented instead.
     unwritten: Option<(String, Redacted)>,
+    /// What this process knows of the object's staging Secret.
+    staging: Staging,
 }
 
-/// Reconciles each controller runs at once by default.
+/// What a process knows of a credential's staging Secret (`credential::staging`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Staging {
+    /// Not read since the process started: it may hold a token an earlier process staged.
+    #[default]
+    Unknown,
+    /// Absent or empty.
+    Clear,
+    /// Holds a staged token (or its emptying failed).
+    Held,
+}
 pub const DEFAULT_CONCURRENCY: u16 = 64;
 
 /// What every reconcile gets.
@@ -349,6 +371,17 @@ impl Context {
         }
     }
 
+    /// What this process knows of `key`'s staging Secret.
+    pub(crate) fn staging(&self, key: &str) -> Staging {
+        self.objects()
+            .get(key)
+            .map_or(Staging::Unknown, |s| s.staging)
+    }
+
+    pub(crate) fn set_staging(&self, key: &str, staging: Staging) {
+        self.objects().entry(key.to_owned()).or_default().staging = staging;
+    }
+
     /// Counts a token that lives less than the minimum refresh gap, or resets the count.
     pub(crate) fn token_issued(&self, key: &str, short: bool) {
         let mut objects = self.objects();
@@ -426,7 +459,7 @@ pub(crate) fn backoff(attempts: u32, err: &Error, seed: u64) -> Duration {
     let delay = capped + jitter;
     match err {
         Error::Provider(e) => delay.max(e.retry_after().unwrap_or_default()),
-        Error::Kube { .. } => delay,
+        Error::Kube { .. } | Error::StagingNotOwned { .. } => delay,
     }
 }
 

@@ -106,6 +106,11 @@ pub struct Providers {
     /// part of the key so that validating a new source revision never receives the tokens of
     /// the active one (or the other way round) when both run at once.
     flights: Arc<Mutex<HashMap<FlightKey, Flight>>>,
+    /// Refresh-token grants that rotated the token and were answered after every caller had
+    /// given up (a caller's timeout is shorter than the grant's, see [`GRANT_PATIENCE`]): the
+    /// answer holds the only live refresh token, so the next grant for the same credential
+    /// and material takes it up instead of presenting the spent one.
+    landed: Arc<Mutex<HashMap<FlightKey, (std::time::Instant, Grant)>>>,
     /// Authorization-server metadata by issuer (generic oauth2), so refreshes and probes do
     /// not fetch discovery every time.
     discovery: oauth2::DiscoveryCache,
@@ -134,6 +139,17 @@ struct FlightKey {
 
 type Flight = Shared<BoxFuture<'static, Result<Grant, VerifyError>>>;
 
+/// How long a refresh-token grant goes on in the background, in multiples of its caller's
+/// timeout: a rotating provider that answers late has spent the old token all the same, and
+/// its answer holds the new one. Bounded both ways: a provider that hangs holds the
+/// credential's grants (which join it rather than present the token a second time) that long.
+const GRANT_PATIENCE: u32 = 4;
+const GRANT_PATIENCE_MIN: Duration = Duration::from_secs(10);
+const GRANT_PATIENCE_MAX: Duration = Duration::from_secs(60);
+
+/// How long a grant answered after its callers gave up is kept for the next attempt.
+const LANDED_FOR: Duration = Duration::from_secs(15 * 60);
+
 impl Default for Providers {
     fn default() -> Self {
         Self::new()
@@ -151,6 +167,7 @@ impl Providers {
         Self {
             client: http::client(user_agent),
             flights: Arc::default(),
+            landed: Arc::default(),
             discovery: oauth2::DiscoveryCache::default(),
             clock: Arc::new(SystemClock),
             metrics: None,
@@ -181,62 +198,91 @@ impl Providers {
     }
 
     /// Token exchange plus one cheap identity and permission probe. Succeeds only if every
-    /// permission in `req.required` is held.
-    #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
+    /// permission in `req.required` is held. For callers that keep nothing between the two
+    /// (`check`); the controller persists a rotated refresh token between [`Self::exchange`]
+    /// and [`Self::probe`].
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> Verdict<Verified> {
+        match self.exchange(req).await {
+            Ok(exchanged) => self.probe(req, exchanged).await,
+            Err(e) => Verdict::new(Err(e)),
+        }
+    }
+
+    /// The first half of [`Self::verify`]: the token grant (none for an API key). When it
+    /// rotated the refresh token ([`Exchanged::rotated_refresh_token`]), the spent one may be
+    /// dead already: persist the new one before [`Self::probe`] uses the access token.
+    #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
+    pub async fn exchange(&self, req: &VerifyRequest<'_>) -> Result<Exchanged, VerifyError> {
         #[cfg(test)]
         if let Some(script) = &self.script {
-            return script.verify(req).await;
+            return Ok(Exchanged(Exchange::Scripted(script.verify(req).await)));
         }
-        let provider = req.spec.provider;
-        let outcome: Verdict<Verified> = async {
-            let cx = self.cx(req);
-            if let Err(e) = preflight(&cx) {
-                return Verdict::new(Err(e));
-            }
-            let grant = match req.spec.auth {
-                AuthType::ApiKey => None,
+        let outcome: Result<Exchanged, VerifyError> = async {
+            preflight(&self.cx(req))?;
+            match req.spec.auth {
+                AuthType::ApiKey => Ok(Exchanged(Exchange::Granted(None))),
                 AuthType::ClientCredentials | AuthType::RefreshToken => {
-                    match self.grant(req).await {
-                        Ok(grant) => Some(grant),
-                        Err(e) => return Verdict::new(Err(e)),
-                    }
+                    Ok(Exchanged(Exchange::Granted(Some(self.grant(req).await?))))
                 }
-            };
-            let probed = async {
-                let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
-                let missing = missing_permissions(provider, &probe.permissions, req.required);
-                if !missing.is_empty() {
-                    return Err(VerifyError::PermissionDenied {
-                        provider,
-                        account: Some(probe.account),
-                        missing,
-                        granted: probe.permissions,
-                        call: None,
-                        status: None,
-                        code: None,
-                    });
-                }
-                Ok(probe)
-            }
-            .await;
-            match probed {
-                Ok(probe) => Verdict::new(Ok(Verified {
-                    account: probe.account,
-                    permissions: probe.permissions,
-                    tokens: grant.map_or_else(Tokens::none, |g| g.tokens),
-                    credential_expires_at: probe.credential_expires_at,
-                })),
-                // A failed probe must not lose a refresh token the grant just rotated.
-                Err(e) => Verdict {
-                    result: Err(e),
-                    rotated: grant
-                        .map(|g| g.tokens)
-                        .filter(|t| t.refresh_token.is_some()),
-                },
             }
         }
         .await;
+        if let Err(e) = &outcome {
+            tracing::info!(reason = e.reason(), error = %e, "credential not verified");
+        }
+        outcome
+    }
+
+    /// The second half of [`Self::verify`]: one cheap identity and permission probe with the
+    /// exchange's access token (or the API key).
+    #[instrument(skip_all, fields(key = req.key, provider = %req.spec.provider, auth = %req.spec.auth))]
+    pub async fn probe(&self, req: &VerifyRequest<'_>, exchanged: Exchanged) -> Verdict<Verified> {
+        #[cfg_attr(
+            not(test),
+            expect(
+                clippy::infallible_destructuring_match,
+                reason = "unit tests add a scripted variant"
+            )
+        )]
+        let grant = match exchanged.0 {
+            Exchange::Granted(grant) => grant,
+            #[cfg(test)]
+            Exchange::Scripted(verdict) => return verdict,
+        };
+        let provider = req.spec.provider;
+        let cx = self.cx(req);
+        let probed = async {
+            let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
+            let missing = missing_permissions(provider, &probe.permissions, req.required);
+            if !missing.is_empty() {
+                return Err(VerifyError::PermissionDenied {
+                    provider,
+                    account: Some(probe.account),
+                    missing,
+                    granted: probe.permissions,
+                    call: None,
+                    status: None,
+                    code: None,
+                });
+            }
+            Ok(probe)
+        }
+        .await;
+        let outcome = match probed {
+            Ok(probe) => Verdict::new(Ok(Verified {
+                account: probe.account,
+                permissions: probe.permissions,
+                tokens: grant.map_or_else(Tokens::none, |g| g.tokens),
+                credential_expires_at: probe.credential_expires_at,
+            })),
+            // A failed probe must not lose a refresh token the grant just rotated.
+            Err(e) => Verdict {
+                result: Err(e),
+                rotated: grant
+                    .map(|g| g.tokens)
+                    .filter(|t| t.refresh_token.is_some()),
+            },
+        };
         match &outcome.result {
             Ok(v) => tracing::debug!(account = %v.account.id, "credential verified"),
             Err(e) => tracing::info!(reason = e.reason(), error = %e, "credential not verified"),
@@ -323,30 +369,73 @@ impl Providers {
             key: req.key.to_owned(),
             material: req.material.clone(),
         };
+        let provider = req.spec.provider;
+        let timeout = req.timeout;
+        // The caller waits for its timeout; the grant itself may go on (GRANT_PATIENCE).
+        let within = move |flight: Flight| {
+            async move {
+                tokio::time::timeout(timeout, flight)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(VerifyError::transient(
+                            provider,
+                            "token grant",
+                            TransientKind::Timeout,
+                            None,
+                            None,
+                            None,
+                        ))
+                    })
+            }
+            .boxed()
+        };
+        {
+            let mut landed = self.landed.lock().unwrap_or_else(|e| e.into_inner());
+            landed.retain(|_, (at, _)| at.elapsed() < LANDED_FOR);
+            if let Some((_, grant)) = landed.remove(&flight_key) {
+                tracing::debug!("taking up a token grant answered after its caller gave up");
+                return futures::future::ready(Ok(grant)).boxed();
+            }
+        }
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = flights.get(&flight_key) {
             tracing::debug!("joining an in-flight token grant");
-            return flight.clone();
+            return within(flight.clone());
         }
         // The grant runs in its own task, so a caller that gives up (timeout, shutdown) does
         // not abort a request that may already have spent the refresh token: whoever still
-        // waits receives the new one.
-        let http = self.http(req);
+        // waits receives the new one, and when nobody does, the next grant takes it up.
+        let mut http = self.http(req);
+        http.timeout = req
+            .timeout
+            .saturating_mul(GRANT_PATIENCE)
+            .clamp(GRANT_PATIENCE_MIN, GRANT_PATIENCE_MAX)
+            .max(req.timeout);
         let discovery = self.discovery.clone();
         let spec = req.spec.clone();
         let material = req.material.clone();
         let required = req.required.clone();
         let key = flight_key.clone();
         let map = Arc::clone(&self.flights);
-        let provider = spec.provider;
+        let landed = Arc::clone(&self.landed);
         let task = tokio::spawn(async move {
             let cx = Cx::new(http, discovery, &spec, &material, &required);
             let result = token::obtain(&cx).await;
+            if let Ok(grant) = &result
+                && grant.tokens.refresh_token.is_some()
+            {
+                landed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone(), (std::time::Instant::now(), grant.clone()));
+            }
             map.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
             result
         });
+        let received = Arc::clone(&self.landed);
+        let key = flight_key.clone();
         let flight = async move {
-            task.await.unwrap_or_else(|_| {
+            let result = task.await.unwrap_or_else(|_| {
                 Err(VerifyError::transient(
                     provider,
                     "token grant",
@@ -355,12 +444,18 @@ impl Providers {
                     None,
                     None,
                 ))
-            })
+            });
+            // A caller receives it: nothing is left for the next grant to take up.
+            received
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            result
         }
         .boxed()
         .shared();
         flights.insert(flight_key, flight.clone());
-        flight
+        within(flight)
     }
 }
 
@@ -693,6 +788,45 @@ impl<T> Verdict<T> {
 impl<T> From<Result<T, VerifyError>> for Verdict<T> {
     fn from(result: Result<T, VerifyError>) -> Self {
         Self::new(result)
+    }
+}
+
+/// A token exchange's result, between [`Providers::exchange`] and [`Providers::probe`].
+#[derive(Debug)]
+pub struct Exchanged(Exchange);
+
+#[derive(Debug)]
+enum Exchange {
+    /// The grant (none for an API key).
+    Granted(Option<Grant>),
+    /// A scripted provider's whole verdict, answered by the probe.
+    #[cfg(test)]
+    Scripted(Verdict<Verified>),
+}
+
+impl Exchanged {
+    /// The refresh token the provider rotated in this exchange: the one presented is spent.
+    pub fn rotated_refresh_token(&self) -> Option<&Redacted> {
+        match &self.0 {
+            Exchange::Granted(grant) => grant.as_ref()?.tokens.refresh_token(),
+            #[cfg(test)]
+            Exchange::Scripted(verdict) => match verdict.as_result() {
+                Ok(v) => v.tokens().refresh_token(),
+                Err(_) => verdict.rotated()?.refresh_token(),
+            },
+        }
+    }
+
+    /// The exchange's tokens: what a persisted refresh token is written with.
+    pub fn tokens(&self) -> Option<&Tokens> {
+        match &self.0 {
+            Exchange::Granted(grant) => grant.as_ref().map(|g| &g.tokens),
+            #[cfg(test)]
+            Exchange::Scripted(verdict) => match verdict.as_result() {
+                Ok(v) => Some(v.tokens()),
+                Err(_) => verdict.rotated(),
+            },
+        }
     }
 }
 

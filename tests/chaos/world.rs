@@ -1,4 +1,5 @@
-//! The world both reliability runs share: provider emulators with good and weak accounts,
+//! The world both reliability runs share: provider emulators and the OAuth peer (behind an
+//! observing proxy) with good and weak accounts,
 //! N ConnectorCredentials over several providers and auth types, Integrations whose
 //! Deployments roll after swaps, seeded rotations among good, weak, dead and short-token
 //! material, a recorder of what the cluster showed, and the checker.
@@ -17,13 +18,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use reconnect_apiserver::TestCluster;
 use reconnect_emulators::{
     Account, Emulator, Fault, Flavor, OAuth2Emulator, ProcoreEmulator, ProviderChaos,
     SafetyCultureEmulator, Served,
 };
+use reconnect_oauth_peer::{NewClient, OAuthPeer, PeerClient, RefreshTokenState};
 use reconnect_operator::api::{ConnectorCredential, Integration};
+
+use crate::peer::PeerProxy;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -92,14 +96,20 @@ pub enum Flavour {
     OAuthClient,
     OAuthRefresh,
     SafetyCultureKey,
+    /// The OAuth peer (oidc-provider): client credentials.
+    PeerClient,
+    /// The OAuth peer: rotating refresh tokens with reuse detection.
+    PeerRefresh,
 }
 
-const FLAVOURS: [Flavour; 5] = [
+const FLAVOURS: [Flavour; 7] = [
     Flavour::ProcoreClient,
     Flavour::ProcoreRefresh,
     Flavour::OAuthClient,
     Flavour::OAuthRefresh,
     Flavour::SafetyCultureKey,
+    Flavour::PeerRefresh,
+    Flavour::PeerClient,
 ];
 
 /// Seconds a short-lived access token lives.
@@ -193,6 +203,8 @@ pub struct Seen {
     pub target_held: HashMap<String, HashMap<String, Instant>>,
     /// Target Secret -> every refresh token it was seen holding.
     pub target_tokens: HashMap<String, BTreeSet<String>>,
+    /// Refresh token -> when it was first seen persisted (in a target or a staging Secret).
+    pub durable: HashMap<String, Instant>,
     /// Deployment -> the distinct rolls seen: (restartedAt, revisions).
     pub rolls: HashMap<String, Vec<(String, String)>>,
 }
@@ -204,6 +216,11 @@ pub struct World {
     pub procore: ProcoreEmulator,
     pub oauth: OAuth2Emulator,
     pub safety: SafetyCultureEmulator,
+    /// The OAuth peer, reached only through `proxy`.
+    pub peer: OAuthPeer,
+    pub proxy: PeerProxy,
+    /// The peer's refresh-token apps: normal, and with 40-second access tokens.
+    peer_apps: [PeerClient; 2],
     pub creds: Vec<Cred>,
     pub integrations: Vec<Integ>,
     pub seen: Arc<Mutex<Seen>>,
@@ -245,6 +262,18 @@ impl World {
         oauth.add_client("app", &app_secret, None);
         oauth.add_client("app-short", &app_secret, None);
         oauth.set_token_lifetime("app-short", SHORT_LIFETIME);
+        let peer = OAuthPeer::start().await;
+        let proxy = PeerProxy::start(&peer.issuer()).await;
+        let mut peer_apps = Vec::new();
+        for app in ["app", "app-short"] {
+            let client = NewClient::refresh_token(app)
+                .secret(&app_secret)
+                .scopes(&OAUTH_SCOPES);
+            peer_apps.push(peer.add_client(client).await);
+        }
+        peer.set_client_access_token_ttl("app-short", SHORT_LIFETIME)
+            .await;
+        let peer_apps: [PeerClient; 2] = peer_apps.try_into().expect("two apps");
         if let Some(standin) = &cluster.standin {
             // A large run makes more changes than the default watch history holds.
             standin.set_history_limit(2_000_000);
@@ -256,6 +285,9 @@ impl World {
             procore,
             oauth,
             safety,
+            peer,
+            proxy,
+            peer_apps,
             creds: Vec::new(),
             integrations: Vec::new(),
             seen: Arc::new(Mutex::new(Seen::default())),
@@ -278,7 +310,7 @@ impl World {
     }
 
     /// New material of `kind` for a credential of `flavour`, registered at its provider.
-    fn mint(&mut self, flavour: Flavour, kind: Kind) -> Material {
+    async fn mint(&mut self, flavour: Flavour, kind: Kind) -> Material {
         let good = kind != Kind::Weak;
         let app_secret = format!("cnry{:x}appsecret", self.seed);
         match flavour {
@@ -339,6 +371,45 @@ impl World {
                     ],
                 )
             }
+            Flavour::PeerClient => {
+                self.serial += 1;
+                let id = format!("peer-{:x}-{}", self.seed, self.serial);
+                let secret = self.canary("secret");
+                if kind != Kind::Dead {
+                    let scopes: &[&str] = if good { &OAUTH_SCOPES } else { &["read"] };
+                    let client = NewClient::client_credentials(&id)
+                        .secret(&secret)
+                        .scopes(scopes);
+                    self.peer.add_client(client).await;
+                    if kind == Kind::Short {
+                        self.peer
+                            .set_client_access_token_ttl(&id, SHORT_LIFETIME)
+                            .await;
+                    }
+                }
+                Material::new(kind, vec![("client_id", id), ("client_secret", secret)])
+            }
+            Flavour::PeerRefresh => {
+                let app = usize::from(kind == Kind::Short);
+                let token = if kind == Kind::Dead {
+                    self.canary("rt")
+                } else {
+                    // The peer mints its own values (no canary): the checker knows them.
+                    let scopes: &[&str] = if good { &OAUTH_SCOPES } else { &["read"] };
+                    let account = if good { "good" } else { "weak" };
+                    self.peer
+                        .refresh_token_for(&self.peer_apps[app], account, scopes)
+                        .await
+                };
+                Material::new(
+                    kind,
+                    vec![
+                        ("client_id", self.peer_apps[app].id.clone()),
+                        ("client_secret", app_secret),
+                        ("refresh_token", token),
+                    ],
+                )
+            }
             Flavour::SafetyCultureKey => {
                 let key = self.canary("key");
                 if kind != Kind::Dead {
@@ -387,6 +458,22 @@ impl World {
                 &SAFETY_PERMS[..],
                 json!({}),
             ),
+            // The peer grants no scope that is not asked for (client credentials); a refresh
+            // keeps the scopes of the grant.
+            Flavour::PeerClient => (
+                "oauth2",
+                "ClientCredentials",
+                self.proxy.base_url(),
+                &OAUTH_SCOPES[..],
+                json!({"scope": OAUTH_SCOPES.join(" ")}),
+            ),
+            Flavour::PeerRefresh => (
+                "oauth2",
+                "RefreshToken",
+                self.proxy.base_url(),
+                &OAUTH_SCOPES[..],
+                json!({}),
+            ),
         };
         json!({
             "provider": provider,
@@ -430,7 +517,7 @@ impl World {
             "metadata": {"name": name}, "type": "Opaque", "stringData": data,
         }))
         .expect("static Secret");
-        retry(|| async {
+        retry("source Secret write", || async {
             match self.secrets().get_opt(name).await? {
                 Some(mut existing) => {
                     existing.string_data = secret.string_data.clone();
@@ -457,7 +544,7 @@ impl World {
             let flavour = FLAVOURS[i % FLAVOURS.len()];
             let steady = i % 7 == 3;
             let kind = if steady { Kind::Short } else { Kind::Good };
-            let material = self.mint(flavour, kind);
+            let material = self.mint(flavour, kind).await;
             let cred = Cred {
                 name: format!("c{i}"),
                 flavour,
@@ -469,14 +556,12 @@ impl World {
                 "apiVersion": "reconnect.dev/v1alpha1", "kind": "ConnectorCredential",
                 "metadata": {"name": cred.name}, "spec": self.spec(&cred),
             });
-            self.creds_api()
-                .patch(
-                    &cred.name,
-                    &PatchParams::apply("chaos-test").force(),
-                    &Patch::Apply(&obj),
-                )
-                .await
-                .expect("apply credential");
+            let (api, pp, patch) = (
+                self.creds_api(),
+                PatchParams::apply("chaos-test").force(),
+                Patch::Apply(&obj),
+            );
+            retry("credential apply", || api.patch(&cred.name, &pp, &patch)).await;
             self.creds.push(cred);
         }
         for j in 0..n / 5 {
@@ -500,10 +585,14 @@ impl World {
                 },
             }))
             .expect("static Deployment");
-            self.deployments()
-                .create(&PostParams::default(), &deployment)
-                .await
-                .expect("create Deployment");
+            retry("Deployment create", || async {
+                created(
+                    self.deployments()
+                        .create(&PostParams::default(), &deployment)
+                        .await,
+                )
+            })
+            .await;
             let obj = json!({
                 "apiVersion": "reconnect.dev/v1alpha1", "kind": "Integration",
                 "metadata": {"name": integ.name},
@@ -512,14 +601,12 @@ impl World {
                     "restartTargets": [{"kind": "Deployment", "name": integ.deployment}],
                 },
             });
-            self.integrations_api()
-                .patch(
-                    &integ.name,
-                    &PatchParams::apply("chaos-test").force(),
-                    &Patch::Apply(&obj),
-                )
-                .await
-                .expect("apply Integration");
+            let (api, pp, patch) = (
+                self.integrations_api(),
+                PatchParams::apply("chaos-test").force(),
+                Patch::Apply(&obj),
+            );
+            retry("Integration apply", || api.patch(&integ.name, &pp, &patch)).await;
             self.integrations.push(integ);
         }
     }
@@ -541,7 +628,7 @@ impl World {
                 6 | 7 => Kind::Dead,
                 _ => Kind::Short,
             };
-            let material = self.mint(self.creds[i].flavour, kind);
+            let material = self.mint(self.creds[i].flavour, kind).await;
             self.write_source(&self.creds[i].source(), &material).await;
             self.creds[i].history.push(material);
             kinds.push(kind);
@@ -568,10 +655,14 @@ impl World {
         self.procore.set_chaos(plan.clone());
         self.oauth.set_chaos(plan.clone());
         self.safety.set_chaos(plan);
+        self.proxy.set_chaos(self.seed, per_mille);
     }
 
     pub fn provider_faults(&self) -> usize {
-        self.procore.chaos_injected() + self.oauth.chaos_injected() + self.safety.chaos_injected()
+        self.procore.chaos_injected()
+            + self.oauth.chaos_injected()
+            + self.safety.chaos_injected()
+            + self.proxy.chaos_injected()
     }
 
     /// Starts recording what target Secrets and Deployments go through, from watches of the
@@ -581,8 +672,13 @@ impl World {
         let deployments = self.deployments();
         let seen = self.seen.clone();
         self.recorder = Some(tokio::spawn(async move {
-            let secrets = watcher(secrets, watcher::Config::default()).boxed();
-            let deployments = watcher(deployments, watcher::Config::default()).boxed();
+            // With backoff: a watch the API server ends under load is resumed, not hammered.
+            let secrets = watcher(secrets, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            let deployments = watcher(deployments, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             let mut secrets = secrets.fuse();
             let mut deployments = deployments.fuse();
             loop {
@@ -613,16 +709,14 @@ impl World {
             task.abort();
             let _ = task.await;
         }
-        let secrets = self
-            .secrets()
-            .list(&ListParams::default())
-            .await
-            .expect("list Secrets");
-        let deployments = self
-            .deployments()
-            .list(&ListParams::default())
-            .await
-            .expect("list Deployments");
+        let secrets = retry("Secret listing", || async {
+            self.secrets().list(&ListParams::default()).await
+        })
+        .await;
+        let deployments = retry("Deployment listing", || async {
+            self.deployments().list(&ListParams::default()).await
+        })
+        .await;
         let mut seen = lock(&self.seen);
         for s in &secrets.items {
             note_secret(&mut seen, s);
@@ -650,7 +744,11 @@ impl World {
                 reported = true;
                 eprintln!("still unsettled after 10 s: {unsettled:#?}");
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            // Three listings per look: at a large run's size, not more than about one a
+            // second, so the test's own polling does not load the API server it measures.
+            let every =
+                Duration::from_millis(250).max(Duration::from_millis(self.creds.len() as u64));
+            tokio::time::sleep(every).await;
         }
     }
 
@@ -658,7 +756,7 @@ impl World {
         let (Ok(creds), Ok(integrations), Ok(secrets)) = (
             self.creds_api().list(&ListParams::default()).await,
             self.integrations_api().list(&ListParams::default()).await,
-            self.secrets().list(&ListParams::default()).await,
+            self.secrets().list_metadata(&ListParams::default()).await,
         ) else {
             return vec!["(list failed)".into()];
         };
@@ -736,7 +834,22 @@ impl World {
         let mut all = self.procore.served();
         all.extend(self.oauth.served());
         all.extend(self.safety.served());
+        all.extend(self.proxy.served());
         all
+    }
+
+    /// What went to the OAuth peer: requests (faults injected), successful refresh grants.
+    pub fn peer_figures(&self) -> String {
+        let served = self.proxy.served();
+        let refreshes = served
+            .iter()
+            .filter(|s| s.status == Some(200) && s.refresh_token.is_some())
+            .count();
+        format!(
+            "{} ({} faults), {refreshes} refresh-token grants",
+            served.len(),
+            self.proxy.chaos_injected()
+        )
     }
 
     /// Every secret value in play: the materials written and every token the emulators
@@ -758,25 +871,25 @@ impl World {
         }
         tokens(&self.procore, &mut values);
         tokens(&self.oauth, &mut values);
+        values.extend(self.proxy.minted());
         values
     }
 
     /// Everything the operator published: events, statuses (as JSON text).
     pub async fn published(&self) -> String {
-        let events = Api::<Event>::namespaced(self.cluster.client.clone(), self.ns())
-            .list(&ListParams::default())
-            .await
-            .expect("list events");
-        let creds = self
-            .creds_api()
-            .list(&ListParams::default())
-            .await
-            .expect("list");
-        let integrations = self
-            .integrations_api()
-            .list(&ListParams::default())
-            .await
-            .expect("list");
+        let events_api = Api::<Event>::namespaced(self.cluster.client.clone(), self.ns());
+        let events = retry("Event listing", || async {
+            events_api.list(&ListParams::default()).await
+        })
+        .await;
+        let creds = retry("credential listing", || async {
+            self.creds_api().list(&ListParams::default()).await
+        })
+        .await;
+        let integrations = retry("Integration listing", || async {
+            self.integrations_api().list(&ListParams::default()).await
+        })
+        .await;
         let statuses: Vec<_> = creds.items.iter().map(|c| json!(c.status)).collect();
         let istatuses: Vec<_> = integrations.items.iter().map(|i| json!(i.status)).collect();
         format!(
@@ -795,8 +908,30 @@ fn applied<K>(event: watcher::Event<K>) -> Vec<K> {
     }
 }
 
+/// The suffix of the operator's staging Secrets (the write-ahead of rotated refresh tokens).
+const STAGING_SUFFIX: &str = ".reconnect-staging";
+
 fn note_secret(seen: &mut Seen, secret: &Secret) {
     let name = secret.metadata.name.clone().unwrap_or_default();
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("refresh_token"))
+        .map(|t| String::from_utf8_lossy(&t.0).into_owned());
+    let operators = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|m| m == "reconnect-operator");
+    if operators && let Some(token) = &token {
+        seen.durable
+            .entry(token.clone())
+            .or_insert_with(Instant::now);
+    }
+    if name.ends_with(STAGING_SUFFIX) {
+        return;
+    }
     let Some(rev) = secret
         .metadata
         .annotations
@@ -838,21 +973,35 @@ fn note_roll(seen: &mut Seen, d: &Deployment) {
     }
 }
 
-/// Retries a test-side API call a few times (a real API server can be briefly busy).
-pub async fn retry<F, Fut>(mut call: F)
+/// Retries a test-side API call with exponential backoff (200 ms doubling to 5 s, about a
+/// minute in all): a real API server under a large run's load answers the test's own
+/// requests slowly, with 429 or 5xx, or times out; none of that is what the test checks.
+pub async fn retry<T, F, Fut>(what: &str, mut call: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
+    let mut wait = Duration::from_millis(200);
     for attempt in 0.. {
         match call().await {
-            Ok(()) => return,
-            Err(e) if attempt < 5 => {
-                eprintln!("retrying a test write: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(value) => return value,
+            Err(e) if attempt < 15 => {
+                eprintln!("retrying the test's {what} in {wait:?}: {e}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
-            Err(e) => panic!("test write failed: {e}"),
+            Err(e) => panic!("the test's {what} failed: {e}"),
         }
+    }
+    unreachable!("the loop returns")
+}
+
+/// `Ok` for a create that an earlier attempt made already (409 AlreadyExists).
+fn created<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -884,11 +1033,38 @@ pub struct Findings {
     pub refreshes: usize,
     /// Revisions validated more than once, each time with a kill in between.
     pub validated_again_after_kill: usize,
-    /// Refresh-token chains a kill cut inside the provider's rotation window: the provider
-    /// had rotated the token (the old one is spent) and the process died before the target
-    /// write; with the longest time from that grant to the kill.
-    pub cut_by_kill: usize,
-    pub cut_by_kill_max_gap: Duration,
+    /// Refresh-token chains a kill cut inside the unavoidable window: the provider had
+    /// rotated the token (the old one is spent) and the process died before the new one
+    /// was persisted anywhere (staging or target Secret); with the longest time from that
+    /// grant's request to the kill. A chain cut after its token was persisted is a lost
+    /// token, never counted here.
+    pub cut_in_window: usize,
+    pub cut_in_window_max_gap: Duration,
+    /// Refresh tokens presented again after the provider had spent them, outside a window a
+    /// kill explains.
+    pub spent_presented: Vec<String>,
+    /// Spent refresh tokens presented again by the next life after a kill inside the window.
+    pub spent_presented_in_window: usize,
+}
+
+/// How long after a SIGKILL a request the dead process had already sent may still reach an
+/// emulator or the API server.
+const ORPHAN_SLACK: Duration = Duration::from_millis(500);
+
+/// The first kill that ended after `at` (or just before: a request the dying process sent
+/// may be stamped after its death).
+fn first_kill_after(kills: &[Kill], at: Instant) -> Option<&Kill> {
+    kills
+        .iter()
+        .filter(|k| k.dead + ORPHAN_SLACK > at)
+        .min_by_key(|k| k.sent)
+}
+
+/// The longest the unavoidable window (from a token grant's request to the first durable
+/// write of the token it minted) may plausibly last: `RECONNECT_CHAOS_WINDOW_MS` (10,000).
+/// A kill later than that after the grant does not excuse a lost chain.
+pub fn window_bound() -> Duration {
+    Duration::from_millis(env_or("RECONNECT_CHAOS_WINDOW_MS", 10_000))
 }
 
 impl World {
@@ -898,25 +1074,45 @@ impl World {
     /// was persisted yet), never without one.
     pub async fn check(&self, texts: &[(&str, &str)], kills: Option<&[Kill]>) -> Findings {
         let mut f = Findings::default();
-        let secrets: HashMap<String, Secret> = self
-            .secrets()
-            .list(&ListParams::default())
-            .await
-            .expect("list Secrets")
-            .items
-            .into_iter()
-            .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
-            .collect();
-        let creds: HashMap<String, ConnectorCredential> = self
-            .creds_api()
-            .list(&ListParams::default())
-            .await
-            .expect("list credentials")
-            .items
-            .into_iter()
-            .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
-            .collect();
+        let secrets: HashMap<String, Secret> = retry("Secret listing", || async {
+            self.secrets().list(&ListParams::default()).await
+        })
+        .await
+        .items
+        .into_iter()
+        .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
+        .collect();
+        let creds: HashMap<String, ConnectorCredential> = retry("credential listing", || async {
+            self.creds_api().list(&ListParams::default()).await
+        })
+        .await
+        .items
+        .into_iter()
+        .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
+        .collect();
         let served = self.served();
+        // The peer's chains, from what its proxy saw; whether a token is still good, from the
+        // peer itself (its reuse detection may have revoked a whole chain).
+        let peer_children = self.proxy.children();
+        let mut peer_tokens: BTreeSet<String> = peer_children.values().cloned().collect();
+        for cred in self
+            .creds
+            .iter()
+            .filter(|c| c.flavour == Flavour::PeerRefresh)
+        {
+            for m in &cred.history {
+                peer_tokens.extend(m.get("refresh_token").map(str::to_owned));
+            }
+        }
+        let mut peer_valid = BTreeSet::new();
+        for token in &peer_tokens {
+            if matches!(
+                self.peer.refresh_token_state(token).await,
+                RefreshTokenState::Active { .. }
+            ) {
+                peer_valid.insert(token.clone());
+            }
+        }
         let seen = lock(&self.seen);
 
         // Successful presentations of each material at its provider, with times.
@@ -954,6 +1150,8 @@ impl World {
                 }
             }
         }
+        children.extend(peer_children.clone());
+        valid.extend(peer_valid);
 
         for cred in &self.creds {
             // Swaps and rejections, from what the target was seen holding.
@@ -1041,21 +1239,24 @@ impl World {
                         .map(|s| s.at)
                         .min()
                 });
-                let cut = kills.and_then(|kills| {
-                    let minted_at = minted_at?;
-                    kills
-                        .iter()
-                        .filter(|k| k.dead > minted_at)
-                        .map(|k| k.sent.saturating_duration_since(minted_at))
-                        .min()
+                // The first kill after that grant, and whether the leaf had been seen
+                // persisted before it (a write the dying process sent may still land after
+                // the kill: that is inside the window).
+                let cutting = kills.and_then(|kills| first_kill_after(kills, minted_at?));
+                let cut = cutting.map(|k| {
+                    k.sent
+                        .saturating_duration_since(minted_at.unwrap_or(k.sent))
                 });
-                let never_held = !seen
-                    .target_tokens
-                    .get(&cred.target())
-                    .is_some_and(|t| t.contains(&leaf));
-                if let (Some(gap), true) = (cut, never_held) {
-                    f.cut_by_kill += 1;
-                    f.cut_by_kill_max_gap = f.cut_by_kill_max_gap.max(gap);
+                let persisted = seen
+                    .durable
+                    .get(&leaf)
+                    .is_some_and(|at| cutting.is_none_or(|k| *at < k.sent));
+                let lost = holds.as_deref() != Some(leaf.as_str()) || !valid.contains(&leaf);
+                if let (Some(gap), false, true) = (cut, persisted, lost)
+                    && gap <= window_bound()
+                {
+                    f.cut_in_window += 1;
+                    f.cut_in_window_max_gap = f.cut_in_window_max_gap.max(gap);
                 } else if holds.as_deref() != Some(leaf.as_str()) || !valid.contains(&leaf) {
                     let at = holds
                         .as_ref()
@@ -1087,7 +1288,7 @@ impl World {
                         );
                     }
                     f.lost_tokens.push(format!(
-                        "{} ({:?}): chain of {} tokens, the target holds token {at:?}; its end is a token the target {} (provider takes it: {})",
+                        "{} ({:?}): chain of {} tokens, the target holds token {at:?}; its end is a token the target {} (persisted: {persisted}; provider takes it: {}; a kill {cut:?} after its grant)",
                         cred.name,
                         cred.flavour,
                         chain.len(),
@@ -1110,35 +1311,70 @@ impl World {
                 .and_then(|s| s.rejected.as_ref())
                 .is_some_and(|r| r.revision == latest.revision);
             if latest.kind.passes() && rejected {
-                let granted = latest.get("refresh_token").and_then(|root| {
+                // The rotation's chain may have gone on through several lives; the token lost
+                // is its end, minted by the grant that spent the one before.
+                let mut chain: Vec<String> = latest
+                    .get("refresh_token")
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect();
+                while let Some(next) = chain.last().and_then(|t| children.get(t)) {
+                    chain.push(next.clone());
+                }
+                let granted = chain.len().checked_sub(2).and_then(|parent| {
                     served
                         .iter()
                         .filter(|s| {
-                            s.status == Some(200) && s.refresh_token.as_deref() == Some(root)
+                            s.status == Some(200)
+                                && s.refresh_token.as_deref() == Some(chain[parent].as_str())
                         })
                         .map(|s| s.at)
                         .min()
                 });
-                let cut = kills.zip(granted).and_then(|(kills, granted)| {
-                    kills
-                        .iter()
-                        .filter(|k| k.dead > granted)
-                        .map(|k| k.sent.saturating_duration_since(granted))
-                        .min()
-                });
+                let cutting = kills
+                    .zip(granted)
+                    .and_then(|(kills, granted)| first_kill_after(kills, granted));
+                let cut = cutting
+                    .zip(granted)
+                    .map(|(k, g)| k.sent.saturating_duration_since(g));
                 let held_once = held.is_some_and(|h| h.contains_key(&latest.revision));
+                // Excused only if the chain's end was not persisted before the kill.
+                let persisted = chain
+                    .last()
+                    .filter(|_| chain.len() > 1)
+                    .and_then(|leaf| seen.durable.get(leaf))
+                    .is_some_and(|at| cutting.is_none_or(|k| *at < k.sent));
                 match cut {
-                    Some(gap) if !held_once => {
-                        f.cut_by_kill += 1;
-                        f.cut_by_kill_max_gap = f.cut_by_kill_max_gap.max(gap);
+                    Some(gap) if !held_once && !persisted && gap <= window_bound() => {
+                        f.cut_in_window += 1;
+                        f.cut_in_window_max_gap = f.cut_in_window_max_gap.max(gap);
                     }
-                    _ => f.lost_tokens.push(format!(
-                        "{}: good revision {} rejected (its token granted: {}, a kill after: {}, held once: {held_once})",
-                        cred.name,
-                        latest.revision,
-                        granted.is_some(),
-                        cut.is_some()
-                    )),
+                    _ => {
+                        let why = creds
+                            .get(&cred.name)
+                            .and_then(|c| c.status.as_ref())
+                            .and_then(|s| s.rejected.as_ref())
+                            .map(|r| format!("{:?} (spent: {}): {}", r.reason, r.spent, r.message))
+                            .unwrap_or_default();
+                        let presented: Vec<_> = latest
+                            .get("refresh_token")
+                            .map(|root| {
+                                served
+                                    .iter()
+                                    .filter(|s| s.refresh_token.as_deref() == Some(root))
+                                    .map(|s| (s.at.elapsed().as_millis(), s.status, s.fault))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        f.lost_tokens.push(format!(
+                            "{} ({:?}): good revision {} rejected: {why} (a chain of {} tokens; its end granted: {}; the source's token presented (ms ago, status, fault): {presented:?}; a kill after: {cut:?}; held once: {held_once}; its end persisted: {persisted})",
+                            cred.name,
+                            cred.flavour,
+                            latest.revision,
+                            chain.len(),
+                            granted.is_some(),
+                        ))
+                    }
                 }
             }
             // 3b. In a crash run, a second validation needs a kill before it.
@@ -1204,13 +1440,60 @@ impl World {
             }
         }
 
+        // 2c. A refresh token the provider spent is never presented again, unless a kill
+        // came between and the token it minted was never persisted (the unavoidable window).
+        let mut spent_at: HashMap<&str, Instant> = HashMap::new();
+        for s in &served {
+            if s.status == Some(200)
+                && let Some(token) = s.refresh_token.as_deref()
+            {
+                let at = spent_at.entry(token).or_insert(s.at);
+                *at = (*at).min(s.at);
+            }
+        }
+        for s in &served {
+            let Some(token) = s.refresh_token.as_deref() else {
+                continue;
+            };
+            let Some(&spent) = spent_at.get(token) else {
+                continue;
+            };
+            if s.at <= spent {
+                continue;
+            }
+            // A kill after the spending grant (its request may reach the provider just after
+            // the process died) and before this presentation, with the minted token not seen
+            // persisted before that kill: the unavoidable window.
+            let cutting = kills.and_then(|kills| {
+                kills
+                    .iter()
+                    .filter(|k| k.sent < s.at && spent < k.dead + ORPHAN_SLACK)
+                    .min_by_key(|k| k.sent)
+            });
+            let child = children.get(token);
+            let persisted_before = child
+                .and_then(|c| seen.durable.get(c))
+                .is_some_and(|at| *at < s.at && cutting.is_none_or(|k| *at < k.sent));
+            let killed_between = cutting.is_some();
+            if !persisted_before && killed_between {
+                f.spent_presented_in_window += 1;
+            } else {
+                f.spent_presented.push(format!(
+                    "a refresh token spent {} ms earlier was presented again (answer {:?}; its successor persisted before: {persisted_before}; a kill between: {killed_between})",
+                    s.at.duration_since(spent).as_millis(),
+                    s.status
+                ));
+            }
+        }
+
+        let peer_minted: BTreeSet<&String> = peer_children.values().collect();
         f.refreshes += served
             .iter()
             .filter(|s| {
                 s.status == Some(200)
                     && s.refresh_token
-                        .as_deref()
-                        .is_some_and(|t| t.starts_with("rt-"))
+                        .as_ref()
+                        .is_some_and(|t| t.starts_with("rt-") || peer_minted.contains(t))
             })
             .count();
 
@@ -1299,6 +1582,19 @@ impl World {
                         &text[context(m.start().saturating_sub(100))..context(m.end() + 40)];
                     f.leaks
                         .push(format!("{what}: {} in …{around}…", m.as_str()));
+                }
+            }
+        }
+        // The peer's tokens are its own random base64url values, not canaries.
+        let runs = regex_lite::Regex::new(r"[A-Za-z0-9_-]{32,}").expect("static pattern");
+        let peer_values = self.proxy.minted();
+        for (what, text) in texts {
+            for m in runs.find_iter(text) {
+                if peer_values.contains(m.as_str()) || peer_tokens.contains(m.as_str()) {
+                    f.leaks.push(format!(
+                        "{what}: a token of the OAuth peer ({} bytes)",
+                        m.len()
+                    ));
                 }
             }
         }

@@ -211,6 +211,11 @@ impl Env {
         self.wait_reconciles(|| self.reconciles(), before, n).await;
     }
 
+    /// Re-reconciles every ConnectorCredential without waiting for the reconciles.
+    pub fn tick_nowait(&self) {
+        self.tick.unbounded_send(()).expect("controller running");
+    }
+
     /// Re-reconciles every Integration and waits until at least `n` reconciles have finished.
     pub async fn tick_integrations(&self, n: u64) {
         let before = self.integration_reconciles();

@@ -1,8 +1,12 @@
 //! The provider step: the one place a reconcile talks to the provider. It carries out the
-//! plan's step and returns what happened as an [`Outcome`]; it writes nothing.
+//! plan's step and returns what happened as an [`Outcome`]. It writes nothing itself, except
+//! through its [`WriteAhead`]: a refresh token the provider rotated in an exchange is
+//! persisted before the exchange's access token is used for anything (PROVIDERS.md: persist
+//! the new token before using it).
 
 use std::collections::BTreeSet;
 
+use futures::future::BoxFuture;
 use jiff::Timestamp;
 
 use super::decide::{Step, Timing};
@@ -10,7 +14,7 @@ use super::read::{Candidate, Source};
 use super::target::{self, Active, Target, Validated};
 use crate::api::{ConnectorCredential, PermissionPolicy};
 use crate::providers::{
-    CredentialMaterial, Providers, Tokens, Verified, VerifyError, VerifyRequest,
+    CredentialMaterial, Exchanged, Providers, Tokens, Verified, VerifyError, VerifyRequest,
 };
 use crate::secret::Redacted;
 
@@ -31,18 +35,18 @@ pub(crate) enum Outcome {
         error: VerifyError,
         spent: bool,
     },
-    /// The active credential passed its probe; `write` holds a refresh token the probe's
-    /// grant rotated, to persist.
+    /// The active credential passed its probe; `write` holds the tokens the probe's grant
+    /// minted, when they are kept.
     Probed {
         verified: Verified,
-        write: Option<Validated>,
+        write: Option<Write>,
     },
     /// The active credential has a new access token.
     Refreshed { validated: Validated },
     /// The active credential failed for good; `write` as for [`Outcome::Probed`].
     ActiveFailed {
         error: VerifyError,
-        write: Option<Validated>,
+        write: Option<Write>,
     },
     /// The provider could not answer now; `rotating`: a candidate was being validated.
     /// `unwritten`: a refresh token the provider rotated while validating the candidate of
@@ -50,10 +54,49 @@ pub(crate) enum Outcome {
     /// source's is spent).
     Transient {
         error: VerifyError,
-        write: Option<Validated>,
+        write: Option<Write>,
         rotating: bool,
         unwritten: Option<(String, Redacted)>,
     },
+    /// The provider rotated the refresh token of this revision in an exchange, and the
+    /// write-ahead failed: the access token was not used. The token is kept in memory and
+    /// presented next time; the reconcile fails with the write's error.
+    Unpersisted { revision: String, token: Redacted },
+}
+
+/// Tokens the provider minted for the active credential, for the target Secret.
+#[derive(Debug)]
+pub(crate) enum Write {
+    /// To be written after the step.
+    Due(Validated),
+    /// Written during the step, before the access token was used (the write-ahead).
+    Landed(Validated),
+}
+
+impl Write {
+    pub fn validated(&self) -> &Validated {
+        match self {
+            Write::Due(v) | Write::Landed(v) => v,
+        }
+    }
+
+    fn due(&self) -> Option<&Validated> {
+        match self {
+            Write::Due(v) => Some(v),
+            Write::Landed(_) => None,
+        }
+    }
+}
+
+/// Where a rotated refresh token is persisted before the access token that came with it is
+/// used. Each returns whether the write landed; the implementor keeps the error.
+pub(crate) trait WriteAhead: Sync {
+    /// Stages a refresh token rotated while validating a candidate of `revision` (the
+    /// staging Secret: the target holds only validated material).
+    fn stage<'a>(&'a self, revision: &'a str, token: &'a Redacted) -> BoxFuture<'a, bool>;
+    /// Writes the active credential with tokens the provider just minted for it to the
+    /// target Secret.
+    fn persist_active<'a>(&'a self, validated: &'a Validated) -> BoxFuture<'a, bool>;
 }
 
 impl Outcome {
@@ -65,8 +108,18 @@ impl Outcome {
             }
             Outcome::Probed { write, .. }
             | Outcome::ActiveFailed { write, .. }
-            | Outcome::Transient { write, .. } => write.as_ref(),
-            Outcome::Nothing | Outcome::Rejected { .. } => None,
+            | Outcome::Transient { write, .. } => write.as_ref().and_then(Write::due),
+            Outcome::Nothing | Outcome::Rejected { .. } | Outcome::Unpersisted { .. } => None,
+        }
+    }
+
+    /// What the target Secret holds once the step's writes have landed, if it wrote one.
+    pub fn target_holds(&self) -> Option<&Validated> {
+        match self {
+            Outcome::Probed { write, .. }
+            | Outcome::ActiveFailed { write, .. }
+            | Outcome::Transient { write, .. } => write.as_ref().map(Write::validated),
+            _ => self.target_write(),
         }
     }
 }
@@ -93,6 +146,8 @@ pub(crate) struct ProviderStep<'a> {
     pub now: Timestamp,
     /// A rotated refresh token not known to be in the target Secret, and its revision.
     pub unwritten: Option<(&'a str, &'a Redacted)>,
+    /// Persists rotated refresh tokens between an exchange and the probe.
+    pub write_ahead: &'a dyn WriteAhead,
 }
 
 impl ProviderStep<'_> {
@@ -163,8 +218,35 @@ impl ProviderStep<'_> {
     async fn validate(&self, candidate: &Candidate, restored: bool) -> Outcome {
         let required = required_for_rotation(self.cred);
         let req = self.request(candidate.material(), &required);
-        // A rotated token of an unvalidated candidate is never written.
-        let (result, rotated) = self.providers.verify(&req).await.into_parts();
+        let exchanged = match self.providers.exchange(&req).await {
+            Ok(exchanged) => exchanged,
+            Err(error) if error.is_transient() => {
+                return Outcome::Transient {
+                    error,
+                    write: None,
+                    rotating: true,
+                    unwritten: None,
+                };
+            }
+            Err(error) => {
+                return Outcome::Rejected {
+                    revision: candidate.revision().to_owned(),
+                    error,
+                    spent: false,
+                };
+            }
+        };
+        // The write-ahead: a rotated token is staged before its access token is used.
+        if let Some(token) = exchanged.rotated_refresh_token()
+            && !self.write_ahead.stage(candidate.revision(), token).await
+        {
+            return Outcome::Unpersisted {
+                revision: candidate.revision().to_owned(),
+                token: token.clone(),
+            };
+        }
+        // A rotated token of an unvalidated candidate is never written to the target.
+        let (result, rotated) = self.providers.probe(&req, exchanged).await.into_parts();
         match result {
             Ok(verified) => Outcome::Swapped {
                 validated: Validated::verified(candidate, &verified, self.now),
@@ -189,8 +271,31 @@ impl ProviderStep<'_> {
 
     /// A refresh token the provider rotated before a failure: the spent one is dead, so the
     /// new one is persisted with the active credential.
-    fn rotated(&self, active: &Active, rotated: Option<&Tokens>) -> Option<Validated> {
-        rotated.map(|tokens| Validated::refreshed(active, tokens, self.now))
+    fn rotated(&self, active: &Active, rotated: Option<&Tokens>) -> Option<Write> {
+        rotated.map(|tokens| Write::Due(Validated::refreshed(active, tokens, self.now)))
+    }
+
+    /// The write-ahead for the active credential: a refresh token the exchange rotated goes to
+    /// the target Secret (the credential was validated; the tokens are minted for it) before
+    /// the probe uses the new access token. `Err`: the write failed.
+    async fn persist_rotated(
+        &self,
+        active: &Active,
+        exchanged: &Exchanged,
+    ) -> Result<Option<Write>, Outcome> {
+        let (Some(token), Some(tokens)) = (exchanged.rotated_refresh_token(), exchanged.tokens())
+        else {
+            return Ok(None);
+        };
+        let validated = Validated::refreshed(active, tokens, self.now);
+        if self.write_ahead.persist_active(&validated).await {
+            Ok(Some(Write::Landed(validated)))
+        } else {
+            Err(Outcome::Unpersisted {
+                revision: active.revision().to_owned(),
+                token: token.clone(),
+            })
+        }
     }
 
     async fn probe(&self, active: &Active, refresh: bool) -> Outcome {
@@ -202,24 +307,45 @@ impl ProviderStep<'_> {
             .cloned()
             .collect();
         let req = self.request(active.material(), &required);
-        let (result, rotated) = self.providers.verify(&req).await.into_parts();
+        let exchanged = match self.providers.exchange(&req).await {
+            Ok(exchanged) => exchanged,
+            Err(error) if error.is_transient() => {
+                return Outcome::Transient {
+                    write: None,
+                    error,
+                    rotating: false,
+                    unwritten: None,
+                };
+            }
+            Err(error) => return Outcome::ActiveFailed { write: None, error },
+        };
+        let landed = match self.persist_rotated(active, &exchanged).await {
+            Ok(landed) => landed,
+            Err(unpersisted) => return unpersisted,
+        };
+        let (result, rotated) = self.providers.probe(&req, exchanged).await.into_parts();
         match result {
             Ok(verified) => {
                 // The probe's fresh access token is written only when a refresh was due
-                // anyway or the grant rotated the refresh token: a steady state writes
-                // nothing.
-                let keep = refresh || verified.tokens().refresh_token().is_some();
-                let write = keep.then(|| Validated::revalidated(active, &verified, self.now));
+                // anyway (a steady state writes nothing); a rotated refresh token was
+                // written before the probe, with the same tokens.
+                let write = match landed {
+                    Some(landed) => Some(landed),
+                    None if refresh => Some(Write::Due(Validated::revalidated(
+                        active, &verified, self.now,
+                    ))),
+                    None => None,
+                };
                 Outcome::Probed { verified, write }
             }
             Err(error) if error.is_transient() => Outcome::Transient {
-                write: self.rotated(active, rotated.as_ref()),
+                write: landed.or_else(|| self.rotated(active, rotated.as_ref())),
                 error,
                 rotating: false,
                 unwritten: None,
             },
             Err(error) => Outcome::ActiveFailed {
-                write: self.rotated(active, rotated.as_ref()),
+                write: landed.or_else(|| self.rotated(active, rotated.as_ref())),
                 error,
             },
         }

@@ -5,10 +5,13 @@
 //! 1. read: the source Secret ([`read::source`]: a [`read::Candidate`] with its revision)
 //!    and the target Secret ([`target::inspect`]: intact, altered, missing or foreign);
 //! 2. decide ([`decide::decide`], pure): the step and when to look again;
-//! 3. provider step ([`act`]): the only provider call, returning an [`act::Outcome`];
+//! 3. provider step ([`act`]): the only provider calls, returning an [`act::Outcome`]; a
+//!    refresh token the exchange rotates is persisted before the probe uses the new access
+//!    token (the write-ahead: [`staging`] for a candidate, the target for the active one);
 //! 4. react ([`react::react`], pure): the status and events the outcome deserves;
 //! 5. apply: the target Secret first (a rotated refresh token must be persisted before
-//!    anything else), then status, then events.
+//!    anything else), then status, then the staging Secret is emptied once its rotation is
+//!    settled, then events.
 //!
 //! The target Secret only ever holds material that passed validation; [`target`] makes that
 //! a property of the types. The controller's own writes never wake it: status writes are
@@ -23,15 +26,18 @@ mod index;
 pub(crate) mod react;
 pub(crate) mod read;
 mod revision;
+pub(crate) mod staging;
 pub(crate) mod status;
 pub(crate) mod target;
 
 pub use in_use::FINALIZER as IN_USE_FINALIZER;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -47,13 +53,15 @@ use self::act::{Outcome, ProviderStep};
 use self::decide::{MIN_REFRESH_GAP, Observed, Plan, Step, Timing, View};
 use self::react::Input;
 use self::target::Target;
+use super::Staging;
 use super::events::{Note, publish};
 use super::queue::{Queue, Turn};
 use super::triggers::{OwnWrites, spec_changes};
 use super::{Context, Error, kube_err};
 use crate::api::conditions::reasons;
-use crate::api::{ConnectorCredential, ConnectorCredentialStatus, Integration};
+use crate::api::{AuthType, ConnectorCredential, ConnectorCredentialStatus, Integration};
 use crate::providers::budget::{Priority, with_priority};
+use crate::secret::Redacted;
 
 /// The cached form of a credential (malformed ones included, so they never block a watch).
 type Guarded = DeserializeGuard<CredentialHead>;
@@ -232,8 +240,41 @@ async fn reconcile_credential(
     };
     debug!(step = ?plan.step, "decided");
 
-    // 3. The provider step.
+    // 3. The provider step. A refresh-token credential first looks at its staging Secret
+    // when this process has not (or left a token there): a token an earlier attempt staged
+    // continues its lineage, instead of the spent one being presented again.
+    let staging_state = ctx.staging(key);
+    let mut staged = staging::Read::default();
+    if cred.spec.auth == AuthType::RefreshToken
+        && (staging_state == Staging::Held
+            || (staging_state == Staging::Unknown && touches_provider(&plan.step)))
+    {
+        staged = staging::read(&secrets, cred)
+            .await
+            .map_err(kube_err("get staging Secret"))?;
+        settle_staging(
+            ctx,
+            key,
+            &secrets,
+            cred,
+            &mut staged,
+            &source,
+            &target.state,
+        )
+        .await?;
+    }
     let unwritten = ctx.unwritten(key);
+    let persist = Persist {
+        ctx,
+        key,
+        ns: &ns,
+        secrets: &secrets,
+        cred,
+        target: Mutex::new(target.secret.clone()),
+        staging: Mutex::new(staged),
+        failed: Mutex::new(None),
+        meanwhile: AtomicBool::new(false),
+    };
     let step = ProviderStep {
         providers: &ctx.providers,
         cred,
@@ -243,6 +284,7 @@ async fn reconcile_credential(
         unwritten: unwritten
             .as_ref()
             .map(|(revision, token)| (revision.as_str(), token)),
+        write_ahead: &persist,
     };
     // A new or changed credential is validated ahead of routine upkeep at the provider too.
     let priority = match plan.step {
@@ -256,6 +298,11 @@ async fn reconcile_credential(
     } = &outcome
     {
         ctx.keep_unwritten(key, revision, token.clone());
+    }
+    if let Outcome::Unpersisted { revision, token } = &outcome {
+        // Not persisted, and its access token not used: presented next time.
+        ctx.keep_unwritten(key, revision, token.clone());
+        return Err(persist.take_failure());
     }
 
     // 4. React.
@@ -275,23 +322,14 @@ async fn reconcile_credential(
         &outcome,
     );
 
-    // 5. Apply: the target Secret, then status, then events.
+    // 5. Apply: the target Secret, then status, then the staging Secret, then events.
     // Set when someone else wrote the target while this process was writing it: look again.
-    let mut written_meanwhile = false;
+    let mut written_meanwhile = persist.meanwhile.load(Ordering::SeqCst);
     if let Some(validated) = outcome.target_write() {
-        // Until the write lands, a rotated refresh token lives only here: a failed write
-        // must not lose it (the one it replaced is spent).
-        if let Some(token) = validated.refresh_token() {
-            ctx.keep_unwritten(key, validated.revision(), token.clone());
-        }
-        let flight = ctx.own_writes.begin(&ns, &target_name);
-        let written = target::write(&secrets, cred, target.secret.as_ref(), validated).await;
-        written_meanwhile = flight.landed(written.as_ref().ok().and_then(|w| w.resource_version()));
-        written.map_err(kube_err("write target Secret"))?;
-        ctx.written(key);
-        if let Some(lifetime) = act::issued_lifetime(validated) {
-            ctx.token_issued(key, lifetime < MIN_REFRESH_GAP);
-        }
+        let existing = persist.target();
+        let (_, meanwhile) =
+            write_target(ctx, key, &ns, &secrets, cred, existing.as_ref(), validated).await?;
+        written_meanwhile |= meanwhile;
     }
     // A dead credential is probed again on the interval too, not in a loop.
     if let Outcome::Swapped { .. } | Outcome::Probed { .. } | Outcome::ActiveFailed { .. } =
@@ -313,6 +351,18 @@ async fn reconcile_credential(
         timing.expiry_warning,
     );
     write_status(api, &name, cred.status.as_ref(), &reaction.status).await?;
+    // A staged token is obsolete once its rotation is settled and recorded (a rejection that
+    // status has not recorded yet is validated again after a crash, from the staged token),
+    // or once the target holds its lineage again.
+    if let Some(staged) = persist.staged() {
+        let settled = matches!(outcome, Outcome::Swapped { .. } | Outcome::Rejected { .. })
+            || outcome
+                .target_holds()
+                .is_some_and(|v| v.revision() == staged.revision);
+        if settled {
+            persist.clear().await;
+        }
+    }
     let reference = cred.object_ref(&());
     for note in reaction.events {
         publish(ctx, &reference, note).await;
@@ -348,6 +398,220 @@ async fn reconcile_credential(
             Action::requeue(FOLLOW_UP)
         }
     })
+}
+
+/// Whether a step talks to the provider or finishes a swap: the steps a staged token matters to.
+fn touches_provider(step: &Step) -> bool {
+    !matches!(step, Step::Idle | Step::TargetNotOwned)
+}
+
+/// Writes validated material to the target Secret, with what every target write needs: a
+/// rotated refresh token is kept in memory until the write lands, and the write is marked as
+/// this process's own. Returns the Secret as written, and whether someone else wrote it
+/// meanwhile.
+async fn write_target(
+    ctx: &Context,
+    key: &str,
+    ns: &str,
+    secrets: &Api<Secret>,
+    cred: &ConnectorCredential,
+    existing: Option<&Secret>,
+    validated: &target::Validated,
+) -> Result<(Secret, bool), Error> {
+    // Until the write lands, a rotated refresh token lives only here: a failed write must
+    // not lose it (the one it replaced is spent).
+    if let Some(token) = validated.refresh_token() {
+        ctx.keep_unwritten(key, validated.revision(), token.clone());
+    }
+    let target_name = cred.target_secret_name();
+    let flight = ctx.own_writes.begin(ns, &target_name);
+    let written = target::write(secrets, cred, existing, validated).await;
+    let meanwhile = flight.landed(written.as_ref().ok().and_then(|w| w.resource_version()));
+    let written = written.map_err(kube_err("write target Secret"))?;
+    ctx.written(key);
+    if let Some(lifetime) = act::issued_lifetime(validated) {
+        ctx.token_issued(key, lifetime < MIN_REFRESH_GAP);
+    }
+    Ok((written, meanwhile))
+}
+
+/// A staging Secret as found at the start of a reconcile: a token for the source revision or
+/// the active one is taken up (unless this process holds a newer one); anything else, or a
+/// token the target already holds, is obsolete and emptied.
+async fn settle_staging(
+    ctx: &Context,
+    key: &str,
+    secrets: &Api<Secret>,
+    cred: &ConnectorCredential,
+    read: &mut staging::Read,
+    source: &read::Source,
+    target: &Target,
+) -> Result<(), Error> {
+    let Some(staged) = read.staged() else {
+        ctx.set_staging(key, Staging::Clear);
+        return Ok(());
+    };
+    let active = match target {
+        Target::Intact(active) => Some(active),
+        _ => None,
+    };
+    let in_target = active.is_some_and(|a| {
+        a.revision() == staged.revision
+            && a.material().refresh_token.as_ref() == Some(&staged.token)
+    });
+    let current = source.revision() == Some(staged.revision.as_str())
+        || active.is_some_and(|a| a.revision() == staged.revision);
+    if current && !in_target {
+        if ctx
+            .unwritten(key)
+            .is_none_or(|(revision, _)| revision != staged.revision)
+        {
+            debug!("continuing from a staged refresh token");
+            ctx.keep_unwritten(key, &staged.revision, staged.token);
+        }
+        ctx.set_staging(key, Staging::Held);
+        return Ok(());
+    }
+    let emptied = staging::write(secrets, cred, read.secret.as_ref(), None)
+        .await
+        .map_err(staging_err)?;
+    read.secret = Some(emptied);
+    ctx.set_staging(key, Staging::Clear);
+    Ok(())
+}
+
+fn staging_err(err: staging::WriteError) -> Error {
+    match err {
+        staging::WriteError::Kube(source) => Error::Kube {
+            call: "write staging Secret",
+            source,
+        },
+        staging::WriteError::Foreign(secret) => Error::StagingNotOwned { secret },
+    }
+}
+
+/// The write-ahead of one reconcile ([`act::WriteAhead`]): candidates' rotated refresh tokens
+/// go to the staging Secret, the active credential's to the target Secret.
+struct Persist<'a> {
+    ctx: &'a Context,
+    key: &'a str,
+    ns: &'a str,
+    secrets: &'a Api<Secret>,
+    cred: &'a ConnectorCredential,
+    /// The target Secret as last read or written (the next write's precondition).
+    target: Mutex<Option<Secret>>,
+    /// The staging Secret as last read or written.
+    staging: Mutex<staging::Read>,
+    /// Why the last write-ahead failed.
+    failed: Mutex<Option<Error>>,
+    /// Someone else wrote the target while the write-ahead wrote it.
+    meanwhile: AtomicBool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Persist<'_> {
+    fn target(&self) -> Option<Secret> {
+        locked(&self.target).clone()
+    }
+
+    fn staged(&self) -> Option<staging::Staged> {
+        locked(&self.staging).staged()
+    }
+
+    fn take_failure(&self) -> Error {
+        locked(&self.failed)
+            .take()
+            .unwrap_or_else(|| Error::StagingNotOwned {
+                secret: staging::name(self.cred),
+            })
+    }
+
+    /// Empties the staging Secret; a failure leaves it to the next reconcile.
+    async fn clear(&self) {
+        let existing = locked(&self.staging).secret.clone();
+        match staging::write(self.secrets, self.cred, existing.as_ref(), None).await {
+            Ok(secret) => {
+                locked(&self.staging).secret = Some(secret);
+                self.ctx.set_staging(self.key, Staging::Clear);
+            }
+            Err(err) => {
+                let err = staging_err(err);
+                warn!(reason = err.reason(), error = %err, "emptying the staging Secret failed; retried next time");
+                self.ctx.set_staging(self.key, Staging::Held);
+            }
+        }
+    }
+}
+
+impl act::WriteAhead for Persist<'_> {
+    fn stage<'a>(&'a self, revision: &'a str, token: &'a Redacted) -> BoxFuture<'a, bool> {
+        async move {
+            let read = {
+                let read = locked(&self.staging);
+                (read.secret.clone(), read.foreign)
+            };
+            let staged = staging::Staged {
+                revision: revision.to_owned(),
+                token: token.clone(),
+            };
+            let written = if read.1 {
+                Err(staging::WriteError::Foreign(staging::name(self.cred)))
+            } else {
+                staging::write(self.secrets, self.cred, read.0.as_ref(), Some(&staged)).await
+            };
+            match written {
+                Ok(secret) => {
+                    *locked(&self.staging) = staging::Read {
+                        secret: Some(secret),
+                        foreign: false,
+                    };
+                    self.ctx.set_staging(self.key, Staging::Held);
+                    // The staged token is the one to present next, whatever memory held.
+                    self.ctx.keep_unwritten(self.key, revision, token.clone());
+                    debug!("staged a rotated refresh token");
+                    true
+                }
+                Err(err) => {
+                    *locked(&self.failed) = Some(staging_err(err));
+                    false
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn persist_active<'a>(&'a self, validated: &'a target::Validated) -> BoxFuture<'a, bool> {
+        async move {
+            let existing = self.target();
+            match write_target(
+                self.ctx,
+                self.key,
+                self.ns,
+                self.secrets,
+                self.cred,
+                existing.as_ref(),
+                validated,
+            )
+            .await
+            {
+                Ok((secret, meanwhile)) => {
+                    *locked(&self.target) = Some(secret);
+                    if meanwhile {
+                        self.meanwhile.store(true, Ordering::SeqCst);
+                    }
+                    true
+                }
+                Err(err) => {
+                    *locked(&self.failed) = Some(err);
+                    false
+                }
+            }
+        }
+        .boxed()
+    }
 }
 
 /// When the active credential was last probed successfully: status, or this process.

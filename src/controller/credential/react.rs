@@ -149,7 +149,7 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
         }
         Outcome::Probed { verified, write } => {
             if let Some(v) = write {
-                update.refreshed(v.record().access.map(|a| a.expires_at));
+                update.refreshed(v.validated().record().access.map(|a| a.expires_at));
             }
             update.revalidated(verified);
         }
@@ -158,7 +158,7 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
         }
         Outcome::ActiveFailed { error, write } => {
             if let Some(v) = write {
-                update.refreshed(v.record().access.map(|a| a.expires_at));
+                update.refreshed(v.validated().record().access.map(|a| a.expires_at));
             }
             update.active_failed(error);
         }
@@ -169,11 +169,13 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
             ..
         } => {
             if let Some(v) = write {
-                update.refreshed(v.record().access.map(|a| a.expires_at));
+                update.refreshed(v.validated().record().access.map(|a| a.expires_at));
             }
             update.transient(error, input.timing.failure_threshold, *rotating);
             transient = Some(error.to_string());
         }
+        // The reconcile fails with the write's error before any status is written.
+        Outcome::Unpersisted { .. } => {}
     }
     update.forget_rejection_unless(input.source.revision());
 
@@ -192,7 +194,7 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
     );
     let old = input.status.cloned().unwrap_or_default();
     events.extend(super::events::transitions(&old, &update.status, swapped));
-    let view = match outcome.target_write() {
+    let view = match outcome.target_holds() {
         Some(v) => View::Intact {
             revision: v.revision().to_owned(),
             access: v.record().access,
