@@ -5,6 +5,7 @@ pub mod credential;
 pub(crate) mod events;
 pub mod integration;
 pub(crate) mod queue;
+mod runner;
 #[cfg(test)]
 mod simulation;
 pub(crate) mod triggers;

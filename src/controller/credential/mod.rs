@@ -47,18 +47,18 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, warn};
 
 use self::act::{Outcome, ProviderStep};
 use self::decide::{MIN_REFRESH_GAP, Observed, Plan, Step, Timing, View};
 use self::react::Input;
 use self::target::Target;
 use super::Staging;
-use super::events::{Note, publish};
+use super::events::publish;
 use super::queue::{Queue, Turn};
+use super::runner::{self, Object, Reconciler, api};
 use super::triggers::{OwnWrites, spec_changes};
 use super::{Context, Error, kube_err};
-use crate::api::conditions::reasons;
 use crate::api::{AuthType, ConnectorCredential, ConnectorCredentialStatus, Integration};
 use crate::providers::budget::{Priority, with_priority};
 use crate::secret::Redacted;
@@ -67,9 +67,6 @@ use crate::secret::Redacted;
 type Guarded = DeserializeGuard<CredentialHead>;
 
 pub use head::CredentialHead;
-
-/// This controller's name in metrics.
-const CONTROLLER: &str = "connectorcredential";
 
 /// How soon to look again when a reconcile leaves more to do at once.
 const FOLLOW_UP: Duration = Duration::from_secs(1);
@@ -81,89 +78,60 @@ async fn write_status(
     old: Option<&ConnectorCredentialStatus>,
     new: &ConnectorCredentialStatus,
 ) -> Result<bool, Error> {
-    let unchanged = old.is_some_and(|old| !status::differs_beyond_last_validated(old, new));
-    if unchanged {
-        return Ok(false);
-    }
-    super::apply_status(api, name, new).await?;
-    Ok(true)
+    let changed = old.is_none_or(|old| status::differs_beyond_last_validated(old, new));
+    runner::write_status(api, name, changed, new).await
 }
 
-/// The per-object key for locks, backoff and probe bookkeeping.
-fn object_key(ns: &str, name: &str) -> String {
-    format!("credential:{ns}/{name}")
+/// The ConnectorCredential controller, as the shell ([`runner`]) runs it.
+pub(crate) struct Credentials {
+    ctx: Arc<Context>,
+}
+
+impl Reconciler for Credentials {
+    type Head = CredentialHead;
+    type Object = ConnectorCredential;
+    /// The priority of this turn, and a routine worker's permit.
+    type Admission = (Priority, Option<tokio::sync::OwnedSemaphorePermit>);
+    const KIND: &'static str = "ConnectorCredential";
+    const CONTROLLER: &'static str = "connectorcredential";
+    const KEY: &'static str = "credential";
+
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Routine upkeep waits for a routine worker; a change goes first (see `queue`).
+    fn admit(&self, key: &str, head: &CredentialHead) -> Result<Self::Admission, Duration> {
+        match self.ctx.queue.turn(key, head.settled()) {
+            Turn::PutOff(wait) => Err(wait),
+            Turn::Go { priority, permit } => Ok((priority, permit)),
+        }
+    }
+
+    async fn reconcile(
+        &self,
+        object: Object<'_, ConnectorCredential>,
+        (priority, _routine_worker): Self::Admission,
+    ) -> Result<Action, Error> {
+        let Object { object, api, key } = object;
+        let mut cred = object;
+        // In-use protection first. A credential whose deletion waits for its Integrations
+        // keeps being validated and refreshed, so the syncs still using it keep working.
+        match in_use::protect(&self.ctx, api, &mut cred).await? {
+            Some(done) => Ok(done),
+            None => reconcile_credential(&cred, api, &self.ctx, key, priority).await,
+        }
+    }
+
+    fn forget(&self, namespace: &str, name: &str, key: &str) {
+        self.ctx.queue.forget(key);
+        self.ctx.metrics.forget_credential(namespace, name);
+    }
 }
 
 /// Reconciles one ConnectorCredential.
-#[instrument(skip_all, fields(credential = %guard.meta().namespace.as_deref().unwrap_or_default(), name = %guard.meta().name.as_deref().unwrap_or_default()))]
 pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let meta = guard.meta();
-    let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
-        return Ok(Action::await_change());
-    };
-    let key = object_key(&ns, &name);
-    if let Err(invalid) = &guard.0 {
-        return malformed(&ctx, &guard.object_ref(&()), invalid).await;
-    }
-    // Routine upkeep waits for a routine worker; a change goes first (see `queue`).
-    let routine = guard.0.as_ref().is_ok_and(CredentialHead::settled);
-    let (priority, _routine_worker) = match ctx.queue.turn(&key, routine) {
-        Turn::PutOff(wait) => return Ok(Action::requeue(wait)),
-        Turn::Go { priority, permit } => (priority, permit),
-    };
-    let lock = ctx.object_lock(&key);
-    let _held = lock.lock().await;
-
-    let api: Api<ConnectorCredential> = Api::namespaced(ctx.client.clone(), &ns);
-    // Read afresh, and whole (the cache holds only a head): the watch cache may not have
-    // seen our own last status write yet, and acting on a stale status could validate the
-    // same revision twice.
-    let Some(fresh) =
-        Api::<DeserializeGuard<ConnectorCredential>>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&name)
-            .await
-            .map_err(kube_err("get ConnectorCredential"))?
-    else {
-        ctx.forget(&key);
-        ctx.queue.forget(&key);
-        ctx.metrics.forget_credential(&ns, &name);
-        return Ok(Action::await_change());
-    };
-    let mut cred = match fresh.0 {
-        Ok(cred) => cred,
-        Err(invalid) => return malformed(&ctx, &guard.object_ref(&()), &invalid).await,
-    };
-    let started = std::time::Instant::now();
-    // In-use protection first. A credential whose deletion waits for its Integrations keeps
-    // being validated and refreshed, so the syncs still using it keep working.
-    let result = match in_use::protect(&ctx, &api, &mut cred).await {
-        Ok(Some(done)) => Ok(done),
-        Ok(None) => reconcile_credential(&cred, &api, &ctx, &key, priority).await,
-        Err(err) => Err(err),
-    };
-    ctx.metrics.reconciled(
-        CONTROLLER,
-        started.elapsed(),
-        result.as_ref().err().map(Error::reason),
-    );
-    if result.is_ok() {
-        ctx.succeeded(&key);
-    }
-    result
-}
-
-/// A ConnectorCredential that does not match the schema (an older or hand-edited object):
-/// said once per change, then left until it changes.
-async fn malformed(
-    ctx: &Context,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-    invalid: &kube::core::error_boundary::InvalidObject,
-) -> Result<Action, Error> {
-    warn!(error = %invalid, "malformed ConnectorCredential skipped");
-    let note = format!("the object does not match the ConnectorCredential schema: {invalid}");
-    let note = Note::warning(reasons::MISCONFIGURED, "Reconcile", note);
-    publish(ctx, reference, note).await;
-    Ok(Action::await_change())
+    runner::reconcile(guard, Arc::new(Credentials { ctx })).await
 }
 
 /// The decision's view of the target Secret.
@@ -656,18 +624,6 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
-/// Decides when to retry a failed reconcile: per-object exponential backoff with jitter,
-/// honouring the provider's Retry-After.
-pub fn error_policy(guard: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = object_key(
-        guard.meta().namespace.as_deref().unwrap_or_default(),
-        guard.meta().name.as_deref().unwrap_or_default(),
-    );
-    let delay = ctx.failed(&key, err);
-    warn!(credential = %key, reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
 /// Maps a Secret to the ConnectorCredentials that read it (source) or own it (target),
 /// unless the event is this process's own write of a target Secret.
 fn credentials_for_secret(
@@ -685,7 +641,7 @@ fn credentials_for_secret(
         .credentials(ns, secret)
         .into_iter()
         .map(|name| {
-            queue.mark_urgent(&object_key(ns, &name));
+            queue.mark_urgent(&runner::key::<Credentials>(ns, &name));
             ObjectRef::new(&name).within(ns)
         })
         .collect()
@@ -699,17 +655,6 @@ fn slim(guard: &mut Guarded) {
     meta.labels = None;
     meta.annotations = None;
     meta.owner_references = None;
-}
-
-fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = kube::core::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// Builds the controller for one namespace (or all, with `None`).
@@ -787,20 +732,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let controller = controller(&ctx, namespace.as_deref());
-    let cache = ctx.caches.track();
-    let store = controller.store();
-    cache.synced_when(super::store_ready(store));
-    controller
-        .reconcile_all_on(reconcile_all)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "controller event");
-            }
-        })
-        .await;
-    drop(cache);
+    runner::run(
+        Arc::new(Credentials { ctx }),
+        controller,
+        reconcile_all,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::api::{Api, Patch, PatchParams};
@@ -32,20 +32,18 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, info};
 
 use self::aggregate::Found;
 use self::index::Index;
 use self::restart::Action as Restart;
 use super::events::{Note, publish};
+use super::runner::{self, Object, Reconciler, api};
 use super::{Context, Error, FIELD_MANAGER, kube_err};
 use crate::api::conditions::{reasons, types};
 use crate::api::{ConnectorCredential, Integration, IntegrationStatus, RestartKind, RestartTarget};
 
 type Guarded = DeserializeGuard<Integration>;
-
-/// This controller's name in metrics.
-const CONTROLLER: &str = "integration";
 
 /// How often an Integration is looked at without a trigger. Credential changes arrive by
 /// watch; this catches what no watch reports, such as a restart target being created.
@@ -91,19 +89,34 @@ impl State {
     fn debounce(&self) -> std::sync::MutexGuard<'_, HashMap<String, Debounce>> {
         self.debounce.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    fn forget(&self, ns: &str, name: &str, key: &str) {
-        self.index.remove(ns, name);
-        self.ctx.rollouts.forget(key);
-        self.debounce().remove(key);
-        self.ctx.forget(key);
-    }
 }
 
-/// Object key for the shared per-object state; prefixed so an Integration and a
-/// ConnectorCredential of the same name never share backoff or locks.
-fn object_key(ns: &str, name: &str) -> String {
-    format!("integration:{ns}/{name}")
+impl Reconciler for State {
+    type Head = Integration;
+    type Object = Integration;
+    type Admission = ();
+    const KIND: &'static str = "Integration";
+    const CONTROLLER: &'static str = "integration";
+    const KEY: &'static str = "integration";
+
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    fn admit(&self, _key: &str, _head: &Integration) -> Result<(), Duration> {
+        Ok(())
+    }
+
+    async fn reconcile(&self, object: Object<'_, Integration>, (): ()) -> Result<Action, Error> {
+        let ns = object.object.namespace().unwrap_or_default();
+        reconcile_integration(&object.object, object.api, self, &ns, object.key).await
+    }
+
+    fn forget(&self, namespace: &str, name: &str, key: &str) {
+        self.index.remove(namespace, name);
+        self.ctx.rollouts.forget(key);
+        self.debounce().remove(key);
+    }
 }
 
 /// GETs each connector's ConnectorCredential. A malformed credential is reported on the
@@ -229,62 +242,6 @@ async fn touch_targets<'a>(
 
 fn target_label(target: &RestartTarget) -> String {
     format!("{:?}/{}", target.kind, target.name)
-}
-
-/// Applies status with server-side apply, only when it changed.
-async fn write_status(
-    api: &Api<Integration>,
-    name: &str,
-    old: &IntegrationStatus,
-    new: &IntegrationStatus,
-) -> Result<bool, Error> {
-    if old == new {
-        return Ok(false);
-    }
-    super::apply_status(api, name, new).await?;
-    Ok(true)
-}
-
-/// Reconciles one Integration.
-#[instrument(skip_all, fields(integration = %guard.meta().namespace.as_deref().unwrap_or_default(), name = %guard.meta().name.as_deref().unwrap_or_default()))]
-async fn reconcile(guard: Arc<Guarded>, state: Arc<State>) -> Result<Action, Error> {
-    let ctx = &state.ctx;
-    let meta = guard.meta();
-    let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
-        return Ok(Action::await_change());
-    };
-    let key = object_key(&ns, &name);
-    if let Err(invalid) = &guard.0 {
-        warn!(error = %invalid, "malformed Integration skipped");
-        let note = format!("the object does not match the Integration schema: {invalid}");
-        let note = Note::warning(reasons::MISCONFIGURED, "Reconcile", note);
-        publish(ctx, &guard.object_ref(&()), note).await;
-        return Ok(Action::await_change());
-    }
-    let lock = ctx.object_lock(&key);
-    let _held = lock.lock().await;
-
-    let api: Api<Integration> = Api::namespaced(ctx.client.clone(), &ns);
-    // Read afresh: a cached status that missed our own last write could roll a swap twice.
-    let Some(integ) = api
-        .get_opt(&name)
-        .await
-        .map_err(kube_err("get Integration"))?
-    else {
-        state.forget(&ns, &name, &key);
-        return Ok(Action::await_change());
-    };
-    let started = std::time::Instant::now();
-    let result = reconcile_integration(&integ, &api, &state, &ns, &key).await;
-    ctx.metrics.reconciled(
-        CONTROLLER,
-        started.elapsed(),
-        result.as_ref().err().map(Error::reason),
-    );
-    if result.is_ok() {
-        ctx.succeeded(&key);
-    }
-    result
 }
 
 async fn reconcile_integration(
@@ -442,7 +399,7 @@ async fn reconcile_integration(
             now,
         );
     }
-    write_status(api, &name, &old, &status).await?;
+    runner::write_status(api, &name, old != status, &status).await?;
     {
         // Status now records what was rolled out; keep only an open window.
         let mut all = state.debounce();
@@ -481,17 +438,6 @@ async fn reconcile_integration(
         Restart::Wait(remaining) => Action::requeue(remaining.max(Duration::from_millis(100))),
         Restart::Idle | Restart::Roll(_) => Action::requeue(RESYNC),
     })
-}
-
-/// Per-object exponential backoff with jitter, as for credentials.
-fn error_policy(guard: Arc<Guarded>, err: &Error, state: Arc<State>) -> Action {
-    let key = object_key(
-        guard.meta().namespace.as_deref().unwrap_or_default(),
-        guard.meta().name.as_deref().unwrap_or_default(),
-    );
-    let delay = state.ctx.failed(&key, err);
-    warn!(integration = %key, reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
 }
 
 /// Maps a ConnectorCredential to the Integrations that reference it, through the index;
@@ -547,15 +493,8 @@ fn aggregated(cred: &DeserializeGuard<ConnectorCredential>) -> u64 {
 }
 
 fn controller(ctx: &Context, namespace: Option<&str>, index: Arc<Index>) -> Controller<Guarded> {
-    let client = ctx.client.clone();
-    let (integrations, creds): (Api<Guarded>, Api<DeserializeGuard<ConnectorCredential>>) =
-        match namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client, ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client)),
-        };
+    let integrations = api::<Guarded>(&ctx.client, namespace);
+    let creds = api::<DeserializeGuard<ConnectorCredential>>(&ctx.client, namespace);
     let (store, writer) = kube::runtime::reflector::store();
     let watched = watcher(integrations, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -606,19 +545,5 @@ pub async fn run_with(
         debounce: Mutex::default(),
     });
     let controller = controller(&ctx, namespace.as_deref(), index);
-    // /readyz waits for this controller's cache too.
-    let cache = ctx.caches.track();
-    let store = controller.store();
-    cache.synced_when(super::store_ready(store));
-    controller
-        .reconcile_all_on(reconcile_all)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, state)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "controller event");
-            }
-        })
-        .await;
-    drop(cache);
+    runner::run(state, controller, reconcile_all, shutdown).await;
 }
