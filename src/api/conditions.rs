@@ -30,55 +30,129 @@ pub mod types {
     pub const STALLED: &str = "Stalled";
 }
 
-/// Condition `reason` values (also used as Event reasons).
-pub mod reasons {
+/// A condition `reason` (also an Event reason), typed: status and events are rendered from
+/// it and never parse one back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
     /// Validated against the provider and in use.
-    pub const CONNECTED: &str = "Connected";
+    Connected,
     /// The provider says the active credential is dead (revoked, expired, user deactivated).
-    pub const CONNECTION_LOST: &str = "ConnectionLost";
+    ConnectionLost,
     /// The referenced source Secret does not exist.
-    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    SecretNotFound,
     /// The source Secret lacks a key the auth type needs.
-    pub const MISSING_KEY: &str = "MissingKey";
+    MissingKey,
     /// The provider could not be reached or answered with a transient error.
-    pub const PROVIDER_UNREACHABLE: &str = "ProviderUnreachable";
+    ProviderUnreachable,
     /// The spec cannot work as written (endpoint, params, auth type); a user must fix it.
-    pub const MISCONFIGURED: &str = "Misconfigured";
+    Misconfigured,
     /// An account lacks permissions it must hold.
-    pub const PERMISSION_MISMATCH: &str = "PermissionMismatch";
+    PermissionMismatch,
     /// Every required permission is held.
-    pub const PERMISSIONS_SATISFIED: &str = "PermissionsSatisfied";
+    PermissionsSatisfied,
     /// A new source revision is being validated.
-    pub const VALIDATING: &str = "Validating";
+    Validating,
     /// No rotation in progress.
-    pub const IDLE: &str = "Idle";
+    Idle,
     /// A new revision passed validation and was swapped into the target Secret.
-    pub const ROTATED: &str = "Rotated";
+    Rotated,
     /// A new revision failed validation; the target Secret kept the previous material.
-    pub const ROTATION_REJECTED: &str = "RotationRejected";
+    RotationRejected,
     /// Nothing has been validated yet.
-    pub const PENDING: &str = "Pending";
+    Pending,
     /// The credential expires inside the warning window.
-    pub const EXPIRING_SOON: &str = "ExpiringSoon";
+    ExpiringSoon,
     /// The credential's expiry, when known, is outside the warning window.
-    pub const NOT_EXPIRING: &str = "NotExpiring";
+    NotExpiring,
     /// A referenced ConnectorCredential does not exist.
-    pub const CREDENTIAL_NOT_FOUND: &str = "CredentialNotFound";
+    CredentialNotFound,
     /// The object is being deleted but is still referenced.
-    pub const IN_USE: &str = "InUse";
+    InUse,
     /// A restart target named by an Integration does not exist.
-    pub const RESTART_TARGET_NOT_FOUND: &str = "RestartTargetNotFound";
+    RestartTargetNotFound,
     /// Every restart target an Integration names exists (or it names none).
-    pub const RESTART_TARGETS_FOUND: &str = "RestartTargetsFound";
+    RestartTargetsFound,
     /// An Integration rolled its restart targets after a credential swap.
-    pub const RESTARTED: &str = "Restarted";
+    Restarted,
     /// The target Secret's content no longer matches what the operator validated and wrote
     /// (a hand edit, another controller, a restore).
-    pub const TARGET_ALTERED: &str = "TargetAltered";
+    TargetAltered,
     /// The target Secret was rewritten with validated material after it had been altered.
-    pub const TARGET_RESTORED: &str = "TargetRestored";
+    TargetRestored,
     /// A Secret of the target's name exists and is not owned by this ConnectorCredential.
-    pub const TARGET_NOT_OWNED: &str = "TargetNotOwned";
+    TargetNotOwned,
+}
+
+impl Reason {
+    /// The reason as conditions and events carry it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Connected => "Connected",
+            Reason::ConnectionLost => "ConnectionLost",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::MissingKey => "MissingKey",
+            Reason::ProviderUnreachable => "ProviderUnreachable",
+            Reason::Misconfigured => "Misconfigured",
+            Reason::PermissionMismatch => "PermissionMismatch",
+            Reason::PermissionsSatisfied => "PermissionsSatisfied",
+            Reason::Validating => "Validating",
+            Reason::Idle => "Idle",
+            Reason::Rotated => "Rotated",
+            Reason::RotationRejected => "RotationRejected",
+            Reason::Pending => "Pending",
+            Reason::ExpiringSoon => "ExpiringSoon",
+            Reason::NotExpiring => "NotExpiring",
+            Reason::CredentialNotFound => "CredentialNotFound",
+            Reason::InUse => "InUse",
+            Reason::RestartTargetNotFound => "RestartTargetNotFound",
+            Reason::RestartTargetsFound => "RestartTargetsFound",
+            Reason::Restarted => "Restarted",
+            Reason::TargetAltered => "TargetAltered",
+            Reason::TargetRestored => "TargetRestored",
+            Reason::TargetNotOwned => "TargetNotOwned",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Reason> for &'static str {
+    fn from(reason: Reason) -> Self {
+        reason.as_str()
+    }
+}
+
+/// Condition `reason` values as text (see [`Reason`]).
+pub mod reasons {
+    use super::Reason;
+
+    pub const CONNECTED: &str = Reason::Connected.as_str();
+    pub const CONNECTION_LOST: &str = Reason::ConnectionLost.as_str();
+    pub const SECRET_NOT_FOUND: &str = Reason::SecretNotFound.as_str();
+    pub const MISSING_KEY: &str = Reason::MissingKey.as_str();
+    pub const PROVIDER_UNREACHABLE: &str = Reason::ProviderUnreachable.as_str();
+    pub const MISCONFIGURED: &str = Reason::Misconfigured.as_str();
+    pub const PERMISSION_MISMATCH: &str = Reason::PermissionMismatch.as_str();
+    pub const PERMISSIONS_SATISFIED: &str = Reason::PermissionsSatisfied.as_str();
+    pub const VALIDATING: &str = Reason::Validating.as_str();
+    pub const IDLE: &str = Reason::Idle.as_str();
+    pub const ROTATED: &str = Reason::Rotated.as_str();
+    pub const ROTATION_REJECTED: &str = Reason::RotationRejected.as_str();
+    pub const PENDING: &str = Reason::Pending.as_str();
+    pub const EXPIRING_SOON: &str = Reason::ExpiringSoon.as_str();
+    pub const NOT_EXPIRING: &str = Reason::NotExpiring.as_str();
+    pub const CREDENTIAL_NOT_FOUND: &str = Reason::CredentialNotFound.as_str();
+    pub const IN_USE: &str = Reason::InUse.as_str();
+    pub const RESTART_TARGET_NOT_FOUND: &str = Reason::RestartTargetNotFound.as_str();
+    pub const RESTART_TARGETS_FOUND: &str = Reason::RestartTargetsFound.as_str();
+    pub const RESTARTED: &str = Reason::Restarted.as_str();
+    pub const TARGET_ALTERED: &str = Reason::TargetAltered.as_str();
+    pub const TARGET_RESTORED: &str = Reason::TargetRestored.as_str();
+    pub const TARGET_NOT_OWNED: &str = Reason::TargetNotOwned.as_str();
 }
 
 /// The phase of a ConnectorCredential or an Integration: one word for `kubectl get`. Only

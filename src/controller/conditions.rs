@@ -7,7 +7,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::conditions::{reasons, types};
+use crate::api::conditions::{Reason, types};
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` unless the status
 /// flips. Conditions stay sorted by type so equal states serialise equally.
@@ -15,7 +15,7 @@ pub(crate) fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: bool,
-    reason: &str,
+    reason: Reason,
     message: impl Into<String>,
     generation: Option<i64>,
     now: Timestamp,
@@ -28,7 +28,7 @@ pub(crate) fn set(
                 c.status = status.to_owned();
                 c.last_transition_time = Time(now);
             }
-            c.reason = reason.to_owned();
+            c.reason = reason.as_str().to_owned();
             c.message = message;
             c.observed_generation = generation;
         }
@@ -36,7 +36,7 @@ pub(crate) fn set(
             conditions.push(Condition {
                 type_: type_.to_owned(),
                 status: status.to_owned(),
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
                 message,
                 last_transition_time: Time(now),
                 observed_generation: generation,
@@ -53,7 +53,7 @@ pub(crate) fn set_kstatus(
     conditions: &mut Vec<Condition>,
     ready: bool,
     needs_action: bool,
-    reason: &str,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
     now: Timestamp,
@@ -63,7 +63,7 @@ pub(crate) fn set_kstatus(
     let (s_reason, s_msg) = if stalled {
         (reason, message)
     } else {
-        (reasons::IDLE, "")
+        (Reason::Idle, "")
     };
     set(
         conditions,
@@ -77,7 +77,7 @@ pub(crate) fn set_kstatus(
     let (r_reason, r_msg) = if reconciling {
         (reason, message)
     } else {
-        (reasons::IDLE, "")
+        (Reason::Idle, "")
     };
     set(
         conditions,
@@ -116,7 +116,7 @@ mod tests {
             &mut conds,
             "Ready",
             false,
-            "Pending",
+            Reason::Pending,
             "waiting",
             Some(1),
             ts(100),
@@ -125,7 +125,7 @@ mod tests {
             &mut conds,
             "Ready",
             false,
-            "SecretNotFound",
+            Reason::SecretNotFound,
             "no secret",
             Some(2),
             ts(200),
@@ -137,7 +137,7 @@ mod tests {
             &mut conds,
             "Ready",
             true,
-            "Connected",
+            Reason::Connected,
             "ok",
             Some(2),
             ts(300),
@@ -150,7 +150,7 @@ mod tests {
     fn conditions_stay_sorted_by_type() {
         let mut conds = Vec::new();
         for t in ["Rotating", "Connected", "Ready"] {
-            set(&mut conds, t, true, "R", "", None, ts(1));
+            set(&mut conds, t, true, Reason::Idle, "", None, ts(1));
         }
         let types: Vec<_> = conds.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Connected", "Ready", "Rotating"]);

@@ -27,6 +27,7 @@ use serde_json::json;
 use tracing::warn;
 
 use super::Context;
+use crate::api::conditions::Reason;
 
 /// The Events API caps notes at 1 kB.
 const MAX_NOTE: usize = 1000;
@@ -35,7 +36,7 @@ const MAX_NOTE: usize = 1000;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Note {
     pub type_: EventType,
-    pub reason: &'static str,
+    pub reason: Reason,
     /// What the operator did or tried (`Validate`, `Restore`, `Probe`, ...).
     pub action: &'static str,
     pub note: String,
@@ -45,7 +46,7 @@ pub(crate) struct Note {
 
 impl Note {
     /// A Normal event for `action`.
-    pub fn normal(reason: &'static str, action: &'static str, note: impl Into<String>) -> Self {
+    pub fn normal(reason: Reason, action: &'static str, note: impl Into<String>) -> Self {
         Self {
             type_: EventType::Normal,
             reason,
@@ -56,7 +57,7 @@ impl Note {
     }
 
     /// A Warning event for `action`.
-    pub fn warning(reason: &'static str, action: &'static str, note: impl Into<String>) -> Self {
+    pub fn warning(reason: Reason, action: &'static str, note: impl Into<String>) -> Self {
         Self {
             type_: EventType::Warning,
             ..Self::normal(reason, action, note)
@@ -74,7 +75,7 @@ impl Note {
 pub(crate) async fn publish(ctx: &Context, reference: &ObjectReference, note: Note) {
     let now = ctx.clock.now();
     if let Err(err) = ctx.events.publish(reference, &note, now).await {
-        warn!(error = %err, reason = note.reason, "could not publish event");
+        warn!(error = %err, reason = note.reason.as_str(), "could not publish event");
     }
 }
 
@@ -205,7 +206,7 @@ impl Publisher {
                 ..ObjectMeta::default()
             },
             action: Some(note.action.to_owned()),
-            reason: Some(note.reason.to_owned()),
+            reason: Some(note.reason.as_str().to_owned()),
             note: Some(truncated(&note.note)),
             type_: Some(
                 match note.type_ {
@@ -305,9 +306,9 @@ mod tests {
     async fn a_repeat_within_the_window_counts_in_the_first_event() {
         let (cluster, publisher, events) = setup().await;
         let object = |name: &str| object(&cluster.namespace, name);
-        let lost = Note::warning("ConnectionLost", "Probe", "first text");
+        let lost = Note::warning(Reason::ConnectionLost, "Probe", "first text");
         publisher.publish(&object("a"), &lost, at(0)).await.unwrap();
-        let again = Note::warning("ConnectionLost", "Probe", "second text");
+        let again = Note::warning(Reason::ConnectionLost, "Probe", "second text");
         publisher
             .publish(&object("a"), &again, at(5))
             .await
@@ -338,13 +339,13 @@ mod tests {
     async fn a_repeat_after_the_window_or_about_another_object_is_a_new_event() {
         let (cluster, publisher, events) = setup().await;
         let object = |name: &str| object(&cluster.namespace, name);
-        let note = Note::normal("Connected", "Validate", "ok");
+        let note = Note::normal(Reason::Connected, "Validate", "ok");
         publisher.publish(&object("a"), &note, at(0)).await.unwrap();
         // Six minutes after the last sighting: a new event.
         publisher.publish(&object("a"), &note, at(6)).await.unwrap();
         // Another object, another reason, another related object: new events.
         publisher.publish(&object("b"), &note, at(6)).await.unwrap();
-        let other = Note::normal("Rotated", "Validate", "ok");
+        let other = Note::normal(Reason::Rotated, "Validate", "ok");
         publisher
             .publish(&object("a"), &other, at(6))
             .await
@@ -364,7 +365,7 @@ mod tests {
     async fn a_series_whose_event_is_gone_starts_anew() {
         let (cluster, publisher, events) = setup().await;
         let object = |name: &str| object(&cluster.namespace, name);
-        let note = Note::warning("ConnectionLost", "Probe", "down");
+        let note = Note::warning(Reason::ConnectionLost, "Probe", "down");
         publisher.publish(&object("a"), &note, at(0)).await.unwrap();
         let first = all(&events).await.remove(0);
         events
@@ -389,7 +390,7 @@ mod tests {
     async fn memory_is_released_after_the_window() {
         let (cluster, publisher, _) = setup().await;
         let object = |name: &str| object(&cluster.namespace, name);
-        let note = Note::normal("Connected", "Validate", "ok");
+        let note = Note::normal(Reason::Connected, "Validate", "ok");
         for i in 0..20 {
             publisher
                 .publish(&object(&format!("c{i}")), &note, at(0))

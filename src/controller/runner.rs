@@ -26,7 +26,7 @@ use tracing::{instrument, warn};
 
 use super::events::{Note, publish};
 use super::{Context, Error, kube_err};
-use crate::api::conditions::reasons;
+use crate::api::conditions::Reason;
 
 /// A namespaced kind the cluster serves, as kube reads it.
 pub(crate) trait Kind:
@@ -179,7 +179,7 @@ async fn malformed<R: Reconciler>(
         "the object does not match the {} schema: {invalid}",
         R::KIND
     );
-    let note = Note::warning(reasons::MISCONFIGURED, "Reconcile", note);
+    let note = Note::warning(Reason::Misconfigured, "Reconcile", note);
     publish(ctx, reference, note).await;
     Ok(Action::await_change())
 }

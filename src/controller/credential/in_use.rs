@@ -23,7 +23,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{Guarded, write_status};
-use crate::api::conditions::{reasons, types};
+use crate::api::conditions::{Reason, types};
 use crate::api::{ConnectorCredential, Integration};
 use crate::controller::conditions::{self, get};
 use crate::controller::events::{Note, publish};
@@ -160,7 +160,7 @@ pub(super) async fn protect(
                 &mut status.conditions,
                 types::DELETION_BLOCKED,
                 true,
-                reasons::IN_USE,
+                Reason::InUse,
                 message.clone(),
                 cred.meta().generation,
                 ctx.clock.now(),
@@ -172,7 +172,7 @@ pub(super) async fn protect(
                     "ConnectorCredential {name} is still used by Integration {}; it is deleted once none uses it",
                     users.join(", ")
                 );
-                let note = Note::warning(reasons::IN_USE, "Protect", note);
+                let note = Note::warning(Reason::InUse, "Protect", note);
                 publish(ctx, &cred.object_ref(&()), note).await;
             }
             return Ok(None);

@@ -8,7 +8,7 @@ use super::decide::{Plan, Step, Timing, View};
 use super::read::Source;
 use super::status::{self, Fresh, TargetFact, Update, short};
 use super::target::Target;
-use crate::api::conditions::reasons;
+use crate::api::conditions::Reason;
 use crate::api::{ConnectorCredentialStatus, RejectionReason};
 use crate::controller::events::Note;
 
@@ -75,7 +75,7 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
                 update.swapped(revision, active.record());
                 swapped = true;
                 events.push(Note::normal(
-                    reasons::ROTATED,
+                    Reason::Rotated,
                     "Validate",
                     format!(
                         "revision {} is active (a swap interrupted before its status write was finished)",
@@ -98,7 +98,7 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
                     _ => String::new(),
                 };
                 Note::warning(
-                    reasons::TARGET_ALTERED,
+                    Reason::TargetAltered,
                     "Restore",
                     format!(
                         "target Secret {} was changed outside the operator ({changed}); restored revision {} after validating it again as {who}",
@@ -108,13 +108,13 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
                 )
             } else if first {
                 Note::normal(
-                    reasons::CONNECTED,
+                    Reason::Connected,
                     "Validate",
                     format!("connected as {who} (revision {})", short(revision)),
                 )
             } else {
                 Note::normal(
-                    reasons::ROTATED,
+                    Reason::Rotated,
                     "Validate",
                     format!(
                         "revision {} validated and swapped in; now authenticated as {who}",
@@ -139,12 +139,8 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
                 .map(|r| r.message.clone())
                 .unwrap_or_default();
             events.push(
-                Note::warning(
-                    reasons::ROTATION_REJECTED,
-                    rejection_action(reason),
-                    message,
-                )
-                .about(related.clone()),
+                Note::warning(Reason::RotationRejected, rejection_action(reason), message)
+                    .about(related.clone()),
             );
         }
         Outcome::Probed { verified, write } => {
@@ -185,7 +181,7 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
         target: target_fact,
         transient,
     };
-    status::render(
+    let rendered = status::render(
         &mut update,
         &fresh,
         &input.timing,
@@ -193,7 +189,12 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
         input.now,
     );
     let old = input.status.cloned().unwrap_or_default();
-    events.extend(super::events::transitions(&old, &update.status, swapped));
+    events.extend(super::events::transitions(
+        &old,
+        &update.status,
+        rendered,
+        swapped,
+    ));
     let view = match outcome.target_holds() {
         Some(v) => View::Intact {
             revision: v.revision().to_owned(),

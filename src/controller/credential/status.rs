@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::decide::Timing;
 use super::read::Source;
 use super::target::ActiveRecord;
-use crate::api::conditions::{reasons, types};
+use crate::api::conditions::{Reason, types};
 use crate::api::{
     Account, ActiveHealth, ConnectorCredentialStatus, HealthState, Phase, Rejection,
     RejectionReason,
@@ -250,16 +250,25 @@ pub(crate) enum TargetFact {
 /// The summary: phase, Ready's reason and message.
 struct Verdict {
     phase: Phase,
-    reason: &'static str,
+    reason: Reason,
     message: String,
 }
 
-fn verdict(phase: Phase, reason: &'static str, message: impl Into<String>) -> Verdict {
+fn verdict(phase: Phase, reason: Reason, message: impl Into<String>) -> Verdict {
     Verdict {
         phase,
         reason,
         message: message.into(),
     }
+}
+
+/// What [`render`] concluded, typed, for the events (which never parse a condition back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rendered {
+    /// Ready's reason.
+    pub ready: Reason,
+    /// Whether the credential expires inside its warning window.
+    pub expiring: bool,
 }
 
 /// Derives observedGeneration, phase and every condition from the facts.
@@ -269,7 +278,7 @@ pub(crate) fn render(
     timing: &Timing,
     generation: Option<i64>,
     now: Timestamp,
-) {
+) -> Rendered {
     let stays = update.stays_active();
     let s = &mut update.status;
     s.observed_generation = generation;
@@ -290,12 +299,12 @@ pub(crate) fn render(
     let unreachable_first = active.is_none() && failures as u32 >= threshold;
     let source_problem = match fresh.source {
         Source::Missing => Some((
-            reasons::SECRET_NOT_FOUND,
+            Reason::SecretNotFound,
             "the source Secret does not exist".to_owned(),
         )),
-        Source::MissingKey(k) => Some((reasons::MISSING_KEY, format!("source Secret: {k}"))),
+        Source::MissingKey(k) => Some((Reason::MissingKey, format!("source Secret: {k}"))),
         Source::Managed { secret, owner } => Some((
-            reasons::MISCONFIGURED,
+            Reason::Misconfigured,
             format!(
                 "the source Secret {secret} is the target Secret of ConnectorCredential {owner}, written by the operator; reference the Secret that {owner} reads instead"
             ),
@@ -336,54 +345,54 @@ pub(crate) fn render(
     let connected = match (&fresh.target, &active, &health) {
         (TargetFact::Foreign { name }, _, _) => (
             false,
-            reasons::TARGET_NOT_OWNED,
+            Reason::TargetNotOwned,
             format!("target Secret {name} exists but is not owned by this ConnectorCredential"),
         ),
         (_, Some(_), _) if altered_msg.is_some() => (
             false,
-            reasons::TARGET_ALTERED,
+            Reason::TargetAltered,
             altered_msg.clone().unwrap_or_default(),
         ),
         (_, Some(rev), Some(h)) => match h.state {
-            HealthState::Lost => (false, reasons::CONNECTION_LOST, h.message.clone()),
-            HealthState::Unreachable => (false, reasons::PROVIDER_UNREACHABLE, h.message.clone()),
-            HealthState::Misconfigured => (false, reasons::MISCONFIGURED, h.message.clone()),
+            HealthState::Lost => (false, Reason::ConnectionLost, h.message.clone()),
+            HealthState::Unreachable => (false, Reason::ProviderUnreachable, h.message.clone()),
+            HealthState::Misconfigured => (false, Reason::Misconfigured, h.message.clone()),
             HealthState::Healthy | HealthState::PermissionMismatch => (
                 true,
-                reasons::CONNECTED,
+                Reason::Connected,
                 format!("authenticated as {who} (revision {})", short(rev)),
             ),
         },
         (_, Some(rev), None) => (
             true,
-            reasons::CONNECTED,
+            Reason::Connected,
             format!("authenticated as {who} (revision {})", short(rev)),
         ),
         (_, None, _) => {
             if let Some(p) = &fresh.spec_problem {
-                (false, reasons::MISCONFIGURED, p.clone())
+                (false, Reason::Misconfigured, p.clone())
             } else if let Some((reason, msg)) = &source_problem {
                 (false, *reason, msg.clone())
             } else if let Some(r) = &rejected {
                 let reason = match r.reason {
-                    RejectionReason::ConnectionLost => reasons::CONNECTION_LOST,
-                    RejectionReason::PermissionMismatch => reasons::PERMISSION_MISMATCH,
-                    RejectionReason::MissingKey => reasons::MISSING_KEY,
+                    RejectionReason::ConnectionLost => Reason::ConnectionLost,
+                    RejectionReason::PermissionMismatch => Reason::PermissionMismatch,
+                    RejectionReason::MissingKey => Reason::MissingKey,
                     RejectionReason::Misconfigured | RejectionReason::Other => {
-                        reasons::MISCONFIGURED
+                        Reason::Misconfigured
                     }
                 };
                 (false, reason, r.message.clone())
             } else if unreachable_first {
                 (
                     false,
-                    reasons::PROVIDER_UNREACHABLE,
+                    Reason::ProviderUnreachable,
                     validating_msg.clone().unwrap_or_default(),
                 )
             } else {
                 (
                     false,
-                    reasons::PENDING,
+                    Reason::Pending,
                     validating_msg
                         .clone()
                         .unwrap_or_else(|| "not validated yet".to_owned()),
@@ -396,102 +405,102 @@ pub(crate) fn render(
         .as_ref()
         .filter(|r| r.reason == RejectionReason::PermissionMismatch)
     {
-        (true, reasons::PERMISSION_MISMATCH, r.message.clone())
+        (true, Reason::PermissionMismatch, r.message.clone())
     } else if let Some(h) = health
         .as_ref()
         .filter(|h| h.state == HealthState::PermissionMismatch)
     {
-        (true, reasons::PERMISSION_MISMATCH, h.message.clone())
+        (true, Reason::PermissionMismatch, h.message.clone())
     } else if active.is_some() {
         (
             false,
-            reasons::PERMISSIONS_SATISFIED,
+            Reason::PermissionsSatisfied,
             "the account holds every required permission".to_owned(),
         )
     } else {
-        (false, reasons::PENDING, "not validated yet".to_owned())
+        (false, Reason::Pending, "not validated yet".to_owned())
     };
 
     let rotating = if let Some(msg) = &validating_msg {
-        (true, reasons::VALIDATING, msg.clone())
+        (true, Reason::Validating, msg.clone())
     } else if let Some(r) = &rejected {
-        (false, reasons::ROTATION_REJECTED, r.message.clone())
+        (false, Reason::RotationRejected, r.message.clone())
     } else if let Some(rev) = &active {
         (
             false,
-            reasons::ROTATED,
+            Reason::Rotated,
             format!("revision {} is active", short(rev)),
         )
     } else {
-        (false, reasons::IDLE, "no rotation in progress".to_owned())
+        (false, Reason::Idle, "no rotation in progress".to_owned())
     };
 
     // The summary, by precedence: what stops the sync first, then what needs a person,
     // then what is under way.
     let v = if let Some(p) = &fresh.spec_problem {
-        verdict(Phase::Misconfigured, reasons::MISCONFIGURED, p.clone())
+        verdict(Phase::Misconfigured, Reason::Misconfigured, p.clone())
     } else if let TargetFact::Foreign { .. } = &fresh.target {
         verdict(Phase::Misconfigured, connected.1, connected.2.clone())
     } else if let Some(h) = health.as_ref().filter(|h| h.state != HealthState::Healthy) {
         match h.state {
             HealthState::Lost => verdict(
                 Phase::ConnectionLost,
-                reasons::CONNECTION_LOST,
+                Reason::ConnectionLost,
                 h.message.clone(),
             ),
             HealthState::Unreachable => verdict(
                 Phase::ConnectionLost,
-                reasons::PROVIDER_UNREACHABLE,
+                Reason::ProviderUnreachable,
                 h.message.clone(),
             ),
             HealthState::Misconfigured => verdict(
                 Phase::Misconfigured,
-                reasons::MISCONFIGURED,
+                Reason::Misconfigured,
                 h.message.clone(),
             ),
             HealthState::PermissionMismatch | HealthState::Healthy => verdict(
                 Phase::PermissionMismatch,
-                reasons::PERMISSION_MISMATCH,
+                Reason::PermissionMismatch,
                 h.message.clone(),
             ),
         }
     } else if let Some(msg) = altered_msg.filter(|_| active.is_some()) {
-        verdict(Phase::ConnectionLost, reasons::TARGET_ALTERED, msg)
+        verdict(Phase::ConnectionLost, Reason::TargetAltered, msg)
     } else if let Some((reason, msg)) = &source_problem {
-        verdict(Phase::Misconfigured, reason, format!("{msg}{stays}"))
+        verdict(Phase::Misconfigured, *reason, format!("{msg}{stays}"))
     } else if let Some(r) = &rejected {
         let (phase, reason) = match (r.reason, active.is_some()) {
             (RejectionReason::PermissionMismatch, _) => {
-                (Phase::PermissionMismatch, reasons::PERMISSION_MISMATCH)
+                (Phase::PermissionMismatch, Reason::PermissionMismatch)
             }
             (RejectionReason::ConnectionLost, true) => {
-                (Phase::RotationRejected, reasons::ROTATION_REJECTED)
+                (Phase::RotationRejected, Reason::RotationRejected)
             }
             (RejectionReason::ConnectionLost, false) => {
-                (Phase::ConnectionLost, reasons::CONNECTION_LOST)
+                (Phase::ConnectionLost, Reason::ConnectionLost)
             }
-            (RejectionReason::MissingKey, _) => (Phase::Misconfigured, reasons::MISSING_KEY),
+            (RejectionReason::MissingKey, _) => (Phase::Misconfigured, Reason::MissingKey),
             (RejectionReason::Misconfigured | RejectionReason::Other, _) => {
-                (Phase::Misconfigured, reasons::MISCONFIGURED)
+                (Phase::Misconfigured, Reason::Misconfigured)
             }
         };
         verdict(phase, reason, r.message.clone())
     } else if unreachable_first {
         verdict(
             Phase::ConnectionLost,
-            reasons::PROVIDER_UNREACHABLE,
+            Reason::ProviderUnreachable,
             connected.2.clone(),
         )
     } else if let Some(msg) = &validating_msg {
-        verdict(Phase::Pending, reasons::VALIDATING, format!("{msg}{stays}"))
+        verdict(Phase::Pending, Reason::Validating, format!("{msg}{stays}"))
     } else if active.is_some() {
-        verdict(Phase::Connected, reasons::CONNECTED, connected.2.clone())
+        verdict(Phase::Connected, Reason::Connected, connected.2.clone())
     } else {
-        verdict(Phase::Pending, reasons::PENDING, connected.2.clone())
+        verdict(Phase::Pending, Reason::Pending, connected.2.clone())
     };
     s.phase = Some(v.phase);
 
-    let mut set = |type_: &str, value: bool, reason: &str, message: String| {
+    let mut set = |type_: &str, value: bool, reason: Reason, message: String| {
         conditions::set(
             &mut s.conditions,
             type_,
@@ -523,17 +532,17 @@ pub(crate) fn render(
     let expiring = match (&s.expires_at, warn_from) {
         (Some(exp), Some(from)) if now >= from => (
             true,
-            reasons::EXPIRING_SOON,
+            Reason::ExpiringSoon,
             format!("the credential for {who} expires at {}", exp.0),
         ),
         (Some(exp), _) => (
             false,
-            reasons::NOT_EXPIRING,
+            Reason::NotExpiring,
             format!("the credential expires at {}", exp.0),
         ),
         (None, _) => (
             false,
-            reasons::NOT_EXPIRING,
+            Reason::NotExpiring,
             "the provider reports no expiry for this credential".to_owned(),
         ),
     };
@@ -559,6 +568,10 @@ pub(crate) fn render(
     // (DeletionBlocked is owned by the in-use step).
     for c in &mut s.conditions {
         c.observed_generation = generation;
+    }
+    Rendered {
+        ready: v.reason,
+        expiring: expiring.0,
     }
 }
 

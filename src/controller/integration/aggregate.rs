@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use crate::api::conditions::{reasons, types};
+use crate::api::conditions::{Reason, types};
 use crate::api::{
     Connector, ConnectorCredential, ConnectorCredentialStatus, ConnectorStatus, HealthState, Phase,
 };
@@ -33,7 +33,7 @@ pub(crate) enum Found<'a> {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Observed {
     pub status: ConnectorStatus,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub connected: bool,
     pub needs_action: bool,
     pub revision: Option<String>,
@@ -68,7 +68,7 @@ pub(crate) fn connector(connector: &Connector, found: Found<'_>) -> Observed {
             status.message = Some(format!("ConnectorCredential {credential} not found"));
             return Observed {
                 status,
-                reason: reasons::CREDENTIAL_NOT_FOUND,
+                reason: Reason::CredentialNotFound,
                 connected: false,
                 needs_action: true,
                 revision: None,
@@ -81,7 +81,7 @@ pub(crate) fn connector(connector: &Connector, found: Found<'_>) -> Observed {
             ));
             return Observed {
                 status,
-                reason: reasons::MISCONFIGURED,
+                reason: Reason::Misconfigured,
                 connected: false,
                 needs_action: true,
                 revision: None,
@@ -121,47 +121,47 @@ pub(crate) fn connector(connector: &Connector, found: Found<'_>) -> Observed {
         Phase::ConnectionLost => match health {
             Some(HealthState::Unreachable) => (
                 Phase::ConnectionLost,
-                reasons::PROVIDER_UNREACHABLE,
+                Reason::ProviderUnreachable,
                 format!("{name}: the provider cannot be reached for {who} ({about})"),
             ),
             Some(HealthState::Lost) | None => (
                 Phase::ConnectionLost,
-                reasons::CONNECTION_LOST,
+                Reason::ConnectionLost,
                 format!("{name}: {who} must re-authenticate ({about})"),
             ),
             Some(_) => (
                 Phase::ConnectionLost,
-                reasons::CONNECTION_LOST,
+                Reason::ConnectionLost,
                 format!("{name}: {about}"),
             ),
         },
         Phase::PermissionMismatch => (
             Phase::PermissionMismatch,
-            reasons::PERMISSION_MISMATCH,
+            Reason::PermissionMismatch,
             format!("{name}: {about}"),
         ),
         Phase::RotationRejected => (
             Phase::RotationRejected,
-            reasons::ROTATION_REJECTED,
+            Reason::RotationRejected,
             format!("{name}: {about}"),
         ),
         Phase::Misconfigured => (
             Phase::Misconfigured,
-            reasons::MISCONFIGURED,
+            Reason::Misconfigured,
             format!("{name}: {about}"),
         ),
         Phase::Connected if !status.missing_permissions.is_empty() => (
             Phase::PermissionMismatch,
-            reasons::PERMISSION_MISMATCH,
+            Reason::PermissionMismatch,
             format!(
                 "{name}: {who} (ConnectorCredential {credential}) lacks {} that this Integration requires",
                 status.missing_permissions.join(", ")
             ),
         ),
-        Phase::Connected => (Phase::Connected, reasons::CONNECTED, String::new()),
+        Phase::Connected => (Phase::Connected, Reason::Connected, String::new()),
         Phase::Pending => (
             Phase::Pending,
-            reasons::PENDING,
+            Reason::Pending,
             format!("{name}: ConnectorCredential {credential} is not connected yet: {detail}"),
         ),
     };
@@ -197,7 +197,7 @@ pub(crate) fn summarize(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Summary {
-    let mut set = |type_: &str, value: bool, reason: &str, message: String| {
+    let mut set = |type_: &str, value: bool, reason: Reason, message: String| {
         conditions::set(conds, type_, value, reason, message, generation, now);
     };
     let total = observed.len();
@@ -224,7 +224,7 @@ pub(crate) fn summarize(
         None => set(
             types::CONNECTED,
             true,
-            reasons::CONNECTED,
+            Reason::Connected,
             format!("all {total} connectors are connected"),
         ),
     }
@@ -239,7 +239,7 @@ pub(crate) fn summarize(
         set(
             types::PERMISSION_MISMATCH,
             false,
-            reasons::PERMISSIONS_SATISFIED,
+            Reason::PermissionsSatisfied,
             "every connector's account holds the permissions this Integration requires".into(),
         );
     } else {
@@ -258,7 +258,7 @@ pub(crate) fn summarize(
         set(
             types::PERMISSION_MISMATCH,
             true,
-            reasons::PERMISSION_MISMATCH,
+            Reason::PermissionMismatch,
             msg,
         );
     }
@@ -266,12 +266,12 @@ pub(crate) fn summarize(
     let (ready, reason, message) = if phase == Phase::Connected {
         (
             true,
-            reasons::CONNECTED,
+            Reason::Connected,
             format!("{connected}/{total} connectors connected"),
         )
     } else {
         let worst: Vec<_> = observed.iter().filter(|o| o.phase() == phase).collect();
-        let reason = worst.first().map_or(reasons::PENDING, |o| o.reason);
+        let reason = worst.first().map_or(Reason::Pending, |o| o.reason);
         let not_connected = observed.iter().filter(|o| o.phase() != Phase::Connected);
         (false, reason, messages(not_connected))
     };
@@ -331,17 +331,17 @@ mod tests {
         let (ready, reason, msg, health) = match phase {
             Phase::Connected => (
                 true,
-                reasons::CONNECTED,
+                Reason::Connected,
                 format!("authenticated as {PROCORE_ACCOUNT}"),
                 HealthState::Healthy,
             ),
             Phase::ConnectionLost => (
                 false,
-                reasons::CONNECTION_LOST,
+                Reason::ConnectionLost,
                 format!("{PROCORE_ACCOUNT} must re-authenticate: invalid_client"),
                 HealthState::Lost,
             ),
-            other => (false, reasons::PENDING, "not validated yet".into(), {
+            other => (false, Reason::Pending, "not validated yet".into(), {
                 assert_eq!(other, Phase::Pending, "the matrix uses three phases");
                 HealthState::Healthy
             }),
@@ -558,7 +558,7 @@ mod tests {
     #[test]
     fn a_lost_connection_names_connector_credential_and_account() {
         let o = observe("procore", State::ConnectionLost);
-        assert_eq!(o.reason, reasons::CONNECTION_LOST);
+        assert_eq!(o.reason, Reason::ConnectionLost);
         assert_eq!(
             o.status.message.as_deref(),
             Some(
@@ -573,7 +573,7 @@ mod tests {
     fn a_missing_credential_is_pending_with_credential_not_found() {
         let o = observe("sharepoint", State::Missing);
         assert_eq!(o.status.phase, Some(Phase::Pending));
-        assert_eq!(o.reason, reasons::CREDENTIAL_NOT_FOUND);
+        assert_eq!(o.reason, Reason::CredentialNotFound);
         assert_eq!(
             o.status.message.as_deref(),
             Some("ConnectorCredential sharepoint-cred not found")
@@ -601,7 +601,7 @@ mod tests {
         let o = super::connector(&c, Found::Credential(&cred));
         assert_eq!(
             (o.status.phase, o.reason),
-            (Some(Phase::Pending), reasons::PENDING)
+            (Some(Phase::Pending), Reason::Pending)
         );
         assert!(o.status.account.is_none() && o.revision.is_none());
     }

@@ -1,7 +1,7 @@
 //! Events for Integrations, derived from status transitions only (old status vs new), so a
 //! flapping provider or a requeue loop cannot flood the API: each phase change is said once.
 
-use crate::api::conditions::{reasons, types};
+use crate::api::conditions::{Reason, types};
 use crate::api::{IntegrationStatus, Phase};
 use crate::controller::conditions::get;
 use crate::controller::events::Note;
@@ -12,33 +12,42 @@ fn message(status: &IntegrationStatus, type_: &str) -> String {
         .unwrap_or_default()
 }
 
-fn reason<'a>(status: &'a IntegrationStatus, type_: &str) -> Option<&'a str> {
-    get(&status.conditions, type_).map(|c| c.reason.as_str())
+/// What [`transitions`] needs to know of the new status beyond what it says, typed (never
+/// parsed back from a condition): the connectors whose ConnectorCredential does not exist,
+/// and whether a restart target is missing.
+#[derive(Debug, Default)]
+pub(crate) struct Facts<'a> {
+    pub missing_credentials: Vec<&'a str>,
+    pub targets_missing: bool,
 }
 
 /// The events a status change deserves.
-pub(crate) fn transitions(old: &IntegrationStatus, new: &IntegrationStatus) -> Vec<Note> {
+pub(crate) fn transitions(
+    old: &IntegrationStatus,
+    new: &IntegrationStatus,
+    facts: &Facts<'_>,
+) -> Vec<Note> {
     const ACTION: &str = "Aggregate";
     let mut out = Vec::new();
     if old.phase != new.phase {
         match new.phase {
             Some(Phase::ConnectionLost) => out.push(Note::warning(
-                reasons::CONNECTION_LOST,
+                Reason::ConnectionLost,
                 ACTION,
                 message(new, types::CONNECTED),
             )),
             Some(Phase::PermissionMismatch) => out.push(Note::warning(
-                reasons::PERMISSION_MISMATCH,
+                Reason::PermissionMismatch,
                 ACTION,
                 message(new, types::PERMISSION_MISMATCH),
             )),
             Some(Phase::RotationRejected) => out.push(Note::warning(
-                reasons::ROTATION_REJECTED,
+                Reason::RotationRejected,
                 ACTION,
                 message(new, types::READY),
             )),
             Some(Phase::Misconfigured) => out.push(Note::warning(
-                reasons::MISCONFIGURED,
+                Reason::Misconfigured,
                 ACTION,
                 message(new, types::READY),
             )),
@@ -48,30 +57,40 @@ pub(crate) fn transitions(old: &IntegrationStatus, new: &IntegrationStatus) -> V
                 } else {
                     message(new, types::CONNECTED)
                 };
-                out.push(Note::normal(reasons::CONNECTED, ACTION, note));
+                out.push(Note::normal(Reason::Connected, ACTION, note));
             }
             Some(Phase::Pending) | None => {}
         }
     }
-    let not_found =
-        |s: &IntegrationStatus| reason(s, types::CONNECTED) == Some(reasons::CREDENTIAL_NOT_FOUND);
-    if not_found(new) && !not_found(old) {
+    // A connector's credential newly missing: its entry said something else before.
+    let entry = |s: &'_ IntegrationStatus, name: &str| {
+        s.connectors
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.message.clone())
+    };
+    if facts
+        .missing_credentials
+        .iter()
+        .any(|name| entry(old, name) != entry(new, name))
+    {
         out.push(Note::warning(
-            reasons::CREDENTIAL_NOT_FOUND,
+            Reason::CredentialNotFound,
             ACTION,
             message(new, types::CONNECTED),
         ));
     }
+    // A restart target missing, said when the condition as written changes.
     let targets = |s: &IntegrationStatus| {
         get(&s.conditions, types::RESTART_TARGETS_FOUND)
-            .filter(|c| c.status == "False")
-            .map(|c| c.message.clone())
+            .map(|c| (c.status.clone(), c.message.clone()))
     };
-    if let Some(missing) = targets(new)
-        && targets(old).as_ref() != Some(&missing)
+    if facts.targets_missing
+        && let Some((_, missing)) = targets(new)
+        && targets(old) != targets(new)
     {
         out.push(Note::warning(
-            reasons::RESTART_TARGET_NOT_FOUND,
+            Reason::RestartTargetNotFound,
             ACTION,
             missing,
         ));
@@ -82,20 +101,28 @@ pub(crate) fn transitions(old: &IntegrationStatus, new: &IntegrationStatus) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ConnectorStatus;
     use crate::controller::conditions::set;
     use jiff::Timestamp;
 
+    /// An Integration status with one connector, `x`, whose entry says `says`.
     fn status(
         phase: Option<Phase>,
-        connected: (&str, &str),
+        connected: (Reason, &str),
+        says: Option<&str>,
         targets: Option<&str>,
     ) -> IntegrationStatus {
         let now = Timestamp::from_second(1_700_000_000).unwrap();
         let mut s = IntegrationStatus {
             phase,
+            connectors: vec![ConnectorStatus {
+                name: "x".into(),
+                message: says.map(str::to_owned),
+                ..Default::default()
+            }],
             ..Default::default()
         };
-        let ok = connected.0 == reasons::CONNECTED;
+        let ok = connected.0 == Reason::Connected;
         set(
             &mut s.conditions,
             types::CONNECTED,
@@ -109,20 +136,20 @@ mod tests {
             &mut s.conditions,
             types::PERMISSION_MISMATCH,
             phase == Some(Phase::PermissionMismatch),
-            "R",
+            Reason::PermissionMismatch,
             "lacks x",
             None,
             now,
         );
-        let (found, msg) = match targets {
-            Some(m) => (false, m),
-            None => (true, "all there"),
+        let (found, reason, msg) = match targets {
+            Some(m) => (false, Reason::RestartTargetNotFound, m),
+            None => (true, Reason::RestartTargetsFound, "all there"),
         };
         set(
             &mut s.conditions,
             types::RESTART_TARGETS_FOUND,
             found,
-            "R",
+            reason,
             msg,
             None,
             now,
@@ -132,64 +159,132 @@ mod tests {
 
     #[test]
     fn events_follow_transitions_only() {
+        let gone = "ConnectorCredential x not found";
         let connected = status(
             Some(Phase::Connected),
-            ("Connected", "all 2 connected"),
+            (Reason::Connected, "all 2 connected"),
+            None,
             None,
         );
         let lost = status(
             Some(Phase::ConnectionLost),
-            ("ConnectionLost", "procore: a@b must re-authenticate"),
+            (Reason::ConnectionLost, "procore: a@b must re-authenticate"),
+            Some("procore: a@b must re-authenticate"),
             None,
         );
-        let mismatch = status(Some(Phase::PermissionMismatch), ("Connected", "ok"), None);
+        let mismatch = status(
+            Some(Phase::PermissionMismatch),
+            (Reason::Connected, "ok"),
+            None,
+            None,
+        );
         let not_found = status(
             Some(Phase::Pending),
-            ("CredentialNotFound", "ConnectorCredential x not found"),
+            (Reason::CredentialNotFound, gone),
+            Some(gone),
             None,
         );
         let no_target = status(
             Some(Phase::Connected),
-            ("Connected", "ok"),
+            (Reason::Connected, "ok"),
+            None,
             Some("Deployment/sync not found"),
         );
+        let other_target = status(
+            Some(Phase::Connected),
+            (Reason::Connected, "ok"),
+            None,
+            Some("Deployment/other not found"),
+        );
         let fresh = IntegrationStatus::default();
-        let reasons_of = |old: &IntegrationStatus, new: &IntegrationStatus| {
-            transitions(old, new)
+        let none = Facts::default();
+        let missing = Facts {
+            missing_credentials: vec!["x"],
+            ..Facts::default()
+        };
+        let targets = Facts {
+            targets_missing: true,
+            ..Facts::default()
+        };
+        let reasons_of = |old: &IntegrationStatus, new: &IntegrationStatus, facts: &Facts| {
+            transitions(old, new, facts)
                 .into_iter()
                 .map(|n| format!("{:?}/{}", n.type_, n.reason))
                 .collect::<Vec<_>>()
         };
-        let table: [(&str, &IntegrationStatus, &IntegrationStatus, &[&str]); 9] = [
-            ("first connect", &fresh, &connected, &["Normal/Connected"]),
-            ("steady", &connected, &connected, &[]),
-            ("loss", &connected, &lost, &["Warning/ConnectionLost"]),
-            ("still lost", &lost, &lost, &[]),
-            ("recovery", &lost, &connected, &["Normal/Connected"]),
+        #[allow(clippy::type_complexity)]
+        let table: [(
+            &str,
+            &IntegrationStatus,
+            &IntegrationStatus,
+            &Facts,
+            &[&str],
+        ); 12] = [
+            (
+                "first connect",
+                &fresh,
+                &connected,
+                &none,
+                &["Normal/Connected"],
+            ),
+            ("steady", &connected, &connected, &none, &[]),
+            (
+                "loss",
+                &connected,
+                &lost,
+                &none,
+                &["Warning/ConnectionLost"],
+            ),
+            ("still lost", &lost, &lost, &none, &[]),
+            ("recovery", &lost, &connected, &none, &["Normal/Connected"]),
             (
                 "mismatch",
                 &connected,
                 &mismatch,
+                &none,
                 &["Warning/PermissionMismatch"],
             ),
             (
                 "credential gone",
                 &connected,
                 &not_found,
+                &missing,
                 &["Warning/CredentialNotFound"],
+            ),
+            (
+                "credential gone after a loss",
+                &lost,
+                &not_found,
+                &missing,
+                &["Warning/CredentialNotFound"],
+            ),
+            (
+                "credential still gone",
+                &not_found,
+                &not_found,
+                &missing,
+                &[],
             ),
             (
                 "target gone",
                 &connected,
                 &no_target,
+                &targets,
                 &["Warning/RestartTargetNotFound"],
             ),
-            ("target still gone", &no_target, &no_target, &[]),
+            ("target still gone", &no_target, &no_target, &targets, &[]),
+            (
+                "another target gone",
+                &no_target,
+                &other_target,
+                &targets,
+                &["Warning/RestartTargetNotFound"],
+            ),
         ];
-        for (name, old, new, want) in table {
-            assert_eq!(reasons_of(old, new), want, "{name}");
+        for (name, old, new, facts, want) in table {
+            assert_eq!(reasons_of(old, new, facts), want, "{name}");
         }
-        let note = &transitions(&connected, &lost)[0].note;
+        let note = &transitions(&connected, &lost, &none)[0].note;
         assert_eq!(note, "procore: a@b must re-authenticate");
     }
 }

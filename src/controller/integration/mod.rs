@@ -40,7 +40,7 @@ use self::restart::Action as Restart;
 use super::events::{Note, publish};
 use super::runner::{self, Object, Reconciler, api};
 use super::{Context, Error, FIELD_MANAGER, kube_err};
-use crate::api::conditions::{reasons, types};
+use crate::api::conditions::{Reason, types};
 use crate::api::{ConnectorCredential, Integration, IntegrationStatus, RestartKind, RestartTarget};
 
 type Guarded = DeserializeGuard<Integration>;
@@ -375,14 +375,14 @@ async fn reconcile_integration(
             let n = spec.restart_targets.len();
             (
                 true,
-                reasons::RESTART_TARGETS_FOUND,
+                Reason::RestartTargetsFound,
                 format!("all {n} restart targets exist"),
             )
         } else {
             let list: Vec<String> = missing.iter().map(|t| target_label(t)).collect();
             (
                 false,
-                reasons::RESTART_TARGET_NOT_FOUND,
+                Reason::RestartTargetNotFound,
                 format!(
                     "{} not found in namespace {ns}; it cannot be restarted after a credential swap",
                     list.join(", ")
@@ -426,11 +426,19 @@ async fn reconcile_integration(
             .collect();
         if !targets.is_empty() {
             let note = format!("rolled {} for {revisions}", targets.join(", "));
-            let note = Note::normal(reasons::RESTARTED, "Restart", note);
+            let note = Note::normal(Reason::Restarted, "Restart", note);
             publish(ctx, &reference, note).await;
         }
     }
-    for note in events::transitions(&old, &status) {
+    let facts = events::Facts {
+        missing_credentials: observed
+            .iter()
+            .filter(|o| o.reason == Reason::CredentialNotFound)
+            .map(|o| o.status.name.as_str())
+            .collect(),
+        targets_missing: missing.as_ref().is_some_and(|m| !m.is_empty()),
+    };
+    for note in events::transitions(&old, &status, &facts) {
         publish(ctx, &reference, note).await;
     }
 
