@@ -312,6 +312,22 @@ impl Env {
         }
     }
 
+    /// Waits until Secret `name` exists and satisfies `pred`.
+    pub async fn wait_secret(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Secret) -> bool,
+    ) -> Secret {
+        let secrets: Api<Secret> = Api::namespaced(self.cluster.client.clone(), self.ns());
+        let cond = move |obj: Option<&Secret>| obj.is_some_and(&pred);
+        match tokio::time::timeout(WAIT, await_condition(secrets, name, cond)).await {
+            Ok(Ok(Some(obj))) => obj,
+            Ok(other) => panic!("waiting for Secret {name} ({what}): {other:?}"),
+            Err(_) => panic!("timed out waiting for Secret {name}: {what}"),
+        }
+    }
+
     pub fn integrations(&self) -> Api<Integration> {
         Api::namespaced(self.cluster.client.clone(), self.ns())
     }
