@@ -28,7 +28,8 @@ use super::events::{Note, publish};
 use super::{Context, Error, kube_err};
 use crate::api::conditions::Reason;
 
-/// A namespaced kind the cluster serves, as kube reads it.
+/// A namespaced kind the cluster serves, as kube reads it (each controller declares its
+/// own).
 pub(crate) trait Kind:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
@@ -37,17 +38,6 @@ pub(crate) trait Kind:
     + Send
     + Sync
     + 'static
-{
-}
-
-impl<K> Kind for K where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static
 {
 }
 

@@ -82,6 +82,9 @@ async fn write_status(
     runner::write_status(api, name, changed, new).await
 }
 
+impl runner::Kind for ConnectorCredential {}
+impl runner::Kind for CredentialHead {}
+
 /// The ConnectorCredential controller, as the shell ([`runner`]) runs it.
 pub(crate) struct Credentials {
     ctx: Arc<Context>,

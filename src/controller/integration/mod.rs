@@ -12,6 +12,7 @@ mod events;
 mod index;
 mod restart;
 mod rollouts;
+mod workload;
 
 pub(crate) use rollouts::Rollouts;
 pub use rollouts::{DEFAULT_MAX_CONCURRENT_ROLLOUTS, DEFAULT_ROLLOUT_HOLD};
@@ -23,14 +24,12 @@ use std::time::Duration;
 
 use futures::Stream;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info};
 
@@ -39,9 +38,9 @@ use self::index::Index;
 use self::restart::Action as Restart;
 use super::events::{Note, publish};
 use super::runner::{self, Object, Reconciler, api};
-use super::{Context, Error, FIELD_MANAGER, kube_err};
+use super::{Context, Error, kube_err};
 use crate::api::conditions::{Reason, types};
-use crate::api::{ConnectorCredential, Integration, IntegrationStatus, RestartKind, RestartTarget};
+use crate::api::{ConnectorCredential, Integration, IntegrationStatus, RestartTarget};
 
 type Guarded = DeserializeGuard<Integration>;
 
@@ -91,6 +90,8 @@ impl State {
     }
 }
 
+impl runner::Kind for Integration {}
+
 impl Reconciler for State {
     type Head = Integration;
     type Object = Integration;
@@ -138,34 +139,6 @@ async fn read_credentials(
     Ok(found)
 }
 
-/// Rolls one workload with `patch`, or only checks that it exists. `Ok(false)`: not found.
-async fn touch<K>(api: Api<K>, name: &str, patch: Option<&serde_json::Value>) -> Result<bool, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    match patch {
-        Some(patch) => {
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            };
-            match api.patch(name, &params, &Patch::Merge(patch)).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-                Err(source) => Err(Error::Kube {
-                    call: "roll restart target",
-                    source,
-                }),
-            }
-        }
-        None => Ok(api
-            .get_metadata_opt(name)
-            .await
-            .map_err(kube_err("get restart target"))?
-            .is_some()),
-    }
-}
-
 /// Whether every restart target already carries a roll for `revisions`: a process that
 /// rolled them died before status recorded it, and rolling again would restart the
 /// workloads twice for one swap.
@@ -175,35 +148,8 @@ async fn rolled_already(
     targets: &[RestartTarget],
     revisions: &str,
 ) -> Result<bool, Error> {
-    async fn carries<K>(api: Api<K>, name: &str, revisions: &str) -> Result<bool, Error>
-    where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + Debug,
-    {
-        let at = format!(
-            "/spec/template/metadata/annotations/{}",
-            restart::REVISIONS.replace('/', "~1")
-        );
-        let object = api
-            .get_opt(name)
-            .await
-            .map_err(kube_err("get restart target"))?;
-        Ok(object
-            .and_then(|o| serde_json::to_value(o).ok())
-            .is_some_and(|v| v.pointer(&at).and_then(|r| r.as_str()) == Some(revisions)))
-    }
     for target in targets {
-        let client = ctx.client.clone();
-        let carried = match target.kind {
-            RestartKind::Deployment => {
-                carries::<Deployment>(Api::namespaced(client, ns), &target.name, revisions).await?
-            }
-            RestartKind::StatefulSet => {
-                carries::<StatefulSet>(Api::namespaced(client, ns), &target.name, revisions).await?
-            }
-            RestartKind::DaemonSet => {
-                carries::<DaemonSet>(Api::namespaced(client, ns), &target.name, revisions).await?
-            }
-        };
+        let carried = workload::carries(&ctx.client, ns, target, revisions).await?;
         if !carried {
             return Ok(false);
         }
@@ -221,18 +167,7 @@ async fn touch_targets<'a>(
 ) -> Result<Vec<&'a RestartTarget>, Error> {
     let mut missing = Vec::new();
     for target in targets {
-        let client = ctx.client.clone();
-        let exists = match target.kind {
-            RestartKind::Deployment => {
-                touch::<Deployment>(Api::namespaced(client, ns), &target.name, patch).await?
-            }
-            RestartKind::StatefulSet => {
-                touch::<StatefulSet>(Api::namespaced(client, ns), &target.name, patch).await?
-            }
-            RestartKind::DaemonSet => {
-                touch::<DaemonSet>(Api::namespaced(client, ns), &target.name, patch).await?
-            }
-        };
+        let exists = workload::touch(&ctx.client, ns, target, patch).await?;
         if !exists {
             missing.push(target);
         }

@@ -12,11 +12,10 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::Client;
-use kube::api::Api;
 use tokio::time::Instant;
 
+use super::workload;
 use crate::api::{RestartKind, RestartTarget};
 use crate::metrics::Metrics;
 
@@ -110,71 +109,7 @@ impl Rollouts {
     }
 }
 
-/// Whether a rollout is over: its workload is gone, reports no rollout (no controller acts
-/// on it), or has every replica updated and available at its current generation. A failed
-/// read counts as not over (the hold bounds it).
+/// Whether a rollout is over (see [`workload::rolled_out`]).
 async fn complete(client: &Client, rollout: &InFlight) -> bool {
-    let ns = &rollout.namespace;
-    let name = &rollout.name;
-    match rollout.kind {
-        RestartKind::Deployment => {
-            match Api::<Deployment>::namespaced(client.clone(), ns)
-                .get_opt(name)
-                .await
-            {
-                Ok(None) => true,
-                Ok(Some(d)) => {
-                    let Some(status) = &d.status else { return true };
-                    let Some(observed) = status.observed_generation else {
-                        return true;
-                    };
-                    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                    observed >= d.metadata.generation.unwrap_or(0)
-                        && status.updated_replicas.unwrap_or(0) >= want
-                        && status.available_replicas.unwrap_or(0) >= want
-                        && status.replicas.unwrap_or(0) <= want
-                }
-                Err(_) => false,
-            }
-        }
-        RestartKind::StatefulSet => {
-            match Api::<StatefulSet>::namespaced(client.clone(), ns)
-                .get_opt(name)
-                .await
-            {
-                Ok(None) => true,
-                Ok(Some(s)) => {
-                    let Some(status) = &s.status else { return true };
-                    let Some(observed) = status.observed_generation else {
-                        return true;
-                    };
-                    let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                    observed >= s.metadata.generation.unwrap_or(0)
-                        && status.updated_replicas.unwrap_or(0) >= want
-                        && status.ready_replicas.unwrap_or(0) >= want
-                        && status.current_revision == status.update_revision
-                }
-                Err(_) => false,
-            }
-        }
-        RestartKind::DaemonSet => {
-            match Api::<DaemonSet>::namespaced(client.clone(), ns)
-                .get_opt(name)
-                .await
-            {
-                Ok(None) => true,
-                Ok(Some(d)) => {
-                    let Some(status) = &d.status else { return true };
-                    let Some(observed) = status.observed_generation else {
-                        return true;
-                    };
-                    let want = status.desired_number_scheduled;
-                    observed >= d.metadata.generation.unwrap_or(0)
-                        && status.updated_number_scheduled.unwrap_or(0) >= want
-                        && status.number_available.unwrap_or(0) >= want
-                }
-                Err(_) => false,
-            }
-        }
-    }
+    workload::rolled_out(client, &rollout.namespace, rollout.kind, &rollout.name).await
 }
