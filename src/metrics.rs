@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::api::{Phase, Provider};
 
@@ -128,6 +128,13 @@ pub struct Metrics {
     encode_lock: Mutex<()>,
 }
 
+/// Registers `metric` as `name` and returns it: the registry holds a handle to the same
+/// series.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -138,134 +145,116 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("reconnect");
-        let reconciles = Family::default();
-        registry.register(
-            "reconcile",
-            "Reconcile runs per controller",
-            reconciles.clone(),
-        );
-        let reconcile_errors = Family::default();
-        registry.register(
-            "reconcile_errors",
-            "Failed reconcile runs per controller and reason",
-            reconcile_errors.clone(),
-        );
-        let reconcile_duration =
-            Family::<ControllerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Reconcile duration per controller",
-            reconcile_duration.clone(),
-        );
-        let credential_phase = Family::default();
-        registry.register(
-            "credential_phase",
-            "1 for the phase of a ConnectorCredential that is not Connected (no series while Connected)",
-            credential_phase.clone(),
-        );
-        let credentials = Family::default();
-        registry.register(
-            "credentials",
-            "ConnectorCredentials by provider and phase",
-            credentials.clone(),
-        );
-        let credential_expiry = Family::default();
-        registry.register(
-            "credential_expiry_timestamp_seconds",
-            "When a credential itself expires (unix seconds), where the provider says",
-            credential_expiry.clone(),
-        );
-        let credential_expiry_warning = Family::default();
-        registry.register(
-            "credential_expiry_warning_seconds",
-            "A credential's expiryWarning window in seconds (for credentials with a known expiry)",
-            credential_expiry_warning.clone(),
-        );
-        let provider_requests = Family::default();
-        registry.register(
-            "provider_requests",
-            "Provider calls by provider, call and outcome",
-            provider_requests.clone(),
-        );
-        let provider_duration =
-            Family::<ProviderLatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register(
-            "provider_request_duration_seconds",
-            "Provider call latency by provider and call",
-            provider_duration.clone(),
-        );
-        let rotations = Family::default();
-        registry.register(
-            "rotations",
-            "Credential rotations by provider and result (accepted, rejected)",
-            rotations.clone(),
-        );
-        let queue_depth = Family::default();
-        registry.register(
-            "queue_depth",
-            "Credentials waiting for their turn: urgent (a changed source or spec) and routine (probes and refreshes put off to leave room for urgent work)",
-            queue_depth.clone(),
-        );
-        let queue_wait =
-            Family::<PriorityLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                wait_histogram,
-            );
-        registry.register(
-            "queue_wait_seconds",
-            "How long a credential waited for its turn: urgent from the Secret change, routine from the time it was due",
-            queue_wait.clone(),
-        );
-        let budget_wait =
-            Family::<BudgetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                wait_histogram,
-            );
-        registry.register(
-            "provider_budget_wait_seconds",
-            "How long a provider request waited for the provider's rate budget",
-            budget_wait.clone(),
-        );
-        let budget_paused = Family::default();
-        registry.register(
-            "provider_budget_paused_hosts",
-            "Provider hosts paused by a 429/Retry-After or an exhausted rate-limit quota",
-            budget_paused.clone(),
-        );
-        let rollouts_in_flight = Gauge::default();
-        registry.register(
-            "rollouts_in_flight",
-            "Integration restart targets rolling out now (bounded by --max-concurrent-rollouts)",
-            rollouts_in_flight.clone(),
-        );
-        let rollouts_waiting = Gauge::default();
-        registry.register(
-            "rollouts_waiting",
-            "Integration restarts waiting for a rollout slot",
-            rollouts_waiting.clone(),
-        );
+        let r = &mut registry;
+        // In registration order, which is the order of the text format.
         Self {
-            registry,
-            credentials,
-            queue_depth,
-            queue_wait,
-            budget_wait,
-            budget_paused,
-            rollouts_in_flight,
-            rollouts_waiting,
+            reconciles: register(
+                r,
+                "reconcile",
+                "Reconcile runs per controller",
+                Family::default(),
+            ),
+            reconcile_errors: register(
+                r,
+                "reconcile_errors",
+                "Failed reconcile runs per controller and reason",
+                Family::default(),
+            ),
+            reconcile_duration: register(
+                r,
+                "reconcile_duration_seconds",
+                "Reconcile duration per controller",
+                Family::<ControllerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                    latency_histogram,
+                ),
+            ),
+            credential_phase: register(
+                r,
+                "credential_phase",
+                "1 for the phase of a ConnectorCredential that is not Connected (no series while Connected)",
+                Family::default(),
+            ),
+            credentials: register(
+                r,
+                "credentials",
+                "ConnectorCredentials by provider and phase",
+                Family::default(),
+            ),
+            credential_expiry: register(
+                r,
+                "credential_expiry_timestamp_seconds",
+                "When a credential itself expires (unix seconds), where the provider says",
+                Family::default(),
+            ),
+            credential_expiry_warning: register(
+                r,
+                "credential_expiry_warning_seconds",
+                "A credential's expiryWarning window in seconds (for credentials with a known expiry)",
+                Family::default(),
+            ),
+            provider_requests: register(
+                r,
+                "provider_requests",
+                "Provider calls by provider, call and outcome",
+                Family::default(),
+            ),
+            provider_duration: register(
+                r,
+                "provider_request_duration_seconds",
+                "Provider call latency by provider and call",
+                Family::<ProviderLatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                    latency_histogram,
+                ),
+            ),
+            rotations: register(
+                r,
+                "rotations",
+                "Credential rotations by provider and result (accepted, rejected)",
+                Family::default(),
+            ),
+            queue_depth: register(
+                r,
+                "queue_depth",
+                "Credentials waiting for their turn: urgent (a changed source or spec) and routine (probes and refreshes put off to leave room for urgent work)",
+                Family::default(),
+            ),
+            queue_wait: register(
+                r,
+                "queue_wait_seconds",
+                "How long a credential waited for its turn: urgent from the Secret change, routine from the time it was due",
+                Family::<PriorityLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                    wait_histogram,
+                ),
+            ),
+            budget_wait: register(
+                r,
+                "provider_budget_wait_seconds",
+                "How long a provider request waited for the provider's rate budget",
+                Family::<BudgetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                    wait_histogram,
+                ),
+            ),
+            budget_paused: register(
+                r,
+                "provider_budget_paused_hosts",
+                "Provider hosts paused by a 429/Retry-After or an exhausted rate-limit quota",
+                Family::default(),
+            ),
+            rollouts_in_flight: register(
+                r,
+                "rollouts_in_flight",
+                "Integration restart targets rolling out now (bounded by --max-concurrent-rollouts)",
+                Gauge::default(),
+            ),
+            rollouts_waiting: register(
+                r,
+                "rollouts_waiting",
+                "Integration restarts waiting for a rollout slot",
+                Gauge::default(),
+            ),
             phases: Mutex::default(),
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            credential_phase,
-            credential_expiry,
-            credential_expiry_warning,
-            provider_requests,
-            provider_duration,
-            rotations,
             encode_lock: Mutex::new(()),
+            registry,
         }
     }
 
