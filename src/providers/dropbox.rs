@@ -14,7 +14,7 @@ use super::error::{DeadCause, Misconfiguration, VerifyError, sanitize_code};
 use super::grant::Grant;
 use super::http::{Reply, join, parse_endpoint};
 use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
-use crate::api::Account;
+use crate::api::{Account, AuthType};
 
 pub(crate) struct Dropbox;
 
@@ -28,6 +28,8 @@ fn base(cx: &Cx<'_>) -> Result<reqwest::Url, VerifyError> {
 }
 
 impl ProviderApi for Dropbox {
+    const AUTH: &'static [AuthType] = &[AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &[];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {

@@ -15,7 +15,7 @@ use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sani
 use super::grant::Grant;
 use super::http::{Reply, join, parse_endpoint};
 use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
-use crate::api::Account;
+use crate::api::{Account, AuthType};
 
 pub(crate) struct Google;
 
@@ -34,6 +34,8 @@ fn hosts(cx: &Cx<'_>) -> Result<(reqwest::Url, reqwest::Url), VerifyError> {
 }
 
 impl ProviderApi for Google {
+    const AUTH: &'static [AuthType] = &[AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &[];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {

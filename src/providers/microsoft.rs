@@ -159,12 +159,20 @@ pub(crate) fn classify_aadsts(codes: &[u64]) -> Option<(Class, u64)> {
 }
 
 impl ProviderApi for Microsoft {
+    const AUTH: &'static [AuthType] = &[AuthType::ClientCredentials, AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &["tenantId", "cloud", "siteId", "scope"];
 
     fn token_error_class(&self, body: &OAuthErrorBody) -> Option<(Class, String)> {
         let (class, aadsts) = classify_aadsts(&body.error_codes)?;
         let error = sanitize_code(&body.error).unwrap_or_default();
         Some((class, format!("{error}/AADSTS{aadsts}")))
+    }
+
+    /// Permission names compare case-insensitively (Entra treats them so). The rule folds
+    /// case for every entry, `site:<id>` included.
+    fn satisfies(&self, granted: &BTreeSet<String>, required: &str) -> bool {
+        granted.iter().any(|g| g.eq_ignore_ascii_case(required))
     }
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {

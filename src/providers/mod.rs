@@ -903,8 +903,19 @@ pub(crate) struct TokenConfig {
     pub introspection_url: Option<reqwest::Url>,
 }
 
-/// One provider's knowledge: token endpoint and probe.
+/// One provider's knowledge: the auth types and params it accepts, its token endpoint, its
+/// probe, and how its permissions compare.
 pub(crate) trait ProviderApi {
+    /// The auth types this provider accepts (the CRD's CEL rules in `api` say the same;
+    /// tests/crd_schema.rs keeps the two in agreement).
+    const AUTH: &'static [AuthType];
+
+    /// Whether spending one of this provider's refresh tokens may invalidate it: a rotated
+    /// token dies once used (Procore always, Salesforce when the app enables rotation, OAuth2
+    /// servers may). Microsoft issues a new one but keeps the old valid; Dropbox and Google do
+    /// not rotate.
+    const MAY_ROTATE_REFRESH_TOKENS: bool;
+
     /// `params` keys this provider understands.
     const PARAMS: &'static [&'static str];
 
@@ -932,6 +943,13 @@ pub(crate) trait ProviderApi {
         false
     }
 
+    /// Whether `granted` satisfies the `required` permission other than by holding it
+    /// exactly (the caller checks that first): a provider whose vocabulary ranks or folds
+    /// permissions says so here. By default only equality satisfies.
+    fn satisfies(&self, _granted: &BTreeSet<String>, _required: &str) -> bool {
+        false
+    }
+
     /// This provider's own token-endpoint error codes, which decide the class before the
     /// RFC 6749 codes do (Microsoft's AADSTS numbers, Salesforce's inactive user or org):
     /// the class, and the code to report.
@@ -956,7 +974,7 @@ pub(crate) fn json_id(value: &serde_json::Value) -> String {
 fn preflight(cx: &Cx<'_>) -> Result<(), VerifyError> {
     let spec = cx.spec;
     let provider = spec.provider;
-    let supported = provider.supported_auth();
+    let supported = supported_auth(provider);
     if !supported.contains(&spec.auth) {
         return Err(VerifyError::misconfigured(
             provider,
@@ -987,8 +1005,36 @@ fn known_params<P: ProviderApi>(_: &P) -> &'static [&'static str] {
     P::PARAMS
 }
 
+fn auth_of<P: ProviderApi>(_: &P) -> &'static [AuthType] {
+    P::AUTH
+}
+
+fn rotation_of<P: ProviderApi>(_: &P) -> bool {
+    P::MAY_ROTATE_REFRESH_TOKENS
+}
+
+/// The auth types `provider` accepts ([`ProviderApi::AUTH`]).
+pub fn supported_auth(provider: Provider) -> &'static [AuthType] {
+    with_api!(provider, api => auth_of(&api))
+}
+
+/// Whether spending a refresh token of `provider` may invalidate it
+/// ([`ProviderApi::MAY_ROTATE_REFRESH_TOKENS`]).
+pub fn may_rotate_refresh_tokens(provider: Provider) -> bool {
+    with_api!(provider, api => rotation_of(&api))
+}
+
+// The provider rule stays reachable as a method of `api::Provider` (tests and users call
+// `provider.supported_auth()`), defined here so that `api` never imports `providers`.
+impl Provider {
+    /// The auth types this provider accepts; the CRD's CEL rules say the same.
+    pub fn supported_auth(self) -> &'static [AuthType] {
+        supported_auth(self)
+    }
+}
+
 /// Required permissions that `granted` does not satisfy, sorted, in each provider's
-/// vocabulary:
+/// vocabulary ([`ProviderApi::satisfies`]):
 /// - procore: `<tool>:<level>` is satisfied by the same tool at that level or higher
 ///   (none < read_only < standard < admin); `company:<id>` and `project:<id>` by equality.
 /// - microsoft: permission names compare case-insensitively (Entra treats them so);
@@ -1001,34 +1047,11 @@ pub fn missing_permissions(
     granted: &BTreeSet<String>,
     required: &BTreeSet<String>,
 ) -> Vec<String> {
-    required
+    with_api!(provider, api => required
         .iter()
-        .filter(|r| !satisfies(provider, granted, r))
+        .filter(|r| !granted.contains(r.as_str()) && !api.satisfies(granted, r))
         .cloned()
-        .collect()
-}
-
-fn satisfies(provider: Provider, granted: &BTreeSet<String>, required: &str) -> bool {
-    if granted.contains(required) {
-        return true;
-    }
-    match provider {
-        Provider::Procore => match procore::tool_level(required) {
-            Some((tool, level)) => {
-                level == 0
-                    || granted
-                        .iter()
-                        .filter_map(|g| procore::tool_level(g))
-                        .any(|(t, l)| t == tool && l >= level)
-            }
-            None => false,
-        },
-        Provider::Microsoft => granted.iter().any(|g| g.eq_ignore_ascii_case(required)),
-        Provider::Salesforce if required.starts_with("permission:") => {
-            granted.iter().any(|g| g.eq_ignore_ascii_case(required))
-        }
-        _ => false,
-    }
+        .collect())
 }
 
 /// Builders for the provider modules' unit tests.

@@ -250,6 +250,8 @@ fn moved(error: &VerifyError) -> Moved {
 }
 
 impl ProviderApi for Generic {
+    const AUTH: &'static [AuthType] = &[AuthType::ClientCredentials, AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = true;
     const PARAMS: &'static [&'static str] = &["tokenUrl", "introspectionUrl", "probeUrl", "scope"];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {

@@ -33,7 +33,7 @@ const LEVELS: [&str; 4] = ["none", "read_only", "standard", "admin"];
 
 /// Splits `<tool>:<level>` into the tool and the level's rank. `company:`/`project:` entries
 /// and unknown levels are not tool levels.
-pub(crate) fn tool_level(permission: &str) -> Option<(&str, usize)> {
+fn tool_level(permission: &str) -> Option<(&str, usize)> {
     let (tool, level) = permission.rsplit_once(':')?;
     if tool.is_empty() || tool == "company" || tool == "project" {
         return None;
@@ -108,7 +108,24 @@ fn company_id<'a>(cx: &'a Cx<'_>) -> Result<Option<&'a str>, VerifyError> {
 }
 
 impl ProviderApi for Procore {
+    const AUTH: &'static [AuthType] = &[AuthType::ClientCredentials, AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = true;
     const PARAMS: &'static [&'static str] = &["companyId", "projectId"];
+
+    /// `<tool>:<level>` is satisfied by the same tool at that level or higher (none <
+    /// read_only < standard < admin); `company:<id>` and `project:<id>` only by equality.
+    fn satisfies(&self, granted: &BTreeSet<String>, required: &str) -> bool {
+        match tool_level(required) {
+            Some((tool, level)) => {
+                level == 0
+                    || granted
+                        .iter()
+                        .filter_map(|g| tool_level(g))
+                        .any(|(t, l)| t == tool && l >= level)
+            }
+            None => false,
+        }
+    }
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
         hosts(cx)?;

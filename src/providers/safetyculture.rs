@@ -18,7 +18,7 @@ use super::grant::Grant;
 use super::http::{join, parse_endpoint};
 use super::retry_after::RateLimitReset;
 use super::{Cx, Probe, ProviderApi, TokenConfig};
-use crate::api::Account;
+use crate::api::{Account, AuthType};
 
 pub(crate) struct SafetyCulture;
 
@@ -35,6 +35,8 @@ fn base(cx: &Cx<'_>) -> Result<reqwest::Url, VerifyError> {
 const INACTIVITY_EXPIRY: jiff::SignedDuration = jiff::SignedDuration::from_hours(30 * 24);
 
 impl ProviderApi for SafetyCulture {
+    const AUTH: &'static [AuthType] = &[AuthType::ApiKey];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &[];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {

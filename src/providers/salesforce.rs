@@ -95,6 +95,8 @@ fn fields(cx: &Cx<'_>) -> Result<BTreeSet<String>, VerifyError> {
 }
 
 impl ProviderApi for Salesforce {
+    const AUTH: &'static [AuthType] = &[AuthType::ClientCredentials, AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = true;
     const PARAMS: &'static [&'static str] = &["apiVersion"];
 
     /// Salesforce's token-endpoint codes for a user or org that is switched off (from
@@ -107,6 +109,13 @@ impl ProviderApi for Salesforce {
             )),
             _ => None,
         }
+    }
+
+    /// `permission:<field>` compares case-insensitively (SOQL field names are
+    /// case-insensitive); scopes only by equality.
+    fn satisfies(&self, granted: &BTreeSet<String>, required: &str) -> bool {
+        required.starts_with("permission:")
+            && granted.iter().any(|g| g.eq_ignore_ascii_case(required))
     }
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {

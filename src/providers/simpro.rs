@@ -18,7 +18,7 @@ use super::error::{DeadCause, Misconfiguration, VerifyError};
 use super::grant::Grant;
 use super::http::{join, parse_endpoint};
 use super::{Cx, Probe, ProviderApi, TokenConfig, json_id, missing_permissions};
-use crate::api::Account;
+use crate::api::{Account, AuthType};
 
 pub(crate) struct Simpro;
 
@@ -49,6 +49,8 @@ fn company(cx: &Cx<'_>) -> Result<String, VerifyError> {
 }
 
 impl ProviderApi for Simpro {
+    const AUTH: &'static [AuthType] = &[AuthType::ApiKey];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &["companyId"];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
