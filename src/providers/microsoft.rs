@@ -22,9 +22,8 @@ use serde::Deserialize;
 
 use super::classify::{Class, OAuthErrorBody, api_status};
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
-use super::grant::Grant;
 use super::http::{Reply, host, join, parse_endpoint};
-use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig, jwt, missing_permissions};
+use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig, jwt, missing_permissions};
 use crate::api::{Account, AuthType};
 
 pub(crate) struct Microsoft;
@@ -199,16 +198,10 @@ impl ProviderApi for Microsoft {
         })
     }
 
-    async fn probe(&self, cx: &Cx<'_>, grant: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
         let (_, graph, _) = hosts(cx)?;
-        let token = grant
-            .ok_or_else(|| {
-                cx.misconfigured(Misconfiguration::Other(
-                    "Microsoft needs an OAuth2 credential",
-                ))
-            })?
-            .access_token(provider)?;
+        let token = access.token(provider)?;
         let app_only = cx.spec.auth == AuthType::ClientCredentials;
         let get = |call, path: String| {
             let request = cx

@@ -252,7 +252,13 @@ impl Providers {
         let provider = req.spec.provider;
         let cx = self.cx(req);
         let probed = async {
-            let probe = with_api!(provider, api => api.probe(&cx, grant.as_ref()).await)?;
+            // The one place that decides what the probe authenticates with: the exchange
+            // granted tokens for the OAuth2 auth types and nothing for ApiKey.
+            let access = match &grant {
+                Some(grant) => Access::Bearer(grant),
+                None => Access::ApiKey(cx.need("api_key")?),
+            };
+            let probe = with_api!(provider, api => api.probe(&cx, access).await)?;
             let missing = missing_permissions(provider, &probe.permissions, req.required);
             if !missing.is_empty() {
                 return Err(VerifyError::PermissionDenied {
@@ -837,6 +843,43 @@ pub(crate) struct Probe {
     pub credential_expires_at: Option<jiff::Timestamp>,
 }
 
+/// What a probe authenticates with. Built in one place ([`Providers::probe`]) from the
+/// exchange: the grant for OAuth2 auth types, the API key (or its MissingKey error) for
+/// ApiKey. Preflight has already refused auth types a provider does not accept
+/// ([`ProviderApi::AUTH`]), so a provider's probe only ever receives what its auth types make.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Access<'a> {
+    /// A token grant's answer (ClientCredentials, RefreshToken).
+    Bearer(&'a Grant),
+    /// The API key (ApiKey).
+    ApiKey(&'a Redacted),
+}
+
+impl<'a> Access<'a> {
+    /// The secret the probe presents as a bearer token: the grant's access token (a
+    /// malformed token response when it has none), or the API key.
+    pub fn token(self, provider: Provider) -> Result<&'a Redacted, VerifyError> {
+        match self {
+            Access::Bearer(grant) => grant.access_token(provider),
+            Access::ApiKey(key) => Ok(key),
+        }
+    }
+
+    /// The grant, for what its token response said besides the token (Salesforce's
+    /// instance URL, the introspection endpoint); none for an API key.
+    pub fn grant(self) -> Option<&'a Grant> {
+        match self {
+            Access::Bearer(grant) => Some(grant),
+            Access::ApiKey(_) => None,
+        }
+    }
+
+    /// The scopes the token response says were granted, when it says (never for an API key).
+    pub fn scopes(self) -> Option<&'a BTreeSet<String>> {
+        self.grant()?.scopes.as_ref()
+    }
+}
+
 /// Everything a provider module needs for one verification.
 pub(crate) struct Cx<'a> {
     pub http: Http,
@@ -928,11 +971,12 @@ pub(crate) trait ProviderApi {
         cx: &Cx<'_>,
     ) -> impl Future<Output = Result<TokenConfig, VerifyError>> + Send;
 
-    /// The identity and permission probe, with the tokens just minted (`None` for API keys).
+    /// The identity and permission probe, with what [`Providers::probe`] decided it
+    /// authenticates with: the tokens just minted, or the API key.
     fn probe(
         &self,
         cx: &Cx<'_>,
-        grant: Option<&Grant>,
+        access: Access<'_>,
     ) -> impl Future<Output = Result<Probe, VerifyError>> + Send;
 
     /// A token request failed with `error`. A provider that caches endpoint metadata forgets

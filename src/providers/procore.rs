@@ -18,10 +18,9 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
-use super::grant::Grant;
 use super::http::{Reply, host, join, parse_endpoint};
 use super::retry_after::RateLimitReset;
-use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
+use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::{Account, AuthType};
 
 pub(crate) struct Procore;
@@ -144,18 +143,12 @@ impl ProviderApi for Procore {
         })
     }
 
-    async fn probe(&self, cx: &Cx<'_>, grant: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
         let (_, api) = hosts(cx)?;
         let company = company_id(cx)?;
         let project = cx.param("projectId");
-        let token = grant
-            .ok_or_else(|| {
-                cx.misconfigured(Misconfiguration::Other(
-                    "Procore needs an OAuth2 credential",
-                ))
-            })?
-            .access_token(provider)?;
+        let token = access.token(provider)?;
         let get = |call, path: &str, query: Vec<(&'static str, String)>| {
             let mut request = cx
                 .http

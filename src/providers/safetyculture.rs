@@ -14,10 +14,9 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
-use super::grant::Grant;
 use super::http::{join, parse_endpoint};
 use super::retry_after::RateLimitReset;
-use super::{Cx, Probe, ProviderApi, TokenConfig};
+use super::{Access, Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::{Account, AuthType};
 
 pub(crate) struct SafetyCulture;
@@ -49,10 +48,10 @@ impl ProviderApi for SafetyCulture {
         )))
     }
 
-    async fn probe(&self, cx: &Cx<'_>, _: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
         let base = base(cx)?;
-        let key = cx.need("api_key")?;
+        let key = access.token(provider)?;
         let request = cx
             .http
             .request(Method::GET, join(&base, "/accounts/user/v1/user:WhoAmI"))
