@@ -28,6 +28,7 @@ use crate::api::conditions::reasons;
 use crate::api::{Account, AuthType, ConnectorCredential, Provider};
 use crate::providers::{
     CredentialMaterial, Misconfiguration, Providers, Verified, VerifyError, VerifyRequest,
+    may_rotate_refresh_tokens,
 };
 
 /// Exit code: the credential works.
@@ -60,16 +61,6 @@ pub struct CheckOptions {
     /// providers that rotate or may rotate (procore, salesforce, oauth2): checking spends the
     /// refresh token, and without this file the new one would be lost.
     pub rotated_secret: Option<PathBuf>,
-}
-
-/// Whether checking a refresh token of this provider may invalidate it (a rotated token dies
-/// once used: Procore always, Salesforce when the app enables rotation, OAuth2 servers may).
-/// Microsoft issues a new one but keeps the old valid; Dropbox and Google do not rotate.
-fn may_rotate(provider: Provider) -> bool {
-    matches!(
-        provider,
-        Provider::Procore | Provider::Salesforce | Provider::OAuth2
-    )
 }
 
 /// An input file that cannot be used.
@@ -190,7 +181,7 @@ pub async fn check(options: &CheckOptions, providers: &Providers) -> Report {
     );
     let spec = &credential.spec;
     if spec.auth == AuthType::RefreshToken
-        && may_rotate(spec.provider)
+        && may_rotate_refresh_tokens(spec.provider)
         && options.rotated_secret.is_none()
     {
         return Report::invalid_input(&InputError::RotationNeedsOutput {

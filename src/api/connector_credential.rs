@@ -181,17 +181,8 @@ impl Provider {
         }
     }
 
-    /// The auth types this provider accepts; the CRD's CEL rules say the same.
-    pub fn supported_auth(self) -> &'static [AuthType] {
-        use AuthType::*;
-        match self {
-            Provider::Procore | Provider::Microsoft | Provider::Salesforce | Provider::OAuth2 => {
-                &[ClientCredentials, RefreshToken]
-            }
-            Provider::Simpro | Provider::SafetyCulture => &[ApiKey],
-            Provider::Dropbox | Provider::Google => &[RefreshToken],
-        }
-    }
+    // `supported_auth()` (the auth types each provider accepts, which the CEL rules above
+    // restate) is a provider rule: it is defined in `providers`, beside the providers.
 }
 
 impl std::fmt::Display for Provider {

@@ -10,11 +10,10 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::classify::api_status;
-use super::error::{DeadCause, Misconfiguration, VerifyError, sanitize_code};
-use super::grant::Grant;
+use super::error::{DeadCause, VerifyError, sanitize_code};
 use super::http::{Reply, join, parse_endpoint};
-use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
-use crate::api::Account;
+use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
+use crate::api::{Account, AuthType};
 
 pub(crate) struct Dropbox;
 
@@ -28,6 +27,8 @@ fn base(cx: &Cx<'_>) -> Result<reqwest::Url, VerifyError> {
 }
 
 impl ProviderApi for Dropbox {
+    const AUTH: &'static [AuthType] = &[AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &[];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
@@ -43,20 +44,15 @@ impl ProviderApi for Dropbox {
         })
     }
 
-    async fn probe(&self, cx: &Cx<'_>, grant: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
-        let grant = grant.ok_or_else(|| {
-            cx.misconfigured(Misconfiguration::Other(
-                "Dropbox needs an OAuth2 credential",
-            ))
-        })?;
         let request = cx
             .http
             .request(
                 Method::POST,
                 join(&base(cx)?, "/2/users/get_current_account"),
             )
-            .bearer_auth(grant.access_token(provider)?.expose());
+            .bearer_auth(access.token(provider)?.expose());
         let reply = cx
             .http
             .send("POST /2/users/get_current_account", request)
@@ -73,7 +69,7 @@ impl ProviderApi for Dropbox {
                     .or(account.name.map(|n| n.display_name))
                     .unwrap_or_default(),
             },
-            permissions: grant.scopes.clone().unwrap_or_default(),
+            permissions: access.scopes().cloned().unwrap_or_default(),
             credential_expires_at: None,
         })
     }

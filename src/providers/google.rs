@@ -11,11 +11,10 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::classify::api_status;
-use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
-use super::grant::Grant;
+use super::error::{DeadCause, TransientKind, VerifyError, sanitize_code};
 use super::http::{Reply, join, parse_endpoint};
-use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
-use crate::api::Account;
+use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
+use crate::api::{Account, AuthType};
 
 pub(crate) struct Google;
 
@@ -34,6 +33,8 @@ fn hosts(cx: &Cx<'_>) -> Result<(reqwest::Url, reqwest::Url), VerifyError> {
 }
 
 impl ProviderApi for Google {
+    const AUTH: &'static [AuthType] = &[AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &[];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
@@ -49,16 +50,13 @@ impl ProviderApi for Google {
         })
     }
 
-    async fn probe(&self, cx: &Cx<'_>, grant: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
-        let grant = grant.ok_or_else(|| {
-            cx.misconfigured(Misconfiguration::Other("Google needs an OAuth2 credential"))
-        })?;
         let request = cx
             .http
             .request(Method::GET, join(&hosts(cx)?.1, "/drive/v3/about"))
             .query(&[("fields", "user")])
-            .bearer_auth(grant.access_token(provider)?.expose());
+            .bearer_auth(access.token(provider)?.expose());
         let reply = cx.http.send("GET /drive/v3/about", request).await?;
         if !reply.is_success() {
             return Err(error(cx, &reply));
@@ -70,7 +68,7 @@ impl ProviderApi for Google {
                 id: user.permission_id.unwrap_or_default(),
                 name: user.email_address.or(user.display_name).unwrap_or_default(),
             },
-            permissions: grant.scopes.clone().unwrap_or_default(),
+            permissions: access.scopes().cloned().unwrap_or_default(),
             credential_expires_at: None,
         })
     }

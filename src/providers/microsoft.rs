@@ -22,9 +22,8 @@ use serde::Deserialize;
 
 use super::classify::{Class, OAuthErrorBody, api_status};
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
-use super::grant::Grant;
 use super::http::{Reply, host, join, parse_endpoint};
-use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig, jwt, missing_permissions};
+use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig, jwt, missing_permissions};
 use crate::api::{Account, AuthType};
 
 pub(crate) struct Microsoft;
@@ -159,12 +158,20 @@ pub(crate) fn classify_aadsts(codes: &[u64]) -> Option<(Class, u64)> {
 }
 
 impl ProviderApi for Microsoft {
+    const AUTH: &'static [AuthType] = &[AuthType::ClientCredentials, AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &["tenantId", "cloud", "siteId", "scope"];
 
     fn token_error_class(&self, body: &OAuthErrorBody) -> Option<(Class, String)> {
         let (class, aadsts) = classify_aadsts(&body.error_codes)?;
         let error = sanitize_code(&body.error).unwrap_or_default();
         Some((class, format!("{error}/AADSTS{aadsts}")))
+    }
+
+    /// Permission names compare case-insensitively (Entra treats them so). The rule folds
+    /// case for every entry, `site:<id>` included.
+    fn satisfies(&self, granted: &BTreeSet<String>, required: &str) -> bool {
+        granted.iter().any(|g| g.eq_ignore_ascii_case(required))
     }
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
@@ -191,16 +198,10 @@ impl ProviderApi for Microsoft {
         })
     }
 
-    async fn probe(&self, cx: &Cx<'_>, grant: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
         let (_, graph, _) = hosts(cx)?;
-        let token = grant
-            .ok_or_else(|| {
-                cx.misconfigured(Misconfiguration::Other(
-                    "Microsoft needs an OAuth2 credential",
-                ))
-            })?
-            .access_token(provider)?;
+        let token = access.token(provider)?;
         let app_only = cx.spec.auth == AuthType::ClientCredentials;
         let get = |call, path: String| {
             let request = cx

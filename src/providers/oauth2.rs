@@ -35,7 +35,7 @@ use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sani
 use super::grant::Grant;
 use super::http::{Reply, join, parse_endpoint};
 use super::token::{Introspected, introspect};
-use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig, json_id, jwt};
+use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig, json_id, jwt};
 use crate::api::{Account, AuthType};
 
 pub(crate) struct Generic;
@@ -250,6 +250,8 @@ fn moved(error: &VerifyError) -> Moved {
 }
 
 impl ProviderApi for Generic {
+    const AUTH: &'static [AuthType] = &[AuthType::ClientCredentials, AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = true;
     const PARAMS: &'static [&'static str] = &["tokenUrl", "introspectionUrl", "probeUrl", "scope"];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
@@ -302,14 +304,14 @@ impl ProviderApi for Generic {
         })
     }
 
-    async fn probe(&self, cx: &Cx<'_>, grant: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
-        let grant = grant.ok_or_else(|| {
-            cx.misconfigured(Misconfiguration::Other("oauth2 needs an OAuth2 credential"))
-        })?;
-        let token = grant.access_token(provider)?;
-        let introspected = match &grant.introspection_url {
-            Some(url) => match introspect_once_more_if_moved(cx, url, grant).await {
+        let token = access.token(provider)?;
+        let introspection = access
+            .grant()
+            .and_then(|g| Some((g.introspection_url.as_ref()?, g)));
+        let introspected = match introspection {
+            Some((url, grant)) => match introspect_once_more_if_moved(cx, url, grant).await {
                 Ok(introspected) => Some(introspected),
                 // The token was issued a moment ago: an issuer that cannot introspect its own
                 // RFC 9068 JWT access tokens (oidc-provider stores only opaque ones) calls it
@@ -319,7 +321,7 @@ impl ProviderApi for Generic {
             },
             None => None,
         };
-        let permissions = granted(cx, grant, introspected.as_ref());
+        let permissions = granted(cx, access.scopes(), introspected.as_ref());
         let mut account = named_before_probe(cx, token, introspected.as_ref())?;
 
         if let Some(url) = param_url(cx, "probeUrl", "params.probeUrl")? {
@@ -379,16 +381,19 @@ impl ProviderApi for Generic {
 
 /// The scopes the token holds: with introspection, the introspected `scope`, else the token
 /// response's, else none; without, the token response's, else the requested ones.
-fn granted(cx: &Cx<'_>, grant: &Grant, introspected: Option<&Introspected>) -> BTreeSet<String> {
+fn granted(
+    cx: &Cx<'_>,
+    scopes: Option<&BTreeSet<String>>,
+    introspected: Option<&Introspected>,
+) -> BTreeSet<String> {
     match introspected {
         Some(i) => i
             .scopes
             .clone()
-            .or_else(|| grant.scopes.clone())
+            .or_else(|| scopes.cloned())
             .unwrap_or_default(),
-        None => grant
-            .scopes
-            .clone()
+        None => scopes
+            .cloned()
             .unwrap_or_else(|| requested_scopes(cx).into_iter().collect()),
     }
 }

@@ -18,10 +18,9 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
-use super::grant::Grant;
 use super::http::{Reply, host, join, parse_endpoint};
 use super::retry_after::RateLimitReset;
-use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
+use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::{Account, AuthType};
 
 pub(crate) struct Procore;
@@ -33,7 +32,7 @@ const LEVELS: [&str; 4] = ["none", "read_only", "standard", "admin"];
 
 /// Splits `<tool>:<level>` into the tool and the level's rank. `company:`/`project:` entries
 /// and unknown levels are not tool levels.
-pub(crate) fn tool_level(permission: &str) -> Option<(&str, usize)> {
+fn tool_level(permission: &str) -> Option<(&str, usize)> {
     let (tool, level) = permission.rsplit_once(':')?;
     if tool.is_empty() || tool == "company" || tool == "project" {
         return None;
@@ -108,7 +107,24 @@ fn company_id<'a>(cx: &'a Cx<'_>) -> Result<Option<&'a str>, VerifyError> {
 }
 
 impl ProviderApi for Procore {
+    const AUTH: &'static [AuthType] = &[AuthType::ClientCredentials, AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = true;
     const PARAMS: &'static [&'static str] = &["companyId", "projectId"];
+
+    /// `<tool>:<level>` is satisfied by the same tool at that level or higher (none <
+    /// read_only < standard < admin); `company:<id>` and `project:<id>` only by equality.
+    fn satisfies(&self, granted: &BTreeSet<String>, required: &str) -> bool {
+        match tool_level(required) {
+            Some((tool, level)) => {
+                level == 0
+                    || granted
+                        .iter()
+                        .filter_map(|g| tool_level(g))
+                        .any(|(t, l)| t == tool && l >= level)
+            }
+            None => false,
+        }
+    }
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
         hosts(cx)?;
@@ -127,18 +143,12 @@ impl ProviderApi for Procore {
         })
     }
 
-    async fn probe(&self, cx: &Cx<'_>, grant: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
         let (_, api) = hosts(cx)?;
         let company = company_id(cx)?;
         let project = cx.param("projectId");
-        let token = grant
-            .ok_or_else(|| {
-                cx.misconfigured(Misconfiguration::Other(
-                    "Procore needs an OAuth2 credential",
-                ))
-            })?
-            .access_token(provider)?;
+        let token = access.token(provider)?;
         let get = |call, path: &str, query: Vec<(&'static str, String)>| {
             let mut request = cx
                 .http

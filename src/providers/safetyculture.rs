@@ -14,11 +14,10 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
-use super::grant::Grant;
 use super::http::{join, parse_endpoint};
 use super::retry_after::RateLimitReset;
-use super::{Cx, Probe, ProviderApi, TokenConfig};
-use crate::api::Account;
+use super::{Access, Cx, Probe, ProviderApi, TokenConfig};
+use crate::api::{Account, AuthType};
 
 pub(crate) struct SafetyCulture;
 
@@ -35,6 +34,8 @@ fn base(cx: &Cx<'_>) -> Result<reqwest::Url, VerifyError> {
 const INACTIVITY_EXPIRY: jiff::SignedDuration = jiff::SignedDuration::from_hours(30 * 24);
 
 impl ProviderApi for SafetyCulture {
+    const AUTH: &'static [AuthType] = &[AuthType::ApiKey];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &[];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
@@ -47,10 +48,10 @@ impl ProviderApi for SafetyCulture {
         )))
     }
 
-    async fn probe(&self, cx: &Cx<'_>, _: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
         let base = base(cx)?;
-        let key = cx.need("api_key")?;
+        let key = access.token(provider)?;
         let request = cx
             .http
             .request(Method::GET, join(&base, "/accounts/user/v1/user:WhoAmI"))

@@ -18,9 +18,8 @@ use serde::Deserialize;
 
 use super::classify::{Class, OAuthErrorBody, api_status};
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
-use super::grant::Grant;
 use super::http::{Reply, host, join, parse_endpoint};
-use super::{ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
+use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig};
 use crate::api::{Account, AuthType};
 
 pub(crate) struct Salesforce;
@@ -95,6 +94,8 @@ fn fields(cx: &Cx<'_>) -> Result<BTreeSet<String>, VerifyError> {
 }
 
 impl ProviderApi for Salesforce {
+    const AUTH: &'static [AuthType] = &[AuthType::ClientCredentials, AuthType::RefreshToken];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = true;
     const PARAMS: &'static [&'static str] = &["apiVersion"];
 
     /// Salesforce's token-endpoint codes for a user or org that is switched off (from
@@ -107,6 +108,13 @@ impl ProviderApi for Salesforce {
             )),
             _ => None,
         }
+    }
+
+    /// `permission:<field>` compares case-insensitively (SOQL field names are
+    /// case-insensitive); scopes only by equality.
+    fn satisfies(&self, granted: &BTreeSet<String>, required: &str) -> bool {
+        required.starts_with("permission:")
+            && granted.iter().any(|g| g.eq_ignore_ascii_case(required))
     }
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
@@ -125,16 +133,11 @@ impl ProviderApi for Salesforce {
         })
     }
 
-    async fn probe(&self, cx: &Cx<'_>, grant: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
         let version = api_version(cx)?;
-        let grant = grant.ok_or_else(|| {
-            cx.misconfigured(Misconfiguration::Other(
-                "Salesforce needs an OAuth2 credential",
-            ))
-        })?;
-        let token = grant.access_token(provider)?;
-        let instance = match &grant.instance_url {
+        let token = access.token(provider)?;
+        let instance = match access.grant().and_then(|g| g.instance_url.as_ref()) {
             Some(url) => parse_endpoint(provider, "instance_url in the token response", url)?,
             None => {
                 return Err(VerifyError::transient(
@@ -183,7 +186,7 @@ impl ProviderApi for Salesforce {
             .map_err(|e| e.with_account(&account))?;
         let result: QueryResult = reply.json(provider)?;
 
-        let mut permissions: BTreeSet<String> = grant.scopes.clone().unwrap_or_default();
+        let mut permissions: BTreeSet<String> = access.scopes().cloned().unwrap_or_default();
         if let Some(row) = result.records.first() {
             for (field, value) in row {
                 if field.starts_with("Permissions") && value.as_bool() == Some(true) {

@@ -15,10 +15,9 @@ use serde::Deserialize;
 
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
-use super::grant::Grant;
 use super::http::{join, parse_endpoint};
-use super::{Cx, Probe, ProviderApi, TokenConfig, json_id, missing_permissions};
-use crate::api::Account;
+use super::{Access, Cx, Probe, ProviderApi, TokenConfig, json_id, missing_permissions};
+use crate::api::{Account, AuthType};
 
 pub(crate) struct Simpro;
 
@@ -49,6 +48,8 @@ fn company(cx: &Cx<'_>) -> Result<String, VerifyError> {
 }
 
 impl ProviderApi for Simpro {
+    const AUTH: &'static [AuthType] = &[AuthType::ApiKey];
+    const MAY_ROTATE_REFRESH_TOKENS: bool = false;
     const PARAMS: &'static [&'static str] = &["companyId"];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
@@ -63,11 +64,11 @@ impl ProviderApi for Simpro {
         )))
     }
 
-    async fn probe(&self, cx: &Cx<'_>, _: Option<&Grant>) -> Result<Probe, VerifyError> {
+    async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
         let base = base(cx)?;
         let company = company(cx)?;
-        let key = cx.need("api_key")?;
+        let key = access.token(provider)?;
         let request = cx
             .http
             .request(Method::GET, join(&base, "/api/v1.0/currentUser/"))
