@@ -24,7 +24,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 
-use crate::api::conditions::reasons;
+use crate::api::conditions::Reason;
 use crate::api::{Account, AuthType, ConnectorCredential, Provider};
 use crate::providers::{
     CredentialMaterial, Misconfiguration, Providers, Verified, VerifyError, VerifyRequest,
@@ -379,7 +379,7 @@ impl Report {
         let mut report = Self {
             credential,
             provider: Some(provider),
-            verdict: reasons::CONNECTED,
+            verdict: Reason::Connected.as_str(),
             exit_code: EXIT_OK,
             account: None,
             permissions: Vec::new(),

@@ -126,35 +126,6 @@ impl From<Reason> for &'static str {
     }
 }
 
-/// Condition `reason` values as text (see [`Reason`]).
-pub mod reasons {
-    use super::Reason;
-
-    pub const CONNECTED: &str = Reason::Connected.as_str();
-    pub const CONNECTION_LOST: &str = Reason::ConnectionLost.as_str();
-    pub const SECRET_NOT_FOUND: &str = Reason::SecretNotFound.as_str();
-    pub const MISSING_KEY: &str = Reason::MissingKey.as_str();
-    pub const PROVIDER_UNREACHABLE: &str = Reason::ProviderUnreachable.as_str();
-    pub const MISCONFIGURED: &str = Reason::Misconfigured.as_str();
-    pub const PERMISSION_MISMATCH: &str = Reason::PermissionMismatch.as_str();
-    pub const PERMISSIONS_SATISFIED: &str = Reason::PermissionsSatisfied.as_str();
-    pub const VALIDATING: &str = Reason::Validating.as_str();
-    pub const IDLE: &str = Reason::Idle.as_str();
-    pub const ROTATED: &str = Reason::Rotated.as_str();
-    pub const ROTATION_REJECTED: &str = Reason::RotationRejected.as_str();
-    pub const PENDING: &str = Reason::Pending.as_str();
-    pub const EXPIRING_SOON: &str = Reason::ExpiringSoon.as_str();
-    pub const NOT_EXPIRING: &str = Reason::NotExpiring.as_str();
-    pub const CREDENTIAL_NOT_FOUND: &str = Reason::CredentialNotFound.as_str();
-    pub const IN_USE: &str = Reason::InUse.as_str();
-    pub const RESTART_TARGET_NOT_FOUND: &str = Reason::RestartTargetNotFound.as_str();
-    pub const RESTART_TARGETS_FOUND: &str = Reason::RestartTargetsFound.as_str();
-    pub const RESTARTED: &str = Reason::Restarted.as_str();
-    pub const TARGET_ALTERED: &str = Reason::TargetAltered.as_str();
-    pub const TARGET_RESTORED: &str = Reason::TargetRestored.as_str();
-    pub const TARGET_NOT_OWNED: &str = Reason::TargetNotOwned.as_str();
-}
-
 /// The phase of a ConnectorCredential or an Integration: one word for `kubectl get`. Only
 /// `Pending` means "wait"; every phase but `Connected` and `Pending` needs a person to act.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]

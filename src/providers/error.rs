@@ -10,8 +10,14 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use crate::api::conditions::reasons;
+use crate::api::conditions::Reason;
 use crate::api::{Account, AuthType, Provider};
+
+/// The largest credential value (a Secret key, or a token a provider issues) the operator
+/// accepts. Real ones are a few KiB at most; the target Secret holds several of them and
+/// the API server refuses Secrets over 1 MiB, and every value is sent to the provider on
+/// each validation.
+pub(crate) const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// A provider call, named for humans and for low-cardinality labels (`"POST /oauth/token"`).
 pub type Call = &'static str;
@@ -83,14 +89,14 @@ impl VerifyError {
     /// A stable CamelCase reason for conditions, events and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
-            VerifyError::Dead { .. } => reasons::CONNECTION_LOST,
-            VerifyError::PermissionDenied { .. } => reasons::PERMISSION_MISMATCH,
-            VerifyError::Transient { .. } => reasons::PROVIDER_UNREACHABLE,
+            VerifyError::Dead { .. } => Reason::ConnectionLost.as_str(),
+            VerifyError::PermissionDenied { .. } => Reason::PermissionMismatch.as_str(),
+            VerifyError::Transient { .. } => Reason::ProviderUnreachable.as_str(),
             VerifyError::Misconfigured {
                 problem: Misconfiguration::MissingKey(_),
                 ..
-            } => reasons::MISSING_KEY,
-            VerifyError::Misconfigured { .. } => reasons::MISCONFIGURED,
+            } => Reason::MissingKey.as_str(),
+            VerifyError::Misconfigured { .. } => Reason::Misconfigured.as_str(),
         }
     }
 
@@ -381,14 +387,14 @@ impl fmt::Display for KeyProblem {
             KeyProblem::TooLarge { bytes } => write!(
                 f,
                 "too large ({bytes} bytes; credential values are at most {} bytes)",
-                super::MAX_VALUE_BYTES
+                MAX_VALUE_BYTES
             ),
         }
     }
 }
 
 fn required_keys(auth: AuthType) -> String {
-    super::required_fields(auth).join(", ")
+    super::field::required_fields(auth).join(", ")
 }
 
 fn status_code(status: Option<u16>, code: Option<&str>) -> String {

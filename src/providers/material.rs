@@ -3,15 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use super::error::{KeyProblem, Misconfiguration, MissingKey, VerifyError};
+use super::error::{KeyProblem, MAX_VALUE_BYTES, Misconfiguration, MissingKey, VerifyError};
+use super::field::{Field, required_fields};
 use crate::api::{AuthType, Provider, SecretKeys};
 use crate::secret::Redacted;
-
-/// The largest credential value (a Secret key, or a token a provider issues) the operator
-/// accepts. Real ones are a few KiB at most; the target Secret holds several of them and
-/// the API server refuses Secrets over 1 MiB, and every value is sent to the provider on
-/// each validation.
-pub(crate) const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// Values read from the source Secret, under their default names, each redacted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -24,49 +19,6 @@ pub struct CredentialMaterial {
     pub refresh_token: Option<Redacted>,
     /// API key or token.
     pub api_key: Option<Redacted>,
-}
-
-/// One credential field of [`CredentialMaterial`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Field {
-    /// OAuth2 client id.
-    ClientId,
-    /// OAuth2 client secret.
-    ClientSecret,
-    /// OAuth2 refresh token.
-    RefreshToken,
-    /// API key or token.
-    ApiKey,
-}
-
-impl Field {
-    /// Every field, in the order revisions digest them.
-    pub const ALL: [Field; 4] = [
-        Field::ClientId,
-        Field::ClientSecret,
-        Field::RefreshToken,
-        Field::ApiKey,
-    ];
-
-    /// The field's default Secret key (and its key in the target Secret).
-    pub fn key(self) -> &'static str {
-        match self {
-            Field::ClientId => "client_id",
-            Field::ClientSecret => "client_secret",
-            Field::RefreshToken => "refresh_token",
-            Field::ApiKey => "api_key",
-        }
-    }
-}
-
-/// The credential fields (default Secret key names) an auth type needs.
-pub fn required_fields(auth: AuthType) -> &'static [&'static str] {
-    match auth {
-        AuthType::ClientCredentials => &["client_id", "client_secret"],
-        // client_secret is optional: public clients (PKCE apps) have none.
-        AuthType::RefreshToken => &["client_id", "refresh_token"],
-        AuthType::ApiKey => &["api_key"],
-    }
 }
 
 impl CredentialMaterial {
@@ -108,13 +60,13 @@ impl CredentialMaterial {
         let mut material = CredentialMaterial::default();
         match auth {
             AuthType::ClientCredentials | AuthType::RefreshToken => {
-                material.client_id = read("client_id", &keys.client_id)?;
-                material.client_secret = read("client_secret", &keys.client_secret)?;
+                material.client_id = read(Field::ClientId.key(), &keys.client_id)?;
+                material.client_secret = read(Field::ClientSecret.key(), &keys.client_secret)?;
                 if auth == AuthType::RefreshToken {
-                    material.refresh_token = read("refresh_token", &keys.refresh_token)?;
+                    material.refresh_token = read(Field::RefreshToken.key(), &keys.refresh_token)?;
                 }
             }
-            AuthType::ApiKey => material.api_key = read("api_key", &keys.api_key)?,
+            AuthType::ApiKey => material.api_key = read(Field::ApiKey.key(), &keys.api_key)?,
         }
         Ok(material)
     }
@@ -149,25 +101,22 @@ impl CredentialMaterial {
         &self,
         provider: Provider,
         auth: AuthType,
-        field: &'static str,
+        field: Field,
     ) -> Result<&Redacted, VerifyError> {
-        let value = match field {
-            "client_id" => self.client_id.as_ref(),
-            "client_secret" => self.client_secret.as_ref(),
-            "refresh_token" => self.refresh_token.as_ref(),
-            _ => self.api_key.as_ref(),
-        };
-        value.filter(|v| !v.is_empty()).ok_or_else(|| {
-            VerifyError::misconfigured(
-                provider,
-                Misconfiguration::MissingKey(MissingKey {
-                    field,
-                    key: field.to_owned(),
-                    auth,
-                    problem: KeyProblem::Absent,
-                }),
-            )
-        })
+        self.get(field)
+            .as_ref()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                VerifyError::misconfigured(
+                    provider,
+                    Misconfiguration::MissingKey(MissingKey {
+                        field: field.key(),
+                        key: field.key().to_owned(),
+                        auth,
+                        problem: KeyProblem::Absent,
+                    }),
+                )
+            })
     }
 }
 

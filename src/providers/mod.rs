@@ -62,6 +62,7 @@ pub mod budget;
 mod classify;
 mod dropbox;
 mod error;
+mod field;
 mod flight;
 mod google;
 mod grant;
@@ -92,16 +93,19 @@ use crate::api::{AuthType, ConnectorCredentialSpec};
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
 
+pub(crate) use error::MAX_VALUE_BYTES;
 pub use error::{
     Call, DeadCause, KeyProblem, Misconfiguration, MissingKey, TransientKind, VerifyError,
 };
-pub(crate) use material::MAX_VALUE_BYTES;
-pub use material::{CredentialMaterial, Field, required_fields};
+pub use field::{Field, required_fields};
+pub(crate) use grant::ClientAuth;
+pub use grant::Tokens;
+pub use material::CredentialMaterial;
 pub use permissions::missing_permissions;
-pub(crate) use rules::{Access, ClientAuth, Cx, ProviderApi, TokenConfig, json_id};
+pub(crate) use rules::{Access, Cx, ProviderApi, TokenConfig, json_id};
 pub use rules::{may_rotate_refresh_tokens, supported_auth};
 pub(crate) use verdict::Probe;
-pub use verdict::{Exchanged, Tokens, Verdict, Verified};
+pub use verdict::{Exchanged, Verdict, Verified};
 
 use flight::{Flight, FlightKey};
 use grant::Grant;
@@ -251,7 +255,7 @@ impl Providers {
             // granted tokens for the OAuth2 auth types and nothing for ApiKey.
             let access = match &grant {
                 Some(grant) => Access::Bearer(grant),
-                None => Access::ApiKey(cx.need("api_key")?),
+                None => Access::ApiKey(cx.need(Field::ApiKey)?),
             };
             let probe = with_api!(provider, api => api.probe(&cx, access).await)?;
             let missing = missing_permissions(provider, &probe.permissions, req.required);

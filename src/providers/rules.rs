@@ -8,10 +8,11 @@ use std::future::Future;
 
 use super::classify;
 use super::error::{Misconfiguration, VerifyError};
-use super::grant::Grant;
+use super::field::Field;
+use super::grant::{ClientAuth, Grant};
 use super::http::Http;
 use super::material::CredentialMaterial;
-use super::oauth2;
+use super::oauth2::discovery::DiscoveryCache;
 use super::verdict::Probe;
 use crate::api::{AuthType, ConnectorCredentialSpec, Provider};
 use crate::secret::Redacted;
@@ -57,7 +58,7 @@ impl<'a> Access<'a> {
 /// Everything a provider module needs for one verification.
 pub(crate) struct Cx<'a> {
     pub http: Http,
-    pub discovery: oauth2::DiscoveryCache,
+    pub discovery: DiscoveryCache,
     pub spec: &'a ConnectorCredentialSpec,
     pub material: &'a CredentialMaterial,
     pub required: &'a BTreeSet<String>,
@@ -66,7 +67,7 @@ pub(crate) struct Cx<'a> {
 impl<'a> Cx<'a> {
     pub(super) fn new(
         http: Http,
-        discovery: oauth2::DiscoveryCache,
+        discovery: DiscoveryCache,
         spec: &'a ConnectorCredentialSpec,
         material: &'a CredentialMaterial,
         required: &'a BTreeSet<String>,
@@ -92,22 +93,13 @@ impl<'a> Cx<'a> {
             .filter(|v| !v.is_empty())
     }
 
-    pub fn need(&self, field: &'static str) -> Result<&Redacted, VerifyError> {
+    pub fn need(&self, field: Field) -> Result<&Redacted, VerifyError> {
         self.material.need(self.provider(), self.spec.auth, field)
     }
 
     pub fn misconfigured(&self, problem: Misconfiguration) -> VerifyError {
         VerifyError::misconfigured(self.provider(), problem)
     }
-}
-
-/// How a provider authenticates token requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ClientAuth {
-    /// client_id and client_secret in the form body.
-    Body,
-    /// HTTP Basic (RFC 6749 §2.3.1).
-    Basic,
 }
 
 /// Where and how to ask for tokens.

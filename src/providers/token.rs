@@ -23,6 +23,7 @@ use tracing::instrument;
 
 use super::classify::{OAuthErrorBody, token_error};
 use super::error::{Call, DeadCause, TransientKind, VerifyError, sanitize_code};
+use super::field::Field;
 use super::grant::{Grant, TOKEN_CALL};
 use super::http::Http;
 use super::{ClientAuth, Cx, ProviderApi, Tokens};
@@ -76,7 +77,7 @@ async fn obtain_once(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
     let scopes = config.scopes.iter().map(|s| Scope::new(s.clone()));
     let transport = Transport::new(&cx.http, TOKEN_CALL);
     let spent = match cx.spec.auth {
-        AuthType::RefreshToken => Some(cx.need("refresh_token")?),
+        AuthType::RefreshToken => Some(cx.need(Field::RefreshToken)?),
         _ => None,
     };
     let result = match spent {
@@ -193,14 +194,14 @@ fn client(
     cx: &Cx<'_>,
     auth: ClientAuth,
 ) -> Result<Client<EndpointNotSet, EndpointNotSet>, VerifyError> {
-    let client_id = cx.need("client_id")?;
+    let client_id = cx.need(Field::ClientId)?;
     let mut client =
         Client::new(ClientId::new(client_id.expose().to_owned())).set_auth_type(match auth {
             ClientAuth::Body => ::oauth2::AuthType::RequestBody,
             ClientAuth::Basic => ::oauth2::AuthType::BasicAuth,
         });
     let secret = match cx.spec.auth {
-        AuthType::ClientCredentials => Some(cx.need("client_secret")?),
+        AuthType::ClientCredentials => Some(cx.need(Field::ClientSecret)?),
         _ => cx.material.client_secret.as_ref().filter(|s| !s.is_empty()),
     };
     if let Some(secret) = secret {

@@ -23,15 +23,18 @@
 //! it was issued is read as its own introspection (`scope`, `sub`, `client_id` claims):
 //! oidc-provider, for one, advertises introspection but cannot introspect its JWTs.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
-use serde::Deserialize;
 
+pub(crate) mod discovery;
+
+pub(crate) use self::discovery::DiscoveryCache;
+use self::discovery::{Metadata, metadata_ttl};
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
+use super::field::Field;
 use super::grant::Grant;
 use super::http::{Reply, join, parse_endpoint};
 use super::token::{Introspected, introspect};
@@ -71,96 +74,6 @@ fn metadata_urls(issuer: &Url) -> [Url; 2] {
     let mut rfc8414 = issuer.clone();
     rfc8414.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
     [rfc8414, join(issuer, "/.well-known/openid-configuration")]
-}
-
-/// How long discovery metadata is kept when the server does not say.
-const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(3600);
-/// The longest a server may ask us to keep it.
-const MAX_METADATA_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Issuers remembered at once.
-const METADATA_CACHE_SIZE: usize = 256;
-
-/// Authorization-server metadata by issuer, shared by every verification and refresh of one
-/// `Providers`: each fetch costs two requests when only the OpenID document exists, and a
-/// refresh should cost one. An entry lives as long as the document's `Cache-Control: max-age`
-/// (at most a day; `no-store`, `no-cache` or `max-age=0` keep it out), an hour when the server
-/// says nothing, and is dropped when a token or introspection call suggests the endpoints
-/// moved. Failed fetches are not cached.
-#[derive(Clone, Default)]
-pub(crate) struct DiscoveryCache(Arc<Mutex<HashMap<String, Cached>>>);
-
-struct Cached {
-    metadata: Metadata,
-    expires_at: jiff::Timestamp,
-}
-
-impl DiscoveryCache {
-    fn get(&self, issuer: &Url, now: jiff::Timestamp) -> Option<Metadata> {
-        let entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(issuer.as_str())
-            .filter(|c| c.expires_at > now)
-            .map(|c| c.metadata.clone())
-    }
-
-    fn put(&self, issuer: &Url, metadata: Metadata, ttl: Duration, now: jiff::Timestamp) {
-        let Some(expires_at) = jiff::SignedDuration::try_from(ttl)
-            .ok()
-            .and_then(|ttl| now.checked_add(ttl).ok())
-        else {
-            return;
-        };
-        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !entries.contains_key(issuer.as_str()) && entries.len() >= METADATA_CACHE_SIZE {
-            entries.retain(|_, c| c.expires_at > now);
-            if entries.len() >= METADATA_CACHE_SIZE
-                && let Some(soonest) = entries
-                    .iter()
-                    .min_by_key(|(_, c)| c.expires_at)
-                    .map(|(k, _)| k.clone())
-            {
-                entries.remove(&soonest);
-            }
-        }
-        entries.insert(
-            issuer.as_str().to_owned(),
-            Cached {
-                metadata,
-                expires_at,
-            },
-        );
-    }
-
-    fn forget(&self, issuer: &Url) {
-        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.remove(issuer.as_str()).is_some() {
-            tracing::debug!("forgot the cached authorization server metadata");
-        }
-    }
-}
-
-/// How long a discovery answer may be kept, from its `Cache-Control`; zero = not at all.
-fn metadata_ttl(reply: &Reply) -> Duration {
-    let Some(value) = reply
-        .headers
-        .get(reqwest::header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return DEFAULT_METADATA_TTL;
-    };
-    let mut ttl = DEFAULT_METADATA_TTL;
-    for directive in value.split(',').map(|d| d.trim().to_ascii_lowercase()) {
-        if directive == "no-store" || directive == "no-cache" {
-            return Duration::ZERO;
-        }
-        if let Some(secs) = directive
-            .strip_prefix("max-age=")
-            .and_then(|s| s.trim_matches('"').parse::<u64>().ok())
-        {
-            ttl = Duration::from_secs(secs).min(MAX_METADATA_TTL);
-        }
-    }
-    ttl
 }
 
 /// The issuer's metadata, from the cache or fetched (and then cached).
@@ -420,7 +333,7 @@ fn named_before_probe(
             .find_map(|v| v.clone().filter(|v| !v.is_empty()))
     });
     let client = match cx.spec.auth {
-        AuthType::ClientCredentials => Some(cx.need("client_id")?.expose().to_owned()),
+        AuthType::ClientCredentials => Some(cx.need(Field::ClientId)?.expose().to_owned()),
         _ => None,
     };
     Ok(Account {
@@ -442,7 +355,7 @@ fn named_before_probe(
 /// no introspection, an opaque token, no probe), the connection is known by its app.
 fn or_the_client(cx: &Cx<'_>, mut account: Account) -> Result<Account, VerifyError> {
     if account.id.is_empty() {
-        account.id = cx.need("client_id")?.expose().to_owned();
+        account.id = cx.need(Field::ClientId)?.expose().to_owned();
     }
     Ok(account)
 }
@@ -549,32 +462,9 @@ fn bearer_error(header: &str) -> Option<String> {
     })
 }
 
-#[derive(Clone, Deserialize)]
-struct Metadata {
-    #[serde(default)]
-    issuer: Option<String>,
-    #[serde(default)]
-    token_endpoint: Option<String>,
-    #[serde(default)]
-    introspection_endpoint: Option<String>,
-    #[serde(default)]
-    token_endpoint_auth_methods_supported: Vec<String>,
-}
-
-impl Metadata {
-    fn introspection_url(
-        &self,
-        provider: crate::api::Provider,
-    ) -> Result<Option<Url>, VerifyError> {
-        self.introspection_endpoint
-            .as_deref()
-            .map(|u| parse_endpoint(provider, "introspection_endpoint in the metadata", u))
-            .transpose()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::discovery::METADATA_CACHE_SIZE;
     use super::*;
 
     #[test]
