@@ -23,6 +23,7 @@ pub(crate) mod events;
 mod head;
 mod in_use;
 mod index;
+mod owned;
 pub(crate) mod react;
 pub(crate) mod read;
 mod revision;

@@ -21,11 +21,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
-use super::target::{CREDENTIAL_LABEL, MANAGED_BY_LABEL, REVISION_ANNOTATION};
+use super::owned;
+use super::target::REVISION_ANNOTATION;
 use crate::api::ConnectorCredential;
 use crate::secret::Redacted;
 
@@ -114,10 +114,6 @@ pub(crate) async fn read(
 
 /// The staging Secret holding `staged` (or nothing, with `None`).
 fn build(cred: &ConnectorCredential, existing: Option<&Secret>, staged: Option<&Staged>) -> Secret {
-    let mut labels = existing.map(|s| s.labels().clone()).unwrap_or_default();
-    labels.insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
-    labels.insert(CREDENTIAL_LABEL.into(), cred.name_any());
-    labels.insert(ROLE_LABEL.into(), ROLE.into());
     let mut annotations = existing
         .map(|s| s.annotations().clone())
         .unwrap_or_default();
@@ -130,20 +126,14 @@ fn build(cred: &ConnectorCredential, existing: Option<&Secret>, staged: Option<&
             ByteString(staged.token.expose().as_bytes().to_vec()),
         );
     }
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name(cred)),
-            namespace: cred.namespace(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: cred.controller_owner_ref(&()).map(|o| vec![o]),
-            resource_version: existing.and_then(|s| s.resource_version()),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(data),
-        ..Default::default()
-    }
+    owned::secret(
+        cred,
+        name(cred),
+        existing,
+        &[(ROLE_LABEL, ROLE)],
+        annotations,
+        data,
+    )
 }
 
 /// Why the staging Secret could not be written.
@@ -166,21 +156,10 @@ pub(crate) async fn write(
     existing: Option<&Secret>,
     staged: Option<&Staged>,
 ) -> Result<Secret, WriteError> {
-    let pp = PostParams {
-        field_manager: Some(crate::controller::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
     let attempt = |existing: Option<&Secret>| {
         let secret = build(cred, existing, staged);
         let exists = existing.is_some();
-        let pp = &pp;
-        async move {
-            if exists {
-                api.replace(&name(cred), pp, &secret).await
-            } else {
-                api.create(pp, &secret).await
-            }
-        }
+        async move { owned::write(api, &secret, exists).await }
     };
     match attempt(existing).await {
         Err(kube::Error::Api(e)) if e.code == 409 => {

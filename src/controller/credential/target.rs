@@ -18,11 +18,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use super::owned;
 use super::read::Candidate;
 use crate::api::{Account, ConnectorCredential};
 use crate::providers::{CredentialMaterial, Field, Tokens, Verified};
@@ -50,10 +50,6 @@ const RECORD_ANNOTATIONS: [&str; 7] = [
 ];
 /// The integrity entry for the record annotations (a data key can never contain `@`).
 const RECORD_ENTRY: &str = "@record";
-/// Label on every Secret the operator writes.
-pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "reconnect-operator");
-/// Label naming the ConnectorCredential a target Secret belongs to.
-pub const CREDENTIAL_LABEL: &str = "reconnect.dev/credential";
 
 /// The access token's window, as the target Secret records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -452,24 +448,14 @@ fn build(owner: &ConnectorCredential, existing: Option<&Secret>, v: &Validated) 
         INTEGRITY_ANNOTATION.into(),
         serde_json::to_string(&entries).unwrap_or_default(),
     );
-    let mut labels = existing.map(|s| s.labels().clone()).unwrap_or_default();
-    labels.insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
-    labels.insert(CREDENTIAL_LABEL.into(), owner.name_any());
-
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(owner.target_secret_name()),
-            namespace: owner.namespace(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: owner.controller_owner_ref(&()).map(|o| vec![o]),
-            resource_version: existing.and_then(|s| s.resource_version()),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(data),
-        ..Default::default()
-    }
+    owned::secret(
+        owner,
+        owner.target_secret_name(),
+        existing,
+        &[],
+        annotations,
+        data,
+    )
 }
 
 /// Writes validated material to the target Secret. An existing Secret is replaced with its
@@ -481,15 +467,7 @@ pub(crate) async fn write(
     existing: Option<&Secret>,
     v: &Validated,
 ) -> Result<Secret, kube::Error> {
-    let secret = build(owner, existing, v);
-    let pp = PostParams {
-        field_manager: Some(crate::controller::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    match existing {
-        Some(_) => api.replace(&owner.target_secret_name(), &pp, &secret).await,
-        None => api.create(&pp, &secret).await,
-    }
+    owned::write(api, &build(owner, existing, v), existing.is_some()).await
 }
 
 #[cfg(test)]
