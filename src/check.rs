@@ -127,7 +127,7 @@ pub enum InputError {
 }
 
 /// The verdict, ready to print.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     /// `namespace/name` of the credential.
@@ -360,18 +360,10 @@ fn load(credential: &Path, secret: &Path) -> Result<(ConnectorCredential, Secret
 impl Report {
     fn invalid_input(error: &InputError) -> Self {
         Self {
-            credential: String::new(),
-            provider: None,
             verdict: "InvalidInput",
             exit_code: EXIT_INVALID_INPUT,
-            account: None,
-            permissions: Vec::new(),
-            missing_permissions: Vec::new(),
-            access_token_expires_at: None,
-            credential_expires_at: None,
-            retry_after_seconds: None,
-            rotated_secret: None,
             message: Some(error.to_string()),
+            ..Self::default()
         }
     }
 
@@ -381,14 +373,7 @@ impl Report {
             provider: Some(provider),
             verdict: Reason::Connected.as_str(),
             exit_code: EXIT_OK,
-            account: None,
-            permissions: Vec::new(),
-            missing_permissions: Vec::new(),
-            access_token_expires_at: None,
-            credential_expires_at: None,
-            retry_after_seconds: None,
-            rotated_secret: None,
-            message: None,
+            ..Self::default()
         };
         match result {
             Ok(verified) => {

@@ -46,13 +46,11 @@ impl ProviderApi for Dropbox {
 
     async fn probe(&self, cx: &Cx<'_>, access: Access<'_>) -> Result<Probe, VerifyError> {
         let provider = cx.provider();
-        let request = cx
-            .http
-            .request(
-                Method::POST,
-                join(&base(cx)?, "/2/users/get_current_account"),
-            )
-            .bearer_auth(access.token(provider)?.expose());
+        let request = cx.http.bearer(
+            Method::POST,
+            join(&base(cx)?, "/2/users/get_current_account"),
+            access.token(provider)?,
+        );
         let reply = cx
             .http
             .send("POST /2/users/get_current_account", request)

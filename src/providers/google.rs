@@ -54,9 +54,12 @@ impl ProviderApi for Google {
         let provider = cx.provider();
         let request = cx
             .http
-            .request(Method::GET, join(&hosts(cx)?.1, "/drive/v3/about"))
-            .query(&[("fields", "user")])
-            .bearer_auth(access.token(provider)?.expose());
+            .bearer(
+                Method::GET,
+                join(&hosts(cx)?.1, "/drive/v3/about"),
+                access.token(provider)?,
+            )
+            .query(&[("fields", "user")]);
         let reply = cx.http.send("GET /drive/v3/about", request).await?;
         if !reply.is_success() {
             return Err(error(cx, &reply));

@@ -151,6 +151,17 @@ impl Http {
         self.client.request(method, url).timeout(self.timeout)
     }
 
+    /// A request carrying `token` as its Bearer credential: the one place a provider token
+    /// is put into a request.
+    pub fn bearer(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        token: &crate::secret::Redacted,
+    ) -> reqwest::RequestBuilder {
+        self.request(method, url).bearer_auth(token.expose())
+    }
+
     /// Sends a request and reads the whole answer. Only transport failures are errors here;
     /// statuses are for the caller to classify.
     pub async fn send(

@@ -204,10 +204,7 @@ impl ProviderApi for Microsoft {
         let token = access.token(provider)?;
         let app_only = cx.spec.auth == AuthType::ClientCredentials;
         let get = |call, path: String| {
-            let request = cx
-                .http
-                .request(Method::GET, join(&graph, &path))
-                .bearer_auth(token.expose());
+            let request = cx.http.bearer(Method::GET, join(&graph, &path), token);
             cx.http.send(call, request)
         };
 

@@ -152,8 +152,7 @@ impl ProviderApi for Procore {
         let get = |call, path: &str, query: Vec<(&'static str, String)>| {
             let mut request = cx
                 .http
-                .request(Method::GET, join(&api, path))
-                .bearer_auth(token.expose())
+                .bearer(Method::GET, join(&api, path), token)
                 .query(&query);
             if let Some(company) = company {
                 request = request.header("Procore-Company-Id", company);

@@ -52,10 +52,11 @@ impl ProviderApi for SafetyCulture {
         let provider = cx.provider();
         let base = base(cx)?;
         let key = access.token(provider)?;
-        let request = cx
-            .http
-            .request(Method::GET, join(&base, "/accounts/user/v1/user:WhoAmI"))
-            .bearer_auth(key.expose());
+        let request = cx.http.bearer(
+            Method::GET,
+            join(&base, "/accounts/user/v1/user:WhoAmI"),
+            key,
+        );
         let reply = cx
             .http
             .send("GET /accounts/user/v1/user:WhoAmI", request)

@@ -151,10 +151,11 @@ impl ProviderApi for Salesforce {
             }
         };
 
-        let request = cx
-            .http
-            .request(Method::GET, join(&instance, "/services/oauth2/userinfo"))
-            .bearer_auth(token.expose());
+        let request = cx.http.bearer(
+            Method::GET,
+            join(&instance, "/services/oauth2/userinfo"),
+            token,
+        );
         let reply = checked(
             cx,
             cx.http
@@ -176,12 +177,12 @@ impl ProviderApi for Salesforce {
         );
         let request = cx
             .http
-            .request(
+            .bearer(
                 Method::GET,
                 join(&instance, &format!("/services/data/{version}/query")),
+                token,
             )
-            .query(&[("q", soql)])
-            .bearer_auth(token.expose());
+            .query(&[("q", soql)]);
         let reply = checked(cx, cx.http.send("GET /services/data/query", request).await?)
             .map_err(|e| e.with_account(&account))?;
         let result: QueryResult = reply.json(provider)?;

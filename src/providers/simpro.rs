@@ -71,8 +71,7 @@ impl ProviderApi for Simpro {
         let key = access.token(provider)?;
         let request = cx
             .http
-            .request(Method::GET, join(&base, "/api/v1.0/currentUser/"))
-            .bearer_auth(key.expose());
+            .bearer(Method::GET, join(&base, "/api/v1.0/currentUser/"), key);
         let reply = cx.http.send("GET /api/v1.0/currentUser/", request).await?;
         if !reply.is_success() {
             // No 401/403 body shape is documented (UNCONFIRMED): status codes only.

@@ -238,10 +238,7 @@ impl ProviderApi for Generic {
         let mut account = named_before_probe(cx, token, introspected.as_ref())?;
 
         if let Some(url) = param_url(cx, "probeUrl", "params.probeUrl")? {
-            let request = cx
-                .http
-                .request(Method::GET, url)
-                .bearer_auth(token.expose());
+            let request = cx.http.bearer(Method::GET, url, token);
             let reply = cx.http.send("GET probeUrl", request).await?;
             if !reply.is_success() {
                 let known = or_the_client(cx, account.clone())?;
