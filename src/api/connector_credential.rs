@@ -406,7 +406,7 @@ pub struct ActiveHealth {
 }
 
 /// The states of [`ActiveHealth`].
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum HealthState {
     /// The last probe or refresh succeeded.
     Healthy,

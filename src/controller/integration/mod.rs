@@ -30,7 +30,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{debug, info};
 
 use self::aggregate::Found;
@@ -407,32 +406,28 @@ fn integrations_for_credential(
 }
 
 /// What an Integration reads of a credential, as a hash: a change to anything else (a token
-/// refresh's new expiry, a probe time) does not wake the Integrations that use it. (A hash,
-/// not the text, is kept per credential: 8 bytes instead of about a kilobyte.)
+/// refresh's new expiry, a probe time) does not wake the Integrations that use it. (A hash is
+/// kept per credential: 8 bytes instead of the fields.)
 fn aggregated(cred: &DeserializeGuard<ConnectorCredential>) -> u64 {
-    let meta = &cred.meta();
-    let seen = cred.0.as_ref().map(|c| {
-        let s = c.status.clone().unwrap_or_default();
-        json!({
-            "provider": c.spec.provider,
-            "phase": s.phase,
-            "account": s.account,
-            "permissions": s.permissions,
-            "activeRevision": s.active_revision,
-            "health": s.active_health.as_ref().map(|h| h.state),
-            "conditions": s.conditions.iter()
-                .map(|c| (&c.type_, &c.status, &c.reason, &c.message))
-                .collect::<Vec<_>>(),
-        })
-    });
-    let text = json!({
-        "generation": meta.generation,
-        "deleting": meta.deletion_timestamp.is_some(),
-        "seen": seen.unwrap_or(serde_json::Value::Null),
-    });
+    use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&text.to_string(), &mut h);
-    std::hash::Hasher::finish(&h)
+    let meta = cred.meta();
+    meta.generation.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    if let Ok(c) = &cred.0 {
+        c.spec.provider.hash(&mut h);
+        if let Some(s) = &c.status {
+            s.phase.hash(&mut h);
+            s.account.as_ref().map(|a| (&a.id, &a.name)).hash(&mut h);
+            s.permissions.hash(&mut h);
+            s.active_revision.hash(&mut h);
+            s.active_health.as_ref().map(|x| x.state).hash(&mut h);
+            for c in &s.conditions {
+                (&c.type_, &c.status, &c.reason, &c.message).hash(&mut h);
+            }
+        }
+    }
+    h.finish()
 }
 
 fn controller(ctx: &Context, namespace: Option<&str>, index: Arc<Index>) -> Controller<Guarded> {

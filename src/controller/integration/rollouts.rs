@@ -29,7 +29,7 @@ pub const DEFAULT_ROLLOUT_HOLD: Duration = Duration::from_secs(10 * 60);
 /// How soon an Integration waiting for a slot looks again.
 const RETRY: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct InFlight {
     namespace: String,
     kind: RestartKind,
@@ -42,7 +42,7 @@ pub(crate) struct Rollouts {
     /// 0: no limit.
     limit: usize,
     hold: Duration,
-    in_flight: tokio::sync::Mutex<Vec<InFlight>>,
+    in_flight: Mutex<Vec<InFlight>>,
     /// The Integrations waiting for slots, by key.
     waiting: Mutex<BTreeSet<String>>,
 }
@@ -52,9 +52,13 @@ impl Rollouts {
         Self {
             limit,
             hold,
-            in_flight: tokio::sync::Mutex::default(),
+            in_flight: Mutex::default(),
             waiting: Mutex::default(),
         }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, Vec<InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
@@ -72,21 +76,24 @@ impl Rollouts {
         namespace: &str,
         targets: &[RestartTarget],
     ) -> Result<(), Duration> {
-        let mut in_flight = self.in_flight.lock().await;
         let now = Instant::now();
         let needed = targets.len().max(1);
         let fits = |n: usize| self.limit == 0 || n == 0 || n + needed <= self.limit;
-        if !fits(in_flight.len()) {
-            // Free the slots of rollouts that finished (or held theirs long enough).
-            let mut still = Vec::with_capacity(in_flight.len());
-            for rollout in in_flight.drain(..) {
-                let expired = now.saturating_duration_since(rollout.since) >= self.hold;
-                if !expired && !complete(client, &rollout).await {
-                    still.push(rollout);
-                }
+        // Which rollouts are over, read without holding the lock (a slow read must not hold
+        // up every other Integration, and a cancelled admit must not lose slots).
+        let full = {
+            let in_flight = self.in_flight();
+            (!fits(in_flight.len())).then(|| in_flight.clone())
+        };
+        let mut over = Vec::new();
+        for rollout in full.unwrap_or_default() {
+            let expired = now.saturating_duration_since(rollout.since) >= self.hold;
+            if expired || complete(client, &rollout).await {
+                over.push(rollout);
             }
-            *in_flight = still;
         }
+        let mut in_flight = self.in_flight();
+        in_flight.retain(|r| !over.contains(r));
         let admitted = fits(in_flight.len());
         if admitted {
             in_flight.extend(targets.iter().map(|t| InFlight {
@@ -112,4 +119,51 @@ impl Rollouts {
 /// Whether a rollout is over (see [`workload::rolled_out`]).
 async fn complete(client: &Client, rollout: &InFlight) -> bool {
     workload::rolled_out(client, &rollout.namespace, rollout.kind, &rollout.name).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str) -> RestartTarget {
+        serde_json::from_value(serde_json::json!({"kind": "Deployment", "name": name})).unwrap()
+    }
+
+    /// A client whose API server accepts connections and never answers.
+    async fn silent_client() -> (Client, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let config = kube::Config::new(url.parse().unwrap());
+        (Client::try_from(config).unwrap(), server)
+    }
+
+    #[tokio::test]
+    async fn an_admit_cancelled_while_reading_loses_no_slot() {
+        let (client, server) = silent_client().await;
+        let metrics = Metrics::new();
+        let rollouts = Rollouts::new(1, Duration::from_secs(600));
+        let admit = |key: &'static str, name: &'static str| {
+            let (client, metrics, rollouts) = (&client, &metrics, &rollouts);
+            async move {
+                rollouts
+                    .admit(client, metrics, key, "ns", &[target(name)])
+                    .await
+            }
+        };
+        assert_eq!(admit("a", "one").await, Ok(()));
+        // The limit is reached: the next admit reads whether "one" is done, and the server
+        // never answers; the caller gives up.
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), admit("b", "two")).await;
+        assert!(gave_up.is_err(), "the read hangs");
+        // "one" still holds its slot: nothing was lost by the cancelled admit.
+        assert_eq!(rollouts.in_flight().len(), 1);
+        assert_eq!(rollouts.in_flight()[0].name, "one");
+        server.abort();
+    }
 }
