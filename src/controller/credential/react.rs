@@ -208,3 +208,241 @@ pub(crate) fn react(input: &Input<'_>, outcome: &Outcome) -> Reaction {
         view,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Account, ActiveHealth, HealthState, Phase, Provider};
+    use crate::controller::conditions::get;
+    use crate::providers::{CredentialMaterial, DeadCause, TransientKind, VerifyError};
+    use crate::secret::Redacted;
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn candidate(token: &str) -> Source {
+        let material = CredentialMaterial {
+            client_id: Some(Redacted::from("app".to_owned())),
+            refresh_token: Some(Redacted::from(token.to_owned())),
+            ..Default::default()
+        };
+        Source::Ready {
+            candidate: super::super::read::Candidate::new(material),
+            reference: ObjectReference::default(),
+        }
+    }
+
+    fn active(revision: &str, now: Timestamp) -> ConnectorCredentialStatus {
+        ConnectorCredentialStatus {
+            phase: Some(Phase::Connected),
+            active_revision: Some(revision.to_owned()),
+            account: Some(Account {
+                id: "1".into(),
+                name: "svc@acme.com".into(),
+            }),
+            active_health: Some(ActiveHealth {
+                state: HealthState::Healthy,
+                message: "ok".into(),
+                since: Time(now),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn dead() -> VerifyError {
+        VerifyError::dead(
+            Provider::Procore,
+            "POST token endpoint",
+            Some(400),
+            Some("invalid_grant".into()),
+            DeadCause::InvalidGrant,
+        )
+    }
+
+    fn down() -> VerifyError {
+        VerifyError::transient(
+            Provider::Procore,
+            "POST token endpoint",
+            TransientKind::Unavailable,
+            Some(503),
+            None,
+            None,
+        )
+    }
+
+    fn denied() -> VerifyError {
+        VerifyError::denied(
+            Provider::Procore,
+            "GET /rest/v1.0/me",
+            Some(403),
+            None,
+            vec!["projects:admin".into()],
+        )
+    }
+
+    #[test]
+    fn every_outcome_to_phase_ready_reason_and_events() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let (old, new) = (candidate("rt-old"), candidate("rt-new"));
+        let (a, b) = (
+            old.revision().unwrap().to_owned(),
+            new.revision().unwrap().to_owned(),
+        );
+        let connected = active(&a, now);
+        let idle = Plan {
+            step: Step::Idle,
+            wake_at: None,
+        };
+        let rotate = Plan {
+            step: Step::Rotate {
+                revision: b.clone(),
+            },
+            wake_at: None,
+        };
+        let probe = Plan {
+            step: Step::Revalidate { refresh: false },
+            wake_at: None,
+        };
+        type Row<'a> = (
+            &'a str,
+            Option<&'a ConnectorCredentialStatus>,
+            &'a Source,
+            &'a Plan,
+            Outcome,
+            (Phase, Reason, &'a [&'a str]),
+        );
+        let rows: Vec<Row<'_>> = vec![
+            (
+                "nothing due",
+                Some(&connected),
+                &old,
+                &idle,
+                Outcome::Nothing,
+                (Phase::Connected, Reason::Connected, &[]),
+            ),
+            (
+                "a dead candidate is refused; the active one stays",
+                Some(&connected),
+                &new,
+                &rotate,
+                Outcome::Rejected {
+                    revision: b.clone(),
+                    error: dead(),
+                    spent: false,
+                },
+                (
+                    Phase::RotationRejected,
+                    Reason::RotationRejected,
+                    &["Warning/RotationRejected"],
+                ),
+            ),
+            (
+                "a weaker candidate is refused",
+                Some(&connected),
+                &new,
+                &rotate,
+                Outcome::Rejected {
+                    revision: b.clone(),
+                    error: denied(),
+                    spent: false,
+                },
+                (
+                    Phase::PermissionMismatch,
+                    Reason::PermissionMismatch,
+                    &["Warning/RotationRejected"],
+                ),
+            ),
+            (
+                "the first credential is dead",
+                None,
+                &new,
+                &rotate,
+                Outcome::Rejected {
+                    revision: b.clone(),
+                    error: dead(),
+                    spent: false,
+                },
+                (
+                    Phase::ConnectionLost,
+                    Reason::ConnectionLost,
+                    &["Warning/RotationRejected"],
+                ),
+            ),
+            (
+                "the active credential dies",
+                Some(&connected),
+                &old,
+                &probe,
+                Outcome::ActiveFailed {
+                    error: dead(),
+                    write: None,
+                },
+                (
+                    Phase::ConnectionLost,
+                    Reason::ConnectionLost,
+                    &["Warning/ConnectionLost"],
+                ),
+            ),
+            (
+                "the provider is down while a candidate is validated",
+                Some(&connected),
+                &new,
+                &rotate,
+                Outcome::Transient {
+                    error: down(),
+                    write: None,
+                    rotating: true,
+                    unwritten: None,
+                },
+                (Phase::Pending, Reason::Validating, &[]),
+            ),
+            (
+                "the provider is down for the first credential",
+                None,
+                &new,
+                &rotate,
+                Outcome::Transient {
+                    error: down(),
+                    write: None,
+                    rotating: true,
+                    unwritten: None,
+                },
+                (Phase::Pending, Reason::Validating, &[]),
+            ),
+        ];
+        for (name, status, source, plan, outcome, (phase, reason, said)) in rows {
+            let view = View::Missing;
+            let input = Input {
+                status,
+                generation: Some(1),
+                target_name: "procore-sync-active",
+                spec_problem: None,
+                source,
+                target: &Target::Missing,
+                view: &view,
+                plan,
+                timing: Timing::fallback(),
+                now,
+            };
+            let reaction = react(&input, &outcome);
+            let ready = get(
+                &reaction.status.conditions,
+                crate::api::conditions::types::READY,
+            )
+            .unwrap();
+            let events: Vec<String> = reaction
+                .events
+                .iter()
+                .map(|n| format!("{:?}/{}", n.type_, n.reason))
+                .collect();
+            assert_eq!(
+                (reaction.status.phase, ready.reason.as_str(), events),
+                (
+                    Some(phase),
+                    reason.as_str(),
+                    said.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+                ),
+                "{name}"
+            );
+        }
+    }
+}
