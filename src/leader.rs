@@ -110,15 +110,26 @@ where
         duration: Duration::from_secs(duration),
         tolerance: Duration::from_secs(duration - grace),
     };
-    let manager = LeaseManagerBuilder::new(client, &options.name)
-        .with_namespace(&namespace)
-        .with_identity(&options.identity)
-        .with_duration(duration)
-        .with_grace(grace)
-        .with_field_manager(format!("{FIELD_MANAGER}-lease"))
-        .build()
-        .await?;
-    let (mut leading, task) = manager.watch().await;
+    // Setting up the lease reads and may create it: a stop meanwhile (SIGTERM while the API
+    // server is slow or unreachable) ends the wait at once.
+    let setup = async {
+        let manager = LeaseManagerBuilder::new(client, &options.name)
+            .with_namespace(&namespace)
+            .with_identity(&options.identity)
+            .with_duration(duration)
+            .with_grace(grace)
+            .with_field_manager(format!("{FIELD_MANAGER}-lease"))
+            .build()
+            .await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(manager.watch().await)
+    };
+    let (mut leading, task) = tokio::select! {
+        ready = setup => ready?,
+        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+            info!("stopped before the lease was set up");
+            return Ok(());
+        }
+    };
     info!(lease = %options.name, %namespace, identity = %options.identity, "waiting for the lease");
     health.set_standby(true);
     loop {

@@ -418,3 +418,116 @@ async fn no_more_reconciles_run_at_once_than_the_limit() {
     tokio::time::timeout(WAIT, r.task).await.unwrap().unwrap();
     cluster.cleanup().await;
 }
+
+/// A file removed when dropped, whether the test passes or fails.
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn sigterm_while_the_api_server_does_not_answer_stops_at_once() {
+    // The controllers wait for their first list; with leader election, the lease setup waits.
+    stops_at_once_against_a_silent_api_server(&[], "shutting down");
+    stops_at_once_against_a_silent_api_server(
+        &["--leader-election"],
+        "stopped before the lease was set up",
+    );
+}
+
+/// Starts the binary with `flags` against an API server that never answers, sends SIGTERM
+/// once it serves, and expects a clean exit well inside the shutdown grace period, having
+/// logged `says`.
+fn stops_at_once_against_a_silent_api_server(flags: &[&str], says: &str) {
+    // An API server that accepts connections and never answers: the lease is never set up.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for conn in silent.incoming().take(64) {
+            conns.push(conn);
+        }
+    });
+    let kubeconfig = Removed(std::env::temp_dir().join(format!(
+        "reconnect-silent-{}-{port}.kubeconfig",
+        std::process::id()
+    )));
+    std::fs::write(
+        &kubeconfig.0,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: silent, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: silent, user: u, namespace: default}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reconnect-operator"))
+        .args([
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(flags)
+        .env("KUBECONFIG", &kubeconfig.0)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Running: the HTTP endpoints are up, the lease setup hangs on the silent server.
+    let mut logs = Vec::new();
+    while !logs.iter().any(|l: &String| l.contains("serving /metrics")) {
+        logs.push(lines.recv_timeout(WAIT).expect("the operator starts"));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Well inside the 20 s grace period a hung reconcile would get.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            logs.extend(lines.try_iter());
+            panic!(
+                "{flags:?}: the operator did not stop on SIGTERM within 10 s; logs:\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    logs.extend(lines.try_iter());
+    let logs = logs.join("\n");
+    assert!(
+        status.success(),
+        "{flags:?}: exit {status:?}; logs:\n{logs}"
+    );
+    assert!(logs.contains(says), "{flags:?}: {logs}");
+    assert!(
+        !logs.contains("grace period"),
+        "{flags:?}: the stop waited for the grace period:\n{logs}"
+    );
+    drop(held);
+}

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use kube::Resource;
 use kube::api::Api;
 use kube::core::{DeserializeGuard, NamespaceResourceScope};
@@ -196,11 +196,26 @@ pub(crate) async fn run<R: Reconciler>(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let cache = reconciler.context().caches.track();
-    cache.synced_when(super::store_ready(controller.store()));
+    let store = controller.store();
+    cache.synced_when(super::store_ready(store.clone()));
+    let shutdown = shutdown.boxed().shared();
+    // kube-runtime holds reconciles until the cache has listed once, and its graceful
+    // shutdown waits for that too: with an API server that never answers the list, a stop
+    // would wait forever. No reconcile can be running then, so the stop is immediate.
+    let unsynced = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if store.wait_until_ready().now_or_never().is_some() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     controller
         .reconcile_all_on(reconcile_all)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<R>, error_policy::<R>, reconciler)
+        .take_until(unsynced)
         .for_each(|result| async move {
             if let Err(err) = result {
                 tracing::debug!(error = %err, "controller event");
