@@ -62,6 +62,8 @@ pub(crate) trait Reconciler: Send + Sync + 'static {
 
     /// The kind, for messages: `ConnectorCredential`.
     const KIND: &'static str;
+    /// The fresh read, as its errors name it: `get ConnectorCredential`.
+    const GET: &'static str;
     /// The controller's name in metrics.
     const CONTROLLER: &'static str;
     /// The prefix of its per-object keys, so objects of two kinds with one name never share
@@ -124,7 +126,7 @@ pub(crate) async fn reconcile<R: Reconciler>(
     let Some(fresh) = Api::<DeserializeGuard<R::Object>>::namespaced(ctx.client.clone(), ns)
         .get_opt(name)
         .await
-        .map_err(kube_err("get object"))?
+        .map_err(kube_err(R::GET))?
     else {
         ctx.forget(&key);
         reconciler.forget(ns, name, &key);
@@ -262,6 +264,7 @@ mod tests {
         type Object = crate::api::Integration;
         type Admission = ();
         const KIND: &'static str = "Integration";
+        const GET: &'static str = "get Integration";
         const CONTROLLER: &'static str = "integration";
         const KEY: &'static str = "probe";
 

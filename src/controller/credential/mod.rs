@@ -97,6 +97,7 @@ impl Reconciler for Credentials {
     /// The priority of this turn, and a routine worker's permit.
     type Admission = (Priority, Option<tokio::sync::OwnedSemaphorePermit>);
     const KIND: &'static str = "ConnectorCredential";
+    const GET: &'static str = "get ConnectorCredential";
     const CONTROLLER: &'static str = "connectorcredential";
     const KEY: &'static str = "credential";
 

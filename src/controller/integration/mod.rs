@@ -96,6 +96,7 @@ impl Reconciler for State {
     type Object = Integration;
     type Admission = ();
     const KIND: &'static str = "Integration";
+    const GET: &'static str = "get Integration";
     const CONTROLLER: &'static str = "integration";
     const KEY: &'static str = "integration";
 
