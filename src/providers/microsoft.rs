@@ -168,8 +168,8 @@ impl ProviderApi for Microsoft {
         Some((class, format!("{error}/AADSTS{aadsts}")))
     }
 
-    /// Permission names compare case-insensitively (Entra treats them so). The rule folds
-    /// case for every entry, `site:<id>` included.
+    /// Every entry compares case-insensitively: permission names (Entra treats them so) and
+    /// `site:<id>` (a host name and two GUIDs, none case-sensitive).
     fn satisfies(&self, granted: &BTreeSet<String>, required: &str) -> bool {
         granted.iter().any(|g| g.eq_ignore_ascii_case(required))
     }

@@ -10,8 +10,8 @@ use crate::api::Provider;
 /// vocabulary ([`ProviderApi::satisfies`]):
 /// - procore: `<tool>:<level>` is satisfied by the same tool at that level or higher
 ///   (none < read_only < standard < admin); `company:<id>` and `project:<id>` by equality.
-/// - microsoft: permission names compare case-insensitively (Entra treats them so);
-///   `site:<id>` by equality.
+/// - microsoft: every entry compares case-insensitively: permission names (Entra treats them
+///   so) and `site:<id>` (a Graph site id is a host name and two GUIDs, none case-sensitive).
 /// - salesforce: `permission:<field>` compares case-insensitively (SOQL field names are
 ///   case-insensitive); scopes by equality.
 /// - everything else: plain set difference.
