@@ -9,11 +9,11 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+use super::dispatch;
 use super::error::{TransientKind, VerifyError};
 use super::grant::Grant;
 use super::material::CredentialMaterial;
 use super::rules::Cx;
-use super::token;
 use super::{Providers, VerifyRequest};
 use crate::api::AuthType;
 
@@ -40,7 +40,7 @@ impl Providers {
     /// Obtains tokens; refresh-token grants go through the single-flight map.
     pub(super) async fn grant(&self, req: &VerifyRequest<'_>) -> Result<Grant, VerifyError> {
         if req.spec.auth != AuthType::RefreshToken {
-            return token::obtain(&self.cx(req)).await;
+            return dispatch::obtain(&self.cx(req)).await;
         }
         self.single_flight(req).await
     }
@@ -104,7 +104,7 @@ impl Providers {
         let landed = Arc::clone(&self.landed);
         let task = tokio::spawn(async move {
             let cx = Cx::new(http, discovery, &spec, &material, &required);
-            let result = token::obtain(&cx).await;
+            let result = dispatch::obtain(&cx).await;
             if let Ok(grant) = &result
                 && grant.tokens.refresh_token.is_some()
             {

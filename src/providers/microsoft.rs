@@ -23,7 +23,7 @@ use serde::Deserialize;
 use super::classify::{Class, OAuthErrorBody, api_status};
 use super::error::{DeadCause, Misconfiguration, TransientKind, VerifyError, sanitize_code};
 use super::http::{Reply, host, join, parse_endpoint};
-use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig, jwt, missing_permissions};
+use super::{Access, ClientAuth, Cx, Probe, ProviderApi, TokenConfig, jwt};
 use crate::api::{Account, AuthType};
 
 pub(crate) struct Microsoft;
@@ -270,7 +270,7 @@ impl ProviderApi for Microsoft {
         if app_only && claims.is_some() && !has_roles {
             return Err(VerifyError::PermissionDenied {
                 provider,
-                missing: missing_permissions(provider, &permissions, cx.required),
+                missing: super::permissions::missing(self, &permissions, cx.required),
                 account: Some(account),
                 granted: permissions,
                 call: None,

@@ -10,9 +10,12 @@
 //!
 //! This module is the facade: [`Providers`] and its verify, exchange, probe and refresh. The
 //! rest is in parts, re-exported here: `rules.rs` (the `ProviderApi` each provider
-//! implements, its context, preflight), `material.rs` (what is read from the Secret),
-//! `verdict.rs` (what a verification answers), `permissions.rs` ([`missing_permissions`]) and
-//! `flight.rs` (single flight for refresh-token grants).
+//! implements, and its context), `dispatch.rs` (the one place shared code picks a provider's
+//! `ProviderApi`: preflight, token grants, [`missing_permissions`]; provider modules never use
+//! it, so the dispatch hides no import cycle), `grant.rs` and `verdict.rs` (what a grant and a
+//! verification answer), `material.rs` and `field.rs` (what is read from the Secret),
+//! `permissions.rs` (comparison in a provider's vocabulary) and `flight.rs` (single flight for
+//! refresh-token grants).
 
 // VerifyError carries the account and permission sets of a refusal so the controller can
 // report them; it is returned once per verification, never in a hot loop, so its size is fine.
@@ -60,6 +63,7 @@ macro_rules! with_api {
 
 pub mod budget;
 mod classify;
+mod dispatch;
 mod dropbox;
 mod error;
 mod field;
@@ -93,6 +97,8 @@ use crate::api::{AuthType, ConnectorCredentialSpec};
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
 
+pub use dispatch::missing_permissions;
+pub use dispatch::{may_rotate_refresh_tokens, supported_auth};
 pub(crate) use error::MAX_VALUE_BYTES;
 pub use error::{
     Call, DeadCause, KeyProblem, Misconfiguration, MissingKey, TransientKind, VerifyError,
@@ -101,16 +107,14 @@ pub use field::{Field, required_fields};
 pub(crate) use grant::ClientAuth;
 pub use grant::Tokens;
 pub use material::CredentialMaterial;
-pub use permissions::missing_permissions;
 pub(crate) use rules::{Access, Cx, ProviderApi, TokenConfig, json_id};
-pub use rules::{may_rotate_refresh_tokens, supported_auth};
 pub(crate) use verdict::Probe;
 pub use verdict::{Exchanged, Verdict, Verified};
 
+use dispatch::preflight;
 use flight::{Flight, FlightKey};
 use grant::Grant;
 use http::Http;
-use rules::preflight;
 use verdict::Exchange;
 
 /// The provider layer the controller (and `reconnect-operator check`) calls.

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use super::rules::ProviderApi;
-use crate::api::Provider;
 
 /// Required permissions that `granted` does not satisfy, sorted, in each provider's
 /// vocabulary ([`ProviderApi::satisfies`]):
@@ -15,21 +14,23 @@ use crate::api::Provider;
 /// - salesforce: `permission:<field>` compares case-insensitively (SOQL field names are
 ///   case-insensitive); scopes by equality.
 /// - everything else: plain set difference.
-pub fn missing_permissions(
-    provider: Provider,
+pub(crate) fn missing<P: ProviderApi>(
+    api: &P,
     granted: &BTreeSet<String>,
     required: &BTreeSet<String>,
 ) -> Vec<String> {
-    with_api!(provider, api => required
+    required
         .iter()
         .filter(|r| !granted.contains(r.as_str()) && !api.satisfies(granted, r))
         .cloned()
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Provider;
+    use crate::providers::missing_permissions;
 
     fn set(items: &[&str]) -> BTreeSet<String> {
         items.iter().map(|s| s.to_string()).collect()

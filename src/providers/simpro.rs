@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
 use super::http::{join, parse_endpoint};
-use super::{Access, Cx, Probe, ProviderApi, TokenConfig, json_id, missing_permissions};
+use super::{Access, Cx, Probe, ProviderApi, TokenConfig, json_id};
 use crate::api::{Account, AuthType};
 
 pub(crate) struct Simpro;
@@ -103,7 +103,7 @@ impl ProviderApi for Simpro {
             required.insert(configured);
             return Err(VerifyError::PermissionDenied {
                 provider,
-                missing: missing_permissions(provider, &permissions, &required),
+                missing: super::permissions::missing(self, &permissions, &required),
                 account: Some(account),
                 granted: permissions,
                 call: None,

@@ -59,19 +59,22 @@ type Client<HasIntrospection, HasToken> = ::oauth2::Client<
 /// Obtains tokens with the client-credentials or refresh-token grant; once more when the
 /// provider says its cached endpoints moved.
 #[instrument(skip_all, fields(provider = %cx.provider(), auth = %cx.spec.auth))]
-pub(crate) async fn obtain(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
-    match obtain_once(cx).await {
-        Err(e) if with_api!(cx.provider(), api => api.endpoints_moved(cx, &e)) => {
+pub(crate) async fn obtain<P: ProviderApi + Sync>(
+    api: &P,
+    cx: &Cx<'_>,
+) -> Result<Grant, VerifyError> {
+    match obtain_once(api, cx).await {
+        Err(e) if api.endpoints_moved(cx, &e) => {
             tracing::debug!("token endpoint moved; trying the rediscovered one");
-            obtain_once(cx).await
+            obtain_once(api, cx).await
         }
         outcome => outcome,
     }
 }
 
-async fn obtain_once(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
+async fn obtain_once<P: ProviderApi + Sync>(api: &P, cx: &Cx<'_>) -> Result<Grant, VerifyError> {
     let provider = cx.provider();
-    let config = with_api!(provider, api => api.token_config(cx).await)?;
+    let config = api.token_config(cx).await?;
     let client =
         client(cx, config.client_auth)?.set_token_uri(TokenUrl::from_url(config.url.clone()));
     let scopes = config.scopes.iter().map(|s| Scope::new(s.clone()));
@@ -97,7 +100,8 @@ async fn obtain_once(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
                 .await
         }
     };
-    let response = result.map_err(|e| transport.classify(e, &config.scopes))?;
+    let response =
+        result.map_err(|e| transport.classify(e, &config.scopes, |b| api.token_error_class(b)))?;
     let new_refresh = response
         .refresh_token()
         .map(|t| Redacted::new(t.secret().as_str()))
@@ -155,7 +159,8 @@ pub(crate) struct Introspected {
 /// RFC 7662 introspection of the access token, authenticated as the client. An inactive token
 /// is dead.
 #[instrument(skip_all, fields(provider = %cx.provider()))]
-pub(crate) async fn introspect(
+pub(crate) async fn introspect<P: ProviderApi>(
+    api: &P,
     cx: &Cx<'_>,
     url: &reqwest::Url,
     client_auth: ClientAuth,
@@ -170,7 +175,7 @@ pub(crate) async fn introspect(
         .set_token_type_hint("access_token")
         .request_async(&transport)
         .await
-        .map_err(|e| transport.classify(e, &[]))?;
+        .map_err(|e| transport.classify(e, &[], |b| api.token_error_class(b)))?;
     if !response.active() {
         return Err(VerifyError::dead(
             cx.provider(),
@@ -241,13 +246,14 @@ impl<'a> Transport<'a> {
         &self,
         error: RequestTokenError<Classified, OAuthErrorBody>,
         scopes: &[String],
+        own_codes: impl FnOnce(&OAuthErrorBody) -> Option<(super::classify::Class, String)>,
     ) -> VerifyError {
         let provider = self.http.provider;
         let status = self.status().map(|s| s.as_u16());
         match error {
             RequestTokenError::Request(Classified(e)) => e,
             RequestTokenError::ServerResponse(body) => {
-                let own = with_api!(provider, api => api.token_error_class(&body));
+                let own = own_codes(&body);
                 token_error(provider, self.call, status, &body, scopes, own)
             }
             // A body that is not the JSON we expect: on success a malformed answer (transient);

@@ -391,7 +391,7 @@ async fn introspect_once_more_if_moved(
 ) -> Result<Introspected, VerifyError> {
     let provider = cx.provider();
     let token = grant.access_token(provider)?;
-    let error = match introspect(cx, url, grant.client_auth, token).await {
+    let error = match introspect(&Generic, cx, url, grant.client_auth, token).await {
         Ok(introspected) => return Ok(introspected),
         Err(e) => e,
     };
@@ -409,7 +409,9 @@ async fn introspect_once_more_if_moved(
     }
     cx.discovery.forget(&issuer);
     match metadata(cx, &issuer).await?.introspection_url(provider)? {
-        Some(fresh) if &fresh != url => introspect(cx, &fresh, grant.client_auth, token).await,
+        Some(fresh) if &fresh != url => {
+            introspect(&Generic, cx, &fresh, grant.client_auth, token).await
+        }
         _ => Err(error),
     }
 }
