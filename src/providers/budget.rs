@@ -80,21 +80,6 @@ pub(crate) struct Rate {
     pub burst: f64,
 }
 
-/// The documented fixed rate of a provider, per host.
-pub(crate) fn documented_rate(provider: Provider) -> Option<Rate> {
-    match provider {
-        // "10 requests/s per base URL" (Simpro SDK README, citing developer.simprogroup.com).
-        Provider::Simpro => Some(Rate {
-            per_second: 10.0,
-            burst: 10.0,
-        }),
-        // The others publish windows that differ per app and plan (Procore says not to
-        // assume 3,600/hour; SafetyCulture 200-800 per minute per endpoint): they are
-        // followed from their rate-limit headers and 429s instead.
-        _ => None,
-    }
-}
-
 #[derive(Debug)]
 struct Host {
     provider: Provider,
@@ -150,13 +135,16 @@ impl Host {
 pub struct Budgets {
     hosts: Mutex<HashMap<String, Host>>,
     metrics: Option<Arc<Metrics>>,
+    /// Each provider's documented fixed rate, if it has one.
+    rates: fn(Provider) -> Option<Rate>,
 }
 
 impl Budgets {
-    pub(crate) fn new(metrics: Option<Arc<Metrics>>) -> Self {
+    pub(crate) fn new(metrics: Option<Arc<Metrics>>, rates: fn(Provider) -> Option<Rate>) -> Self {
         Self {
             hosts: Mutex::default(),
             metrics,
+            rates,
         }
     }
 
@@ -184,10 +172,11 @@ impl Budgets {
             let now = Instant::now();
             let wait = {
                 let mut hosts = self.hosts();
+                let rate = (self.rates)(provider);
                 let entry = hosts.entry(host.to_owned()).or_insert_with(|| Host {
                     provider,
-                    rate: documented_rate(provider),
-                    tokens: documented_rate(provider).map_or(0.0, |r| r.burst),
+                    rate,
+                    tokens: rate.map_or(0.0, |r| r.burst),
                     refilled: now,
                     paused_until: None,
                 });
@@ -330,7 +319,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_paused_host_holds_every_request_and_urgent_ones_resume_first() {
-        let budgets = Budgets::new(None);
+        let budgets = Budgets::new(None, crate::providers::documented_rate);
         budgets.acquire(Provider::Procore, "h").await.unwrap();
         budgets.observe(
             Provider::Procore,
@@ -369,7 +358,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_fixed_rate_is_kept_and_routine_requests_leave_a_reserve() {
-        let budgets = Budgets::new(None);
+        let budgets = Budgets::new(None, crate::providers::documented_rate);
         let start = Instant::now();
         // Simpro: 10 per second. 30 routine requests: 8 at once (2 left in reserve), then
         // one per 100 ms.

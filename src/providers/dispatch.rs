@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use super::budget::Rate;
 use super::error::{Misconfiguration, VerifyError};
 use super::grant::Grant;
 use super::rules::{Cx, ProviderApi};
@@ -14,6 +15,14 @@ use crate::api::{AuthType, Provider};
 /// Obtains tokens for `cx` from its provider ([`token::obtain`]).
 pub(super) async fn obtain(cx: &Cx<'_>) -> Result<Grant, VerifyError> {
     with_api!(cx.provider(), api => token::obtain(&api, cx).await)
+}
+
+/// The documented fixed rate of `provider`, per host ([`ProviderApi::RATE`]).
+pub(crate) fn documented_rate(provider: Provider) -> Option<Rate> {
+    fn rate_of<P: ProviderApi>(_: &P) -> Option<Rate> {
+        P::RATE
+    }
+    with_api!(provider, api => rate_of(&api))
 }
 
 /// Required permissions that `granted` does not satisfy, sorted, in `provider`'s vocabulary

@@ -111,6 +111,7 @@ pub(crate) use rules::{Access, Cx, ProviderApi, TokenConfig, json_id};
 pub(crate) use verdict::Probe;
 pub use verdict::{Exchanged, Verdict, Verified};
 
+pub(crate) use dispatch::documented_rate;
 use dispatch::preflight;
 use flight::{Flight, FlightKey};
 use grant::Grant;
@@ -174,7 +175,7 @@ impl Providers {
             discovery: oauth2::DiscoveryCache::default(),
             clock: Arc::new(SystemClock),
             metrics: None,
-            budgets: Arc::new(budget::Budgets::new(None)),
+            budgets: Arc::new(budget::Budgets::new(None, documented_rate)),
             #[cfg(test)]
             script: None,
         }
@@ -195,7 +196,7 @@ impl Providers {
 
     /// Records every provider call in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.budgets = Arc::new(budget::Budgets::new(Some(metrics.clone())));
+        self.budgets = Arc::new(budget::Budgets::new(Some(metrics.clone()), documented_rate));
         self.metrics = Some(metrics);
         self
     }

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 
+use super::budget::Rate;
 use super::classify;
 use super::error::{Misconfiguration, VerifyError};
 use super::field::Field;
@@ -124,6 +125,12 @@ pub(crate) trait ProviderApi {
     /// servers may). Microsoft issues a new one but keeps the old valid; Dropbox and Google do
     /// not rotate.
     const MAY_ROTATE_REFRESH_TOKENS: bool;
+
+    /// The provider's documented fixed request rate per host, if it publishes one. Most
+    /// publish windows that differ per app and plan (Procore says not to assume 3,600/hour;
+    /// SafetyCulture 200-800 per minute per endpoint): those are followed from their
+    /// rate-limit headers and 429s instead.
+    const RATE: Option<Rate> = None;
 
     /// `params` keys this provider understands.
     const PARAMS: &'static [&'static str];

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, Url};
 use serde::Deserialize;
 
+use super::budget::Rate;
 use super::classify::api_status;
 use super::error::{DeadCause, Misconfiguration, VerifyError};
 use super::http::{join, parse_endpoint};
@@ -50,6 +51,11 @@ fn company(cx: &Cx<'_>) -> Result<String, VerifyError> {
 impl ProviderApi for Simpro {
     const AUTH: &'static [AuthType] = &[AuthType::ApiKey];
     const MAY_ROTATE_REFRESH_TOKENS: bool = false;
+    // "10 requests/s per base URL" (Simpro SDK README, citing developer.simprogroup.com).
+    const RATE: Option<Rate> = Some(Rate {
+        per_second: 10.0,
+        burst: 10.0,
+    });
     const PARAMS: &'static [&'static str] = &["companyId"];
 
     fn validate(&self, cx: &Cx<'_>) -> Result<(), VerifyError> {
