@@ -295,25 +295,11 @@ async fn the_binary_runs_against_a_kubeconfig_and_stops_cleanly_on_sigterm() {
     apply_credential(&cluster, "procore-sync", &emu).await;
     wait_connected(&cluster, "procore-sync").await;
 
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the operator did not stop on SIGTERM; logs:\n{}",
-                logs.join().unwrap()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let Some(status) = terminate(&mut child, WAIT).await else {
+        panic!(
+            "the operator did not stop on SIGTERM; logs:\n{}",
+            logs.join().unwrap()
+        );
     };
     let logs = logs.join().unwrap();
     assert!(status.success(), "exit {status:?}; logs:\n{logs}");
@@ -419,6 +405,32 @@ async fn no_more_reconciles_run_at_once_than_the_limit() {
     cluster.cleanup().await;
 }
 
+/// Sends SIGTERM to `child` and waits up to `within` for it to exit; `None` (and the child
+/// killed) if it does not.
+async fn terminate(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        // Asleep, not blocking: the emulators a test serves run on this runtime.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A file removed when dropped, whether the test passes or fails.
 struct Removed(std::path::PathBuf);
 
@@ -428,20 +440,21 @@ impl Drop for Removed {
     }
 }
 
-#[test]
-fn sigterm_while_the_api_server_does_not_answer_stops_at_once() {
+#[tokio::test]
+async fn sigterm_while_the_api_server_does_not_answer_stops_at_once() {
     // The controllers wait for their first list; with leader election, the lease setup waits.
-    stops_at_once_against_a_silent_api_server(&[], "shutting down");
+    stops_at_once_against_a_silent_api_server(&[], "shutting down").await;
     stops_at_once_against_a_silent_api_server(
         &["--leader-election"],
         "stopped before the lease was set up",
-    );
+    )
+    .await;
 }
 
 /// Starts the binary with `flags` against an API server that never answers, sends SIGTERM
 /// once it serves, and expects a clean exit well inside the shutdown grace period, having
 /// logged `says`.
-fn stops_at_once_against_a_silent_api_server(flags: &[&str], says: &str) {
+async fn stops_at_once_against_a_silent_api_server(flags: &[&str], says: &str) {
     // An API server that accepts connections and never answers: the lease is never set up.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -496,27 +509,13 @@ fn stops_at_once_against_a_silent_api_server(flags: &[&str], says: &str) {
     while !logs.iter().any(|l: &String| l.contains("serving /metrics")) {
         logs.push(lines.recv_timeout(WAIT).expect("the operator starts"));
     }
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
     // Well inside the 20 s grace period a hung reconcile would get.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            logs.extend(lines.try_iter());
-            panic!(
-                "{flags:?}: the operator did not stop on SIGTERM within 10 s; logs:\n{}",
-                logs.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = terminate(&mut child, Duration::from_secs(10)).await else {
+        logs.extend(lines.try_iter());
+        panic!(
+            "{flags:?}: the operator did not stop on SIGTERM within 10 s; logs:\n{}",
+            logs.join("\n")
+        );
     };
     logs.extend(lines.try_iter());
     let logs = logs.join("\n");
