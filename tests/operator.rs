@@ -431,15 +431,6 @@ async fn terminate(
     }
 }
 
-/// A file removed when dropped, whether the test passes or fails.
-struct Removed(std::path::PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn sigterm_while_the_api_server_does_not_answer_stops_at_once() {
     // The controllers wait for their first list; with leader election, the lease setup waits.
@@ -464,12 +455,11 @@ async fn stops_at_once_against_a_silent_api_server(flags: &[&str], says: &str) {
             conns.push(conn);
         }
     });
-    let kubeconfig = Removed(std::env::temp_dir().join(format!(
-        "reconnect-silent-{}-{port}.kubeconfig",
-        std::process::id()
-    )));
+    let kubeconfig = reconnect_apiserver::scratch_dir()
+        .unwrap()
+        .join(format!("silent-{port}.kubeconfig"));
     std::fs::write(
-        &kubeconfig.0,
+        &kubeconfig,
         format!(
             "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
              clusters: [{{name: silent, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
@@ -487,7 +477,7 @@ async fn stops_at_once_against_a_silent_api_server(flags: &[&str], says: &str) {
             "json",
         ])
         .args(flags)
-        .env("KUBECONFIG", &kubeconfig.0)
+        .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

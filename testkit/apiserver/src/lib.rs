@@ -42,6 +42,12 @@ pub use harness::{
 pub use server::ServedApiServer;
 pub use service::ResponseBody;
 
+/// This test process's scratch directory: removed with everything in it when the process
+/// ends, however it ends (see `scratch.rs`). Tests write their files here.
+pub fn scratch_dir() -> Result<&'static Path, String> {
+    scratch::dir()
+}
+
 use faults::Faults;
 use store::State;
 

@@ -1937,23 +1937,27 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
     assert!(out.contains("reconnect.dev"));
     // kubectl apply validates through the OpenAPI v3 documents (server-side, with
     // fieldValidation=Strict), client-side and server-side apply alike; no --validate=false.
-    let manifest = Removed(std::env::temp_dir().join(format!("{ns}-secret.yaml")));
+    let manifest = reconnect_apiserver::scratch_dir()
+        .unwrap()
+        .join(format!("{ns}-secret.yaml"));
     std::fs::write(
-        &manifest.0,
+        &manifest,
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: applied\nstringData:\n  k: v\n",
     )
     .unwrap();
-    let path = manifest.0.to_string_lossy().to_string();
+    let path = manifest.to_string_lossy().to_string();
     kubectl(args(&["apply", "--server-side", "-n", ns, "-f", &path]))
         .await
         .unwrap();
-    let bogus = Removed(std::env::temp_dir().join(format!("{ns}-bogus.yaml")));
+    let bogus = reconnect_apiserver::scratch_dir()
+        .unwrap()
+        .join(format!("{ns}-bogus.yaml"));
     std::fs::write(
-        &bogus.0,
+        &bogus,
         "apiVersion: reconnect.dev/v1alpha1\nkind: ConnectorCredential\nmetadata:\n  name: bogus\nspec:\n  provider: procore\n  auth: ClientCredentials\n  secretRef: {name: s}\n  params: {companyId: \"1\"}\n  bogusField: 1\n",
     )
     .unwrap();
-    let bogus_path = bogus.0.to_string_lossy().to_string();
+    let bogus_path = bogus.to_string_lossy().to_string();
     let refused = {
         let kubeconfig = kubeconfig.clone();
         let args = args(&["apply", "-n", ns, "-f", &bogus_path]);
@@ -1974,14 +1978,13 @@ async fn served_over_http_for_kubeconfig_clients_and_kubectl() {
         "{stderr}"
     );
     std::fs::write(
-        &bogus.0,
+        &bogus,
         "apiVersion: reconnect.dev/v1alpha1\nkind: ConnectorCredential\nmetadata:\n  name: bogus\nspec:\n  provider: procore\n  auth: ClientCredentials\n  secretRef: {name: s}\n  params: {companyId: \"1\"}\n",
     )
     .unwrap();
     kubectl(args(&["apply", "-n", ns, "-f", &bogus_path]))
         .await
         .unwrap();
-    drop((manifest, bogus));
     // kubectl create sends protobuf for built-in types.
     let created_ns = format!("{ns}-k");
     kubectl(args(&["create", "namespace", &created_ns]))
@@ -2648,13 +2651,4 @@ async fn openapi_v3_documents_name_each_kind_and_its_patch_parameters() {
         .collect();
     assert!(params.contains(&"fieldValidation"), "{params:?}");
     cluster.cleanup().await;
-}
-
-/// A file removed when dropped, whether the test passes or fails.
-struct Removed(std::path::PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
