@@ -2,13 +2,13 @@
 //! and write of a restart target goes through here, and the kind is dispatched in one place
 //! ([`dispatch`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
 use kube::{Client, Resource};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::restart;
@@ -17,15 +17,14 @@ use crate::controller::{Error, FIELD_MANAGER, kube_err};
 
 /// A workload kind a restart target can name.
 trait Workload:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + Clone
-    + DeserializeOwned
-    + Serialize
-    + Debug
+    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug
 {
     /// The generation its controller observed and whether every replica is updated and
     /// available; `None` when no controller reports on it.
     fn progress(&self) -> Option<(i64, bool)>;
+
+    /// Its pod template's annotations.
+    fn template_annotations(&self) -> Option<&BTreeMap<String, String>>;
 }
 
 impl Workload for Deployment {
@@ -36,6 +35,16 @@ impl Workload for Deployment {
             && status.available_replicas.unwrap_or(0) >= want
             && status.replicas.unwrap_or(0) <= want;
         Some((status.observed_generation?, done))
+    }
+
+    fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()
     }
 }
 
@@ -48,6 +57,16 @@ impl Workload for StatefulSet {
             && status.current_revision == status.update_revision;
         Some((status.observed_generation?, done))
     }
+
+    fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()
+    }
 }
 
 impl Workload for DaemonSet {
@@ -57,6 +76,16 @@ impl Workload for DaemonSet {
         let done = status.updated_number_scheduled.unwrap_or(0) >= want
             && status.number_available.unwrap_or(0) >= want;
         Some((status.observed_generation?, done))
+    }
+
+    fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()
     }
 }
 
@@ -127,17 +156,15 @@ async fn carries_as<K: Workload>(
     name: &str,
     revisions: &str,
 ) -> Result<bool, Error> {
-    let at = format!(
-        "/spec/template/metadata/annotations/{}",
-        restart::REVISIONS.replace('/', "~1")
-    );
     let object = Api::<K>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await
         .map_err(kube_err("get restart target"))?;
     Ok(object
-        .and_then(|o| serde_json::to_value(o).ok())
-        .is_some_and(|v| v.pointer(&at).and_then(|r| r.as_str()) == Some(revisions)))
+        .as_ref()
+        .and_then(Workload::template_annotations)
+        .and_then(|a| a.get(restart::REVISIONS))
+        .is_some_and(|r| r == revisions))
 }
 
 /// Whether a rollout is over: its workload is gone, reports no rollout (no controller acts
