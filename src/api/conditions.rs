@@ -120,12 +120,6 @@ impl std::fmt::Display for Reason {
     }
 }
 
-impl From<Reason> for &'static str {
-    fn from(reason: Reason) -> Self {
-        reason.as_str()
-    }
-}
-
 /// The phase of a ConnectorCredential or an Integration: one word for `kubectl get`. Only
 /// `Pending` means "wait"; every phase but `Connected` and `Pending` needs a person to act.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
