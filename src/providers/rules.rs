@@ -1,7 +1,8 @@
 //! What each provider module implements ([`ProviderApi`]) and what it is given: the
 //! verification context ([`Cx`]), the probe's [`Access`], the token endpoint's
-//! [`TokenConfig`]. Also the provider rules read without a call: [`preflight`], the auth types
-//! each provider accepts and whether its refresh tokens may rotate.
+//! [`TokenConfig`]. The rules read without a call (auth types, params, whether refresh tokens
+//! may rotate, a documented rate) are the trait's constants; `dispatch.rs` reads them for a
+//! [`Provider`].
 
 use std::collections::BTreeSet;
 use std::future::Future;
